@@ -21,7 +21,6 @@ setup(
     maintainer_email='maintainers@obstacle-classifier.invalid',
     description='Pure-NumPy multi-label obstacle classifier for ROS 2 sidewalk robots.',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'obstacle-classifier = obstacle_classifier.cli:main',

@@ -1,0 +1,15 @@
+"""The pure-NumPy network core. Importing it imports no ROS (and nothing but NumPy)."""
+from .flops import flops_report, layer_flops, matmul_flops
+from .functional import log_softmax, sigmoid, softplus_neg
+from .gradcheck import check_gradient, numerical_gradient, rel_error
+from .layers import Bias, Layer, Linear, ReLU, ScaledReLU, Sigmoid, cached_nbytes
+from .losses import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss,
+                     get_grad_log_loss, log_loss)
+from .mlp import ACTIVATIONS, MLP
+
+__all__ = [
+    'ACTIVATIONS', 'BCELoss', 'BCEWithLogitsLoss', 'Bias', 'CrossEntropyLoss', 'Layer', 'Linear',
+    'Loss', 'MLP', 'MSELoss', 'ReLU', 'ScaledReLU', 'Sigmoid', 'cached_nbytes', 'check_gradient',
+    'flops_report', 'get_grad_log_loss', 'layer_flops', 'log_loss', 'log_softmax',
+    'matmul_flops', 'numerical_gradient', 'rel_error', 'sigmoid', 'softplus_neg',
+]

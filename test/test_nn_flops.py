@@ -1,0 +1,42 @@
+"""FLOP counting: the brief's ratio of 3, per-layer formulas, and the CLI answer."""
+import pytest
+
+from obstacle_classifier.cli import main
+from obstacle_classifier.nn import MLP, layer_flops, matmul_flops
+
+
+def test_briefs_mlp_trains_at_exactly_three_times_inference_at_n_10000():
+    model = MLP(16, 64, 8, rng=0)
+    inference = matmul_flops(model, 10_000, training=False)
+    training = matmul_flops(model, 10_000, training=True)
+    assert inference == 2 * 10_000 * (16 * 64 + 64 * 64 + 64 * 8)
+    assert training == 3 * inference
+
+
+@pytest.mark.parametrize('d,h,c,n', [(3, 5, 2, 1), (64, 1024, 16, 100), (7, 11, 13, 17)])
+def test_ratio_is_three_for_any_shape_and_batch(d, h, c, n):
+    model = MLP(d, h, c, rng=0)
+    assert matmul_flops(model, n, True) == 3 * matmul_flops(model, n, False)
+
+
+def test_a_first_layer_that_skips_its_input_gradient_is_counted_honestly():
+    model = MLP(16, 64, 8, rng=0)
+    model.layers[0].needs_input_grad = False
+    rows = layer_flops(model, 10)
+    assert rows[0].grad_input == 0 and rows[1].grad_input == 2 * 10 * 64 * 64
+    assert matmul_flops(model, 10, True) == 3 * matmul_flops(model, 10, False) - 2 * 10 * 16 * 64
+
+
+def test_cli_prints_counts_ratio_and_derivation(capsys):
+    assert main(['flops', '--d', '16', '--h', '64', '--c', '8', '--n', '10000']) == 0
+    out = capsys.readouterr().out
+    assert '112,640,000' in out and '337,920,000' in out
+    assert 'training / inference = 3.0000 (rounded: 3)' in out
+    assert 'Derivation' in out
+
+
+def test_cli_rejects_bad_numbers_without_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['flops', '--h', '-3'])
+    assert exit_info.value.code == 2
+    assert 'positive integer' in capsys.readouterr().err

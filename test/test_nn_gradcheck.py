@@ -1,0 +1,42 @@
+"""check_gradient: accepts right gradients, rejects wrong ones, leaves its argument alone."""
+import numpy as np
+
+from obstacle_classifier.nn import check_gradient, numerical_gradient, rel_error
+
+
+def _square_loss(Y):
+    """Seed 004's SquareLoss as a function of the input: (1/2M) ||X - Y||^2."""
+    return (lambda X: 0.5 / len(X) * np.sum((X - Y) ** 2),
+            lambda X: (X - Y) / len(X))
+
+
+def test_accepts_the_right_gradient_and_rejects_a_wrong_one():
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((10, 3))
+    loss, grad = _square_loss(Y)
+    x = rng.standard_normal((10, 3))
+    assert check_gradient(loss, grad, x)
+    assert not check_gradient(loss, lambda X: 1.01 * grad(X), x)
+    assert not check_gradient(loss, lambda X: grad(X).T.reshape(X.shape), x)
+
+
+def test_does_not_modify_the_point_even_when_f_writes_into_it():
+    x = np.arange(6.0).reshape(2, 3)
+    before = x.copy()
+
+    def f(value):
+        value *= 2  # a careless f that scribbles on its argument
+        return float(np.sum(value ** 2))
+
+    numerical_gradient(f, x)
+    assert np.array_equal(x, before)
+
+
+def test_central_differences_are_second_order_accurate():
+    x = np.array([0.3, -1.2, 2.0])
+    numeric = numerical_gradient(lambda v: float(np.sum(np.sin(v))), x)
+    assert rel_error(numeric, np.cos(x)) < 1e-9
+
+
+def test_rel_error_of_two_zero_arrays_is_zero():
+    assert rel_error(np.zeros(3), np.zeros(3)) == 0.0

@@ -1,0 +1,87 @@
+"""Crash-safe file writes: a reader sees either the complete old file or the complete new one.
+
+The data is written to a temporary file in the destination's own directory (``os.replace`` is only
+atomic within one file system), flushed and fsynced, renamed over the destination, and finally the
+directory is fsynced so that the rename itself survives a power cut. On any failure the temporary
+file is removed and the previous file, if there was one, is left untouched.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ['atomic_write', 'atomic_write_bytes']
+
+
+def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None:
+    """Atomically replace ``path`` with whatever ``write_fn`` writes.
+
+    Args:
+        path: destination file. Its directory must exist.
+        write_fn: called once with a binary file object opened for writing; its return value is
+            ignored. If it raises, the exception propagates, the destination is unchanged and no
+            temporary file is left behind.
+    """
+    destination = Path(path)
+    directory = destination.parent
+    # A hidden name that says what it belongs to, so a leftover after a hard kill is recognisable.
+    fd, temp_name = tempfile.mkstemp(prefix=f'.{destination.name}.', suffix='.tmp', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as temp_file:
+            write_fn(temp_file)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        # mkstemp creates 0600; give the file the mode an ordinary open() would have given it.
+        os.chmod(temp_name, _target_mode(destination))
+        os.replace(temp_name, destination)
+    except BaseException:  # including KeyboardInterrupt: never leave the temp file behind
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    atomic_write(path, lambda file: file.write(data))
+
+
+def _target_mode(destination: Path) -> int:
+    """Permission bits for the new file: the old file's if it exists, else 0666 minus the umask."""
+    try:
+        return stat.S_IMODE(os.stat(destination).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    # Linux exposes the umask read-only; os.umask() can only read it by setting it, which races
+    # with other threads creating files, so it is the fallback.
+    try:
+        with open('/proc/self/status', encoding='ascii') as status:
+            for line in status:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist the directory entry created by ``os.replace`` (POSIX; a no-op elsewhere)."""
+    if os.name != 'posix':
+        return
+    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,296 @@
+"""A deployable obstacle model: the network plus everything needed to run it on a robot.
+
+:class:`ObstacleModel` bundles the :class:`~obstacle_classifier.nn.MLP` with its class names,
+feature names (the contract with the feature pipeline), input normalisation, per-class decision
+thresholds and free-form metadata, and saves / loads it as one ``.npz`` file:
+
+- read with ``allow_pickle=False`` (a file can never execute code), every array checked against
+  the declared architecture, and a SHA-256 over every entry so an edited file is refused;
+- written deterministically (fixed zip timestamps, sorted entries): the same model gives the same
+  bytes, so "same seed and data -> identical model file" is testable;
+- written atomically (temporary file, fsync, rename): a crash mid-write leaves the previous file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .atomic import atomic_write
+from .nn import MLP, Linear
+
+FORMAT_NAME = 'obstacle_classifier.model'
+FORMAT_VERSION = 1
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: identical models give identical bytes
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message names the file and what is wrong."""
+
+
+def name_mismatch(expected: Sequence[str], actual: Sequence[str], kind: str) -> Optional[str]:
+    """Describe how two ordered name lists differ, or None when they are equal.
+
+    E.g. ``"feature names differ: missing ['lidar.min'], unexpected ['sonar.min']"`` or
+    ``"... same names in another order (first difference at 3: 'a' != 'b')"``.
+    """
+    expected, actual = list(expected), list(actual)
+    if expected == actual:
+        return None
+    missing = [name for name in expected if name not in actual]
+    unexpected = [name for name in actual if name not in expected]
+    details = []
+    if missing:
+        details.append(f'missing {missing}')
+    if unexpected:
+        details.append(f'unexpected {unexpected}')
+    if not details:
+        index = next(i for i, (a, b) in enumerate(zip(expected, actual)) if a != b)
+        details.append(f'same names in another order (first difference at position {index}: '
+                       f'expected {expected[index]!r}, got {actual[index]!r})')
+    return (f'{kind} names differ (expected {len(expected)}, got {len(actual)}): '
+            + ', '.join(details))
+
+
+@dataclass
+class ObstacleModel:
+    """The network and its deployment contract.
+
+    Attributes:
+        network: the MLP; its input width d = len(feature_names), output c = len(class_names).
+        class_names: (c,) obstacle classes, in output order.
+        feature_names: (d,) names of the feature vector the network expects, in order.
+        input_mean, input_std: (d,) float64 normalisation fitted on training data;
+            the network sees ``(x - input_mean) / input_std``.
+        thresholds: (c,) float64 per-class decision thresholds (positive iff p >= threshold).
+        metadata: JSON-serialisable dict (how it was trained, scores, ...).
+    """
+
+    network: MLP
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    input_mean: np.ndarray
+    input_std: np.ndarray
+    thresholds: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(str(name) for name in self.class_names)
+        self.feature_names = tuple(str(name) for name in self.feature_names)
+        self.input_mean = np.asarray(self.input_mean, dtype=np.float64)
+        self.input_std = np.asarray(self.input_std, dtype=np.float64)
+        self.thresholds = np.asarray(self.thresholds, dtype=np.float64)
+        problem = self._consistency_problem()
+        if problem:
+            raise ValueError(problem)
+
+    @classmethod
+    def create(cls, feature_names: Sequence[str], class_names: Sequence[str], hidden: int = 64,
+               *, dtype: np.dtype | type = np.float64, activation: str = 'scaled_relu',
+               rng: Any = None, input_mean: Optional[np.ndarray] = None,
+               input_std: Optional[np.ndarray] = None,
+               metadata: Optional[dict] = None) -> 'ObstacleModel':
+        """A freshly initialised model (identity normalisation unless given, thresholds 0.5)."""
+        d, c = len(feature_names), len(class_names)
+        network = MLP(d, hidden, c, dtype=dtype, activation=activation, rng=rng)
+        return cls(network=network, class_names=tuple(class_names),
+                   feature_names=tuple(feature_names),
+                   input_mean=np.zeros(d) if input_mean is None else input_mean,
+                   input_std=np.ones(d) if input_std is None else input_std,
+                   thresholds=np.full(c, 0.5), metadata=dict(metadata or {}))
+
+    # -- inference -------------------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def normalise(self, X: np.ndarray) -> np.ndarray:
+        """(n, d) or (d,) raw features -> normalised, in the network's dtype."""
+        X = np.asarray(X)
+        if X.shape[-1:] != (self.n_features,) or X.ndim not in (1, 2):
+            raise ValueError(f'expected features of shape (n, {self.n_features}) or '
+                             f'({self.n_features},), got {X.shape}')
+        if not np.all(np.isfinite(X)):
+            raise ValueError('features contain NaN or Inf; the feature pipeline must reject or '
+                             'fill such readings before inference')
+        Z = (X - self.input_mean) / self.input_std
+        return Z.astype(self.network.dtype, copy=False)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities (n, c) for raw features (n, d), or (c,) for one vector (d,)."""
+        return self.network.predict_proba(self.normalise(X))
+
+    def decide(self, probabilities: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+        """Multi-hot uint8 decisions for probabilities (..., c): ``p >= threshold`` per class
+        (the model's per-class thresholds, or one global ``threshold`` overriding them)."""
+        limit = self.thresholds if threshold is None else threshold
+        return (np.asarray(probabilities) >= limit).astype(np.uint8)
+
+    def predict(self, X: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+        """Multi-hot uint8 decisions (n, c) or (c,)."""
+        return self.decide(self.predict_proba(X), threshold)
+
+    def check_features(self, feature_names: Sequence[str]) -> None:
+        """Raise ValueError naming the difference if the pipeline's names are not the model's."""
+        problem = name_mismatch(self.feature_names, feature_names, 'feature')
+        if problem:
+            raise ValueError(f'model and feature config disagree: {problem}')
+
+    @property
+    def version(self) -> str:
+        """Short content hash: identifies exactly which weights are serving."""
+        return self._checksum(self._arrays())[:12]
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the model atomically as a deterministic ``.npz``."""
+        arrays = self._arrays()
+        arrays['checksum'] = np.array(self._checksum(arrays))
+        atomic_write(Path(path), lambda fileobj: _write_npz(fileobj, arrays))
+
+    @classmethod
+    def load(cls, path: str | Path) -> 'ObstacleModel':
+        """Load and fully validate a model file; raise :class:`ModelFileError` otherwise."""
+        path = Path(path)
+        try:
+            # Read the bytes first: np.load leaks its file handle when the zip is corrupt.
+            data = path.read_bytes()
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except FileNotFoundError:
+            raise ModelFileError(f'{path}: no such model file') from None
+        except IsADirectoryError:
+            raise ModelFileError(f'{path}: is a directory, not a model file') from None
+        except ValueError as exc:
+            if 'allow_pickle' in str(exc):
+                raise ModelFileError(f'{path}: contains pickled objects; refusing to load '
+                                     f'(model files hold plain arrays only)') from None
+            raise ModelFileError(f'{path}: not a valid model file ({exc})') from None
+        except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise ModelFileError(f'{path}: unreadable or truncated model file '
+                                 f'({type(exc).__name__}: {exc})') from None
+        try:
+            return cls._from_arrays(arrays)
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise ModelFileError(f'{path}: {message}') from None
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        net = self.network
+        architecture = {'type': 'MLP', 'd': net.d, 'h': net.h, 'c': net.c,
+                        'activation': net.activation, 'dtype': net.dtype.name,
+                        'layers': [repr(layer) for layer in net.layers]}
+        arrays = {
+            'format': np.array(FORMAT_NAME),
+            'format_version': np.array(FORMAT_VERSION, dtype=np.int64),
+            'architecture': np.array(json.dumps(architecture, sort_keys=True)),
+            'class_names': np.array(self.class_names, dtype=np.str_),
+            'feature_names': np.array(self.feature_names, dtype=np.str_),
+            'input_mean': self.input_mean,
+            'input_std': self.input_std,
+            'thresholds': self.thresholds,
+            'metadata': np.array(json.dumps(self.metadata, sort_keys=True)),
+        }
+        for index, layer in enumerate(net.layers):
+            if isinstance(layer, Linear):
+                arrays[f'layers.{index}.W'] = layer.W
+                arrays[f'layers.{index}.b'] = layer.b
+        return arrays
+
+    @staticmethod
+    def _checksum(arrays: dict[str, np.ndarray]) -> str:
+        digest = hashlib.sha256()
+        for key in sorted(arrays):
+            if key == 'checksum':
+                continue
+            value = np.ascontiguousarray(arrays[key])
+            digest.update(f'{key}|{value.dtype.str}|{value.shape}|'.encode())
+            digest.update(value.tobytes())
+        return digest.hexdigest()
+
+    @classmethod
+    def _from_arrays(cls, arrays: dict[str, np.ndarray]) -> 'ObstacleModel':
+        if str(arrays.get('format', '')) != FORMAT_NAME:
+            raise ValueError(f'not an obstacle_classifier model (no "format" entry equal to '
+                             f'{FORMAT_NAME!r})')
+        version = int(arrays['format_version'])
+        if version != FORMAT_VERSION:
+            raise ValueError(f'format version {version} is not supported (this build reads '
+                             f'version {FORMAT_VERSION})')
+        if 'checksum' not in arrays:
+            raise ValueError('no checksum entry; the file is incomplete or was not written by '
+                             'obstacle_classifier')
+        if str(arrays['checksum']) != cls._checksum(arrays):
+            raise ValueError('checksum mismatch: the file was modified or corrupted after it '
+                             'was written')
+        arch = json.loads(str(arrays['architecture']))
+        if arch.get('type') != 'MLP':
+            raise ValueError(f'unsupported architecture type {arch.get("type")!r}')
+        network = MLP(int(arch['d']), int(arch['h']), int(arch['c']), dtype=arch['dtype'],
+                      activation=arch['activation'], rng=0)
+        for index, layer in enumerate(network.layers):
+            if not isinstance(layer, Linear):
+                continue
+            for name, target in (('W', layer.W), ('b', layer.b)):
+                key = f'layers.{index}.{name}'
+                value = arrays[key]
+                if value.shape != target.shape or value.dtype != target.dtype:
+                    raise ValueError(f'{key} has shape {value.shape} and dtype {value.dtype}, '
+                                     f'the architecture needs {target.shape} {target.dtype}')
+                if not np.all(np.isfinite(value)):
+                    raise ValueError(f'{key} contains NaN or Inf')
+                target[...] = value
+        model = cls(network=network,
+                    class_names=tuple(arrays['class_names'].tolist()),
+                    feature_names=tuple(arrays['feature_names'].tolist()),
+                    input_mean=arrays['input_mean'], input_std=arrays['input_std'],
+                    thresholds=arrays['thresholds'],
+                    metadata=json.loads(str(arrays['metadata'])))
+        return model
+
+    def _consistency_problem(self) -> Optional[str]:
+        d, c = self.network.d, self.network.c
+        checks = [
+            (len(self.feature_names) == d, f'{len(self.feature_names)} feature names for a '
+                                           f'network with {d} inputs'),
+            (len(self.class_names) == c, f'{len(self.class_names)} class names for a network '
+                                         f'with {c} outputs'),
+            (len(set(self.feature_names)) == d, 'duplicate feature names'),
+            (len(set(self.class_names)) == c, 'duplicate class names'),
+            (self.input_mean.shape == (d,), f'input_mean has shape {self.input_mean.shape}, '
+                                            f'expected ({d},)'),
+            (self.input_std.shape == (d,), f'input_std has shape {self.input_std.shape}, '
+                                           f'expected ({d},)'),
+            (self.thresholds.shape == (c,), f'thresholds have shape {self.thresholds.shape}, '
+                                            f'expected ({c},)'),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                return problem
+        if not (np.all(np.isfinite(self.input_mean)) and np.all(np.isfinite(self.input_std))
+                and np.all(self.input_std > 0)):
+            return 'input normalisation must be finite with positive std'
+        if not np.all((self.thresholds > 0) & (self.thresholds < 1)):
+            return f'thresholds must lie in (0, 1), got {self.thresholds.tolist()}'
+        return None
+
+
+def _write_npz(fileobj, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` with fixed timestamps, in sorted order."""
+    with zipfile.ZipFile(fileobj, mode='w', compression=zipfile.ZIP_STORED) as archive:
+        for key in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f'{key}.npy', date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue())

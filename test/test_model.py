@@ -1,0 +1,183 @@
+"""Model files: bitwise round trip, deterministic bytes, atomic writes and every refusal."""
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from obstacle_classifier import model as model_module
+from obstacle_classifier.model import ModelFileError, ObstacleModel, name_mismatch
+
+FEATURES = ('range_front.mean', 'range_front.min', 'speed.last', 'noise.max')
+CLASSES = ('pedestrian', 'bicycle', 'pole')
+
+
+def _model(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    model = ObstacleModel.create(FEATURES, CLASSES, hidden=8, dtype=dtype, rng=seed,
+                                 input_mean=rng.standard_normal(4),
+                                 input_std=rng.random(4) + 0.5,
+                                 metadata={'trained_on': 'unit test', 'seed': seed})
+    model.thresholds[:] = [0.3, 0.5, 0.7]
+    return model
+
+
+def _raw_arrays(path):
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def _write_raw(path, arrays):
+    buffer = io.BytesIO()
+    model_module._write_npz(buffer, arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_round_trip_is_bitwise(tmp_path, dtype):
+    original = _model(dtype)
+    path = tmp_path / 'model.npz'
+    original.save(path)
+    loaded = ObstacleModel.load(path)
+    assert loaded.network.dtype == dtype
+    for a, b in zip(original.network.parameters(), loaded.network.parameters()):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert loaded.class_names == CLASSES and loaded.feature_names == FEATURES
+    assert np.array_equal(loaded.input_mean, original.input_mean)
+    assert np.array_equal(loaded.input_std, original.input_std)
+    assert np.array_equal(loaded.thresholds, original.thresholds)
+    assert loaded.metadata == original.metadata
+    X = np.random.default_rng(1).standard_normal((5, 4))
+    assert np.array_equal(loaded.predict_proba(X), original.predict_proba(X))
+    assert loaded.version == original.version
+
+
+def test_same_model_gives_identical_bytes(tmp_path):
+    _model().save(tmp_path / 'a.npz')
+    _model().save(tmp_path / 'b.npz')
+    assert (tmp_path / 'a.npz').read_bytes() == (tmp_path / 'b.npz').read_bytes()
+    assert _model(seed=1).version != _model().version
+
+
+def test_predict_normalises_and_applies_thresholds():
+    model = _model()
+    x = np.array([0.5, 0.2, 1.0, 60.0])
+    expected = model.network.predict_proba((x - model.input_mean) / model.input_std)
+    assert np.array_equal(model.predict_proba(x), expected)
+    assert np.array_equal(model.predict(x), (expected >= model.thresholds).astype(np.uint8))
+    assert np.array_equal(model.predict(x, threshold=0.0), np.ones(3, dtype=np.uint8))
+    with pytest.raises(ValueError, match=r'\(n, 4\).*\(3,\)'):
+        model.predict_proba(np.zeros(3))
+    with pytest.raises(ValueError, match='NaN or Inf'):
+        model.predict_proba(np.array([np.nan, 0, 0, 0]))
+
+
+def test_feature_name_check_names_the_difference():
+    model = _model()
+    model.check_features(FEATURES)
+    with pytest.raises(ValueError, match=r"missing \['noise.max'\].*unexpected \['lidar.min'\]"):
+        model.check_features(FEATURES[:3] + ('lidar.min',))
+    with pytest.raises(ValueError, match='another order.*position 0'):
+        model.check_features(FEATURES[::-1])
+    assert name_mismatch(['a'], ['a'], 'class') is None
+
+
+def test_save_is_atomic_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    before = path.read_bytes()
+
+    def crash(fileobj, arrays):
+        fileobj.write(b'PK\x03\x04 half a file')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(model_module, '_write_npz', crash)
+    with pytest.raises(OSError, match='disk full'):
+        _model(seed=3).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ['model.npz']
+    ObstacleModel.load(path)
+
+
+def test_refuses_missing_file_and_directory(tmp_path):
+    with pytest.raises(ModelFileError, match='no such model file'):
+        ObstacleModel.load(tmp_path / 'absent.npz')
+    with pytest.raises(ModelFileError, match='is a directory'):
+        ObstacleModel.load(tmp_path)
+
+
+def test_refuses_pickled_file(tmp_path):
+    path = tmp_path / 'pickled.npz'
+    np.savez(path, format=np.array('obstacle_classifier.model'),
+             payload=np.array([{'evil': 1}], dtype=object))
+    with pytest.raises(ModelFileError, match='pickled objects'):
+        ObstacleModel.load(path)
+
+
+@pytest.mark.parametrize('keep_fraction', [0.0, 0.1, 0.5, 0.99])
+def test_refuses_truncated_file(tmp_path, keep_fraction):
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep_fraction)])
+    with pytest.raises(ModelFileError, match=str(path)):
+        ObstacleModel.load(path)
+
+
+def test_refuses_a_flipped_byte_anywhere_in_the_weights(tmp_path):
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    arrays = _raw_arrays(path)
+    arrays['layers.2.W'] = arrays['layers.2.W'].copy()
+    arrays['layers.2.W'][0, 0] += 1e-9
+    _write_raw(path, arrays)
+    with pytest.raises(ModelFileError, match='checksum mismatch'):
+        ObstacleModel.load(path)
+
+
+def test_refuses_a_file_without_checksum_or_of_another_format(tmp_path):
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    arrays = _raw_arrays(path)
+    del arrays['checksum']
+    _write_raw(path, arrays)
+    with pytest.raises(ModelFileError, match='no checksum'):
+        ObstacleModel.load(path)
+    np.savez(path, X=np.zeros((2, 2)))
+    with pytest.raises(ModelFileError, match='not an obstacle_classifier model'):
+        ObstacleModel.load(path)
+
+
+def _rewrite_consistently(path, edit):
+    """Apply ``edit`` to the arrays and re-sign them, so only the semantic check can object."""
+    arrays = _raw_arrays(path)
+    edit(arrays)
+    arrays['checksum'] = np.array(ObstacleModel._checksum(arrays))
+    _write_raw(path, arrays)
+
+
+@pytest.mark.parametrize('edit,message', [
+    (lambda a: a.__setitem__('layers.2.W', np.zeros((8, 9))), r'layers.2.W has shape \(8, 9\)'),
+    (lambda a: a.__setitem__('layers.0.b', np.zeros(8, np.float32)), 'dtype float32'),
+    (lambda a: a.__setitem__('layers.4.W', np.full((8, 3), np.nan)), 'NaN or Inf'),
+    (lambda a: a.__setitem__('format_version', np.array(99)), 'format version 99'),
+    (lambda a: a.__setitem__('class_names', np.array(['a', 'b'])), '2 class names'),
+    (lambda a: a.__setitem__('input_std', np.zeros(4)), 'positive std'),
+    (lambda a: a.__setitem__('thresholds', np.array([0.5, 1.5, 0.5])), r'thresholds must lie'),
+    (lambda a: a.pop('layers.4.b'), 'layers.4.b'),
+])
+def test_refuses_arrays_that_do_not_match_the_architecture(tmp_path, edit, message):
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    _rewrite_consistently(path, edit)
+    with pytest.raises(ModelFileError, match=message):
+        ObstacleModel.load(path)
+
+
+def test_written_file_is_a_plain_npz(tmp_path):
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    with zipfile.ZipFile(path) as archive:
+        assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in archive.infolist())
+    assert set(_raw_arrays(path)) >= {'architecture', 'feature_names', 'class_names',
+                                      'input_mean', 'input_std', 'format_version', 'checksum'}

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .atomic import atomic_write
+from .datasets import name_differences
 from .nn import MLP, Linear
 
 FORMAT_NAME = 'obstacle_classifier.model'
@@ -35,27 +36,9 @@ class ModelFileError(ValueError):
 
 
 def name_mismatch(expected: Sequence[str], actual: Sequence[str], kind: str) -> Optional[str]:
-    """Describe how two ordered name lists differ, or None when they are equal.
-
-    E.g. ``"feature names differ: missing ['lidar.min'], unexpected ['sonar.min']"`` or
-    ``"... same names in another order (first difference at 3: 'a' != 'b')"``.
-    """
-    expected, actual = list(expected), list(actual)
-    if expected == actual:
-        return None
-    missing = [name for name in expected if name not in actual]
-    unexpected = [name for name in actual if name not in expected]
-    details = []
-    if missing:
-        details.append(f'missing {missing}')
-    if unexpected:
-        details.append(f'unexpected {unexpected}')
-    if not details:
-        index = next(i for i, (a, b) in enumerate(zip(expected, actual)) if a != b)
-        details.append(f'same names in another order (first difference at position {index}: '
-                       f'expected {expected[index]!r}, got {actual[index]!r})')
-    return (f'{kind} names differ (expected {len(expected)}, got {len(actual)}): '
-            + ', '.join(details))
+    """Describe how two ordered name lists differ (``kind``: 'feature' or 'class'), or None."""
+    problems = name_differences(kind, actual, expected)
+    return '; '.join(problems) if problems else None
 
 
 @dataclass

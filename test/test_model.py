@@ -75,9 +75,10 @@ def test_predict_normalises_and_applies_thresholds():
 def test_feature_name_check_names_the_difference():
     model = _model()
     model.check_features(FEATURES)
-    with pytest.raises(ValueError, match=r"missing \['noise.max'\].*unexpected \['lidar.min'\]"):
+    with pytest.raises(ValueError, match=r"missing features: 'noise.max'.*unexpected features: "
+                                         r"'lidar.min'"):
         model.check_features(FEATURES[:3] + ('lidar.min',))
-    with pytest.raises(ValueError, match='another order.*position 0'):
+    with pytest.raises(ValueError, match="features reordered: position 0 is 'noise.max'"):
         model.check_features(FEATURES[::-1])
     assert name_mismatch(['a'], ['a'], 'class') is None
 

@@ -26,8 +26,8 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-ARGS = _parse() if __name__ == '__main__' else argparse.Namespace(threads=2, repeats=7,
-                                                                   batches=20)
+ARGS = (_parse() if __name__ == '__main__'
+        else argparse.Namespace(threads=2, repeats=7, batches=20))
 # BLAS reads its thread count at load time: set it before NumPy is imported.
 for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ[_var] = str(ARGS.threads)

@@ -271,3 +271,14 @@ def test_rectifiers_handle_infinities_and_nan_without_warnings(layer):
     assert out[0, 0] == 0 and out[0, 1] == np.inf and out[0, 2] == 0
     (grad,) = layer.backward(np.array([[np.inf, 1.0, 1.0, 1.0]]))
     assert grad[0, 0] == 0 and np.all(np.isfinite(grad))
+
+
+def test_an_inference_forward_does_not_disturb_a_pending_training_cache():
+    layer = Linear(3, 2, rng=0)
+    X = np.ones((4, 3))
+    layer.forward(X)
+    layer.train(True)
+    saved, layer.training = layer.training, False
+    layer.forward(np.zeros((1, 3)))
+    layer.training = saved
+    assert layer.cached_arrays()[0] is X

@@ -3,7 +3,8 @@
 Every layer follows one protocol, the one the brief's ``MLP.single_step_sgd`` relies on:
 
 - ``forward(X)`` maps a batch ``(n, d_in)`` to ``(n, d_out)``. In training mode (the default) it
-  keeps exactly what ``backward`` needs and nothing else; in inference mode it keeps nothing.
+  keeps exactly what ``backward`` needs and nothing else; in inference mode it keeps nothing and
+  touches no state (``eval()`` drops whatever a training forward had kept).
 - ``backward(grad_out)`` takes dL/d(output) ``(n, d_out)`` and returns a tuple
   ``(grad_in, *param_grads)``: a 1-tuple for layers without parameters, so that
   ``grad, *param_grads = layer.backward(grad)`` always unpacks correctly. It releases the cache.
@@ -150,7 +151,8 @@ class Linear(Layer):
         out = X @ self.W
         if self.b is not None:
             out += self.b
-        self._X = X if self.training else None
+        if self.training:
+            self._X = X
         return out
 
     def backward(self, grad_out: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -209,8 +211,6 @@ class _Rectifier(Layer):
             out *= self.gain
         if self.training:
             self._kept = out if self.keep == 'output' else mask
-        else:
-            self._kept = None
         return out
 
     def backward(self, grad_out: np.ndarray) -> tuple[np.ndarray]:
@@ -269,7 +269,8 @@ class Sigmoid(Layer):
         if X.ndim != 2 or X.shape[1] != self.c:
             raise ValueError(f'{self!r} expects an array of shape (n, {self.c}), got {X.shape}')
         out = sigmoid(X)
-        self._out = out if self.training else None
+        if self.training:
+            self._out = out
         return out
 
     def backward(self, grad_out: np.ndarray) -> tuple[np.ndarray]:
@@ -314,8 +315,8 @@ class Bias(Layer):
     def forward(self, X: np.ndarray) -> np.ndarray:
         """(n, h) -> (n, h)."""
         X = _as_batch(X, self.h, self.b.dtype, repr(self))
-        # Only the batch size is remembered, to check the incoming gradient's shape.
-        self._batch = X.shape[0] if self.training else None
+        if self.training:  # only the batch size, to check the incoming gradient's shape
+            self._batch = X.shape[0]
         return X + self.b
 
     def backward(self, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,316 @@
+"""Training: data split, input normalisation, the step loop, early stopping, curves.
+
+The loss is the brief's mean negative log-likelihood (mean over examples, sum over classes).
+Two ways to take its gradient:
+
+- ``loss='logits'`` (default): from the logits (:class:`~obstacle_classifier.nn.BCEWithLogitsLoss`,
+  ``'batchmean'``), the exact gradient ``(sigmoid(z) - y) / n``, finite for any logit;
+- ``loss='brief'``: Sigmoid, then the brief's ``get_grad_log_loss`` with its ``eps = 1e-8``, then
+  back through the Sigmoid, exactly as ``MLP.single_step_sgd`` does. The ``eps`` matters: where
+  an output saturates (p (1 - p) << 1e-8) it damps the gradient to almost nothing.
+
+``BRIEF_REGIME`` (sgd, lr 0.1, 10 epochs, batch 100, data order, no validation split, no input
+normalisation, ``loss='brief'``) reproduces the brief's ``MLP.sgd`` bit for bit.
+
+:class:`Trainer` owns one model's optimisation state and performs guarded steps (a non-finite
+loss or gradient discards the update and keeps the weights); offline training here and online
+training in the node use it alike.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .datasets import Dataset
+from .metrics import multilabel_report
+from .model import ObstacleModel
+from .nn import ACTIVATIONS, BCEWithLogitsLoss, get_grad_log_loss, log_loss
+from .nn.optim import OPTIMIZERS, make_optimizer
+
+# A feature whose training std is below this is treated as constant (std 1): dividing by a
+# tiny std would turn sensor noise on an unused input into huge activations.
+MIN_STD = 1e-6
+LOSSES = ('logits', 'brief')
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (stored in the model's metadata)."""
+
+    hidden: int = 64
+    activation: str = 'scaled_relu'
+    dtype: str = 'float64'
+    optimizer: str = 'adam'
+    lr: Optional[float] = None          # None: 0.1 sgd, 0.05 momentum, 1e-3 adam
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 60
+    batch_size: int = 100
+    shuffle: bool = True
+    val_fraction: float = 0.2
+    patience: int = 8                   # epochs without val-loss improvement; 0 disables
+    pos_weight: str = 'none'            # 'none' or 'balanced' (n_neg / n_pos, clipped)
+    max_pos_weight: float = 20.0
+    normalise: bool = True
+    loss: str = 'logits'                # 'logits' (exact, stable) or 'brief' (brief's eps path)
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.hidden >= 1, f'hidden must be >= 1, got {self.hidden}'),
+            (self.activation in ACTIVATIONS, f'activation must be one of {sorted(ACTIVATIONS)}'),
+            (self.dtype in ('float32', 'float64'), f'dtype must be float32 or float64, got '
+                                                   f'{self.dtype!r}'),
+            (self.optimizer in OPTIMIZERS, f'optimizer must be one of {OPTIMIZERS}'),
+            (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)),
+             f'lr must be positive, got {self.lr}'),
+            (self.epochs >= 1, f'epochs must be >= 1, got {self.epochs}'),
+            (self.batch_size >= 1, f'batch size must be >= 1, got {self.batch_size}'),
+            (0 <= self.val_fraction < 1, f'validation fraction must be in [0, 1), got '
+                                         f'{self.val_fraction}'),
+            (self.patience >= 0, f'patience must be >= 0, got {self.patience}'),
+            (self.pos_weight in ('none', 'balanced'), "pos_weight must be 'none' or "
+                                                      "'balanced'"),
+            (self.weight_decay >= 0, f'weight decay must be >= 0, got {self.weight_decay}'),
+            (self.loss in LOSSES, f'loss must be one of {LOSSES}, got {self.loss!r}'),
+            (self.loss == 'logits' or self.pos_weight == 'none',
+             "positive class weights need loss='logits'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+#: The brief's training regime on the brief's MLP (hidden 64, ScaledReLU, float64).
+BRIEF_REGIME = dict(hidden=64, activation='scaled_relu', dtype='float64', optimizer='sgd', lr=0.1,
+                    epochs=10, batch_size=100, shuffle=False, val_fraction=0.0, patience=0,
+                    normalise=False, loss='brief', weight_decay=0.0, pos_weight='none')
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: Optional[float]
+    val_micro_f1: Optional[float]
+    discarded_steps: int
+
+
+@dataclass
+class TrainResult:
+    model: ObstacleModel
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+def fit_normalisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (d,) of training features (n, d), in float64."""
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = X.std(axis=0, dtype=np.float64)
+    std[std < MIN_STD] = 1.0
+    return mean, std
+
+
+def balanced_pos_weight(Y: np.ndarray, max_weight: float) -> np.ndarray:
+    """(c,) positive-class weights n_neg / n_pos, clipped to [1, max_weight] (1 if no
+    positives), so rare obstacles count as much as common ones."""
+    positives = Y.sum(axis=0, dtype=np.float64)
+    negatives = len(Y) - positives
+    weights = np.divide(negatives, positives, out=np.ones_like(positives),
+                        where=positives > 0)
+    return np.clip(weights, 1.0, max_weight)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random (seeded) train / validation index split; no validation when the fraction is 0."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and (n_val < 1 or n - n_val < 1):
+        raise ValueError(f'cannot split {n} examples with validation fraction {val_fraction}')
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class Trainer:
+    """Guarded optimisation of one model's network on normalised features.
+
+    ``step(X, Y)``: X (n, d) already normalised in the network dtype, Y (n, c) {0, 1}.
+    """
+
+    def __init__(self, model: ObstacleModel, optimizer: str = 'adam', lr: Optional[float] = None,
+                 momentum: float = 0.9, weight_decay: float = 0.0,
+                 pos_weight: Optional[np.ndarray] = None, loss: str = 'logits') -> None:
+        if loss not in LOSSES:
+            raise ValueError(f'loss must be one of {LOSSES}, got {loss!r}')
+        if loss == 'brief' and pos_weight is not None:
+            raise ValueError("positive class weights need loss='logits'")
+        self.loss_kind = loss
+        self.model = model
+        self.network = model.network
+        self.params = self.network.parameters()
+        self.optimizer = make_optimizer(optimizer, self.params, lr=lr,
+                                        weight_decay=weight_decay, momentum=momentum)
+        self.loss = BCEWithLogitsLoss('batchmean', pos_weight=pos_weight)
+        self.steps = 0
+        self.discarded_steps = 0
+
+    def step(self, X: np.ndarray, Y: np.ndarray) -> Optional[float]:
+        """One update; returns the batch loss, or None if the update was discarded because the
+        loss or a gradient was not finite (the weights are then left untouched)."""
+        if self.loss_kind == 'brief':
+            value, grads = self._brief_gradients(X, Y)
+        else:
+            value = self.loss.forward(self.network.logits(X), Y)
+            grads = self.network.backward_logits(self.loss.backward())
+        if not math.isfinite(value) or not all(np.isfinite(g).all() for g in grads):
+            self.discarded_steps += 1
+            return None
+        self.optimizer.step(grads)
+        self.steps += 1
+        return value
+
+    def _brief_gradients(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+        """The brief's arithmetic: Sigmoid, get_grad_log_loss(eps=1e-8), back through all."""
+        Y_hat = self.network.forward(X)
+        value = log_loss(Y, Y_hat)
+        grad = get_grad_log_loss(Y, Y_hat)
+        per_layer: list[list[np.ndarray]] = []
+        for layer in self.network.layers[::-1]:
+            grad, *param_grads = layer.backward(grad)
+            per_layer.append(param_grads)
+        return value, [g for param_grads in reversed(per_layer) for g in param_grads]
+
+    def mean_loss(self, X: np.ndarray, Y: np.ndarray, batch: int = 4096) -> float:
+        """Mean per-example loss over a data set, in inference mode (nothing cached)."""
+        total = 0.0
+        evaluation = BCEWithLogitsLoss('sum', pos_weight=self.loss.pos_weight)
+        for start in range(0, len(X), batch):
+            logits = self.network.logits(X[start:start + batch], cache=False)
+            total += evaluation.forward(logits, Y[start:start + batch])
+        return total / max(len(X), 1)
+
+
+def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset] = None,
+                progress: bool = False,
+                on_epoch: Optional[Callable[[EpochRecord], None]] = None) -> TrainResult:
+    """Train a new :class:`ObstacleModel` on ``data``.
+
+    Validation data is ``validation`` if given, else a ``config.val_fraction`` split of
+    ``data``. With validation and ``patience > 0`` training stops after ``patience`` epochs
+    without a lower validation loss and the best epoch's weights are restored. Deterministic:
+    the same data and config give bitwise the same model.
+    """
+    config.validate()
+    if validation is None and config.val_fraction > 0:
+        train_idx, val_idx = split_indices(data.n, config.val_fraction, config.seed)
+        train, validation = data.subset(train_idx), data.subset(val_idx)
+    else:
+        train = data
+    if validation is not None and (validation.feature_names != train.feature_names
+                                   or validation.class_names != train.class_names):
+        raise ValueError('validation data has other feature or class names than the '
+                         'training data')
+
+    X_raw = train.X.astype(np.float64, copy=False)
+    mean, std = (fit_normalisation(X_raw) if config.normalise
+                 else (np.zeros(train.d), np.ones(train.d)))
+    model = ObstacleModel.create(train.feature_names, train.class_names, hidden=config.hidden,
+                                 dtype=config.dtype, activation=config.activation,
+                                 rng=config.seed, input_mean=mean, input_std=std,
+                                 metadata={'train_config': asdict(config)})
+    dtype = model.network.dtype
+    X = model.normalise(X_raw)
+    Y = train.Y.astype(dtype)
+    X_val = model.normalise(validation.X) if validation is not None else None
+    Y_val = validation.Y.astype(dtype) if validation is not None else None
+    pos_weight = (balanced_pos_weight(train.Y, config.max_pos_weight)
+                  if config.pos_weight == 'balanced' else None)
+    trainer = Trainer(model, config.optimizer, config.lr, config.momentum, config.weight_decay,
+                      pos_weight, config.loss)
+    shuffle_rng = np.random.default_rng(config.seed + 1)
+    result = TrainResult(model=model)
+    best_loss, best_params, stale_epochs = math.inf, None, 0
+
+    bar = _progress_bar(config.epochs, progress)
+    for epoch in range(1, config.epochs + 1):
+        order = shuffle_rng.permutation(len(X)) if config.shuffle else None
+        batch_losses = []
+        discarded_before = trainer.discarded_steps
+        for start in range(0, len(X), config.batch_size):
+            if order is None:
+                xb, yb = X[start:start + config.batch_size], Y[start:start + config.batch_size]
+            else:
+                rows = order[start:start + config.batch_size]
+                xb, yb = X[rows], Y[rows]
+            value = trainer.step(xb, yb)
+            if value is not None:
+                batch_losses.append(value * len(xb))
+        record = EpochRecord(epoch=epoch,
+                             train_loss=sum(batch_losses) / len(X) if batch_losses else math.nan,
+                             val_loss=None, val_micro_f1=None,
+                             discarded_steps=trainer.discarded_steps - discarded_before)
+        if X_val is not None:
+            record.val_loss = trainer.mean_loss(X_val, Y_val)
+            predictions = model.decide(model.network.predict_proba(X_val))
+            record.val_micro_f1 = multilabel_report(validation.Y, predictions,
+                                                    model.class_names)['micro']['f1']
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if bar is not None:
+            bar.set_postfix(loss=f'{record.train_loss:.4f}',
+                            val_loss='-' if record.val_loss is None else f'{record.val_loss:.4f}',
+                            val_f1='-' if record.val_micro_f1 is None
+                            else f'{record.val_micro_f1:.3f}')
+            bar.update(1)
+        if record.val_loss is None or config.patience == 0:
+            result.best_epoch = epoch
+            continue
+        if record.val_loss < best_loss:
+            best_loss, result.best_epoch, stale_epochs = record.val_loss, epoch, 0
+            best_params = [p.copy() for p in trainer.params]
+        else:
+            stale_epochs += 1
+            if stale_epochs >= config.patience:
+                result.stopped_early = True
+                break
+    if bar is not None:
+        bar.close()
+    if best_params is not None:
+        for param, best in zip(trainer.params, best_params):
+            param[...] = best
+    model.metadata.update({'best_epoch': result.best_epoch, 'epochs_run': len(result.history),
+                           'stopped_early': result.stopped_early,
+                           'train_examples': int(len(X)),
+                           'val_examples': 0 if X_val is None else int(len(X_val))})
+    return result
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit='epoch', desc='training', dynamic_ncols=True)
+
+
+def plot_history(history: Sequence[EpochRecord], path: str) -> None:
+    """Write a PNG of training / validation loss and validation micro-F1 per epoch."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    epochs = [r.epoch for r in history]
+    figure, (loss_axis, f1_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [r.train_loss for r in history], label='training')
+    if any(r.val_loss is not None for r in history):
+        loss_axis.plot(epochs, [r.val_loss for r in history], label='validation')
+        f1_axis.plot(epochs, [r.val_micro_f1 for r in history], color='tab:green')
+    loss_axis.set(xlabel='epoch', ylabel='mean NLL per example', title='loss')
+    loss_axis.legend()
+    f1_axis.set(xlabel='epoch', ylabel='micro F1', title='validation micro F1', ylim=(0, 1))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .datasets import name_differences
-from .nn import MLP, Linear
+from .nn import MLP, Linear, LinearClassifier, Network
 
 FORMAT_NAME = 'obstacle_classifier.model'
 FORMAT_VERSION = 1
@@ -46,7 +46,8 @@ class ObstacleModel:
     """The network and its deployment contract.
 
     Attributes:
-        network: the MLP; its input width d = len(feature_names), output c = len(class_names).
+        network: the MLP (or the linear baseline); input width d = len(feature_names), output
+            c = len(class_names).
         class_names: (c,) obstacle classes, in output order.
         feature_names: (d,) names of the feature vector the network expects, in order.
         input_mean, input_std: (d,) float64 normalisation fitted on training data;
@@ -55,7 +56,7 @@ class ObstacleModel:
         metadata: JSON-serialisable dict (how it was trained, scores, ...).
     """
 
-    network: MLP
+    network: Network
     class_names: tuple[str, ...]
     feature_names: tuple[str, ...]
     input_mean: np.ndarray
@@ -76,12 +77,15 @@ class ObstacleModel:
     @classmethod
     def create(cls, feature_names: Sequence[str], class_names: Sequence[str], hidden: int = 64,
                *, dtype: np.dtype | type = np.float64, activation: str = 'scaled_relu',
-               rng: Any = None, input_mean: Optional[np.ndarray] = None,
-               input_std: Optional[np.ndarray] = None,
+               architecture: str = 'mlp', rng: Any = None,
+               input_mean: Optional[np.ndarray] = None, input_std: Optional[np.ndarray] = None,
                metadata: Optional[dict] = None) -> 'ObstacleModel':
-        """A freshly initialised model (identity normalisation unless given, thresholds 0.5)."""
+        """A freshly initialised model (identity normalisation unless given, thresholds 0.5).
+
+        ``architecture``: 'mlp' (the brief's, width ``hidden``) or 'linear' (the baseline).
+        """
         d, c = len(feature_names), len(class_names)
-        network = MLP(d, hidden, c, dtype=dtype, activation=activation, rng=rng)
+        network = _build_network(architecture, d, hidden, c, dtype, activation, rng)
         return cls(network=network, class_names=tuple(class_names),
                    feature_names=tuple(feature_names),
                    input_mean=np.zeros(d) if input_mean is None else input_mean,
@@ -170,7 +174,7 @@ class ObstacleModel:
 
     def _arrays(self) -> dict[str, np.ndarray]:
         net = self.network
-        architecture = {'type': 'MLP', 'd': net.d, 'h': net.h, 'c': net.c,
+        architecture = {'type': net.kind, 'd': net.d, 'h': net.h, 'c': net.c,
                         'activation': net.activation, 'dtype': net.dtype.name,
                         'layers': [repr(layer) for layer in net.layers]}
         arrays = {
@@ -217,10 +221,8 @@ class ObstacleModel:
             raise ValueError('checksum mismatch: the file was modified or corrupted after it '
                              'was written')
         arch = json.loads(str(arrays['architecture']))
-        if arch.get('type') != 'MLP':
-            raise ValueError(f'unsupported architecture type {arch.get("type")!r}')
-        network = MLP(int(arch['d']), int(arch['h']), int(arch['c']), dtype=arch['dtype'],
-                      activation=arch['activation'], rng=0)
+        network = _build_network(arch.get('type'), int(arch['d']), int(arch['h']),
+                                 int(arch['c']), arch['dtype'], arch['activation'], rng=0)
         for index, layer in enumerate(network.layers):
             if not isinstance(layer, Linear):
                 continue
@@ -266,6 +268,18 @@ class ObstacleModel:
         if not np.all((self.thresholds > 0) & (self.thresholds < 1)):
             return f'thresholds must lie in (0, 1), got {self.thresholds.tolist()}'
         return None
+
+
+ARCHITECTURES = ('mlp', 'linear')
+
+
+def _build_network(architecture: Any, d: int, h: int, c: int, dtype: Any, activation: str,
+                   rng: Any) -> Network:
+    if architecture == 'mlp':
+        return MLP(d, h, c, dtype=dtype, activation=activation, rng=rng)
+    if architecture == 'linear':
+        return LinearClassifier(d, c, dtype=dtype, rng=rng)
+    raise ValueError(f'unsupported architecture {architecture!r} (known: {ARCHITECTURES})')
 
 
 def _write_npz(fileobj, arrays: dict[str, np.ndarray]) -> None:

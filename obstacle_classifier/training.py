@@ -26,7 +26,7 @@ import numpy as np
 
 from .datasets import Dataset
 from .metrics import multilabel_report
-from .model import ObstacleModel
+from .model import ARCHITECTURES, ObstacleModel
 from .nn import ACTIVATIONS, BCEWithLogitsLoss, get_grad_log_loss, log_loss
 from .nn.optim import OPTIMIZERS, make_optimizer
 
@@ -40,6 +40,7 @@ LOSSES = ('logits', 'brief')
 class TrainConfig:
     """Every knob of a training run (stored in the model's metadata)."""
 
+    architecture: str = 'mlp'           # 'mlp' (the brief's) or 'linear' (the baseline)
     hidden: int = 64
     activation: str = 'scaled_relu'
     dtype: str = 'float64'
@@ -60,6 +61,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
+            (self.architecture in ARCHITECTURES, f'architecture must be one of '
+                                                 f'{ARCHITECTURES}, got {self.architecture!r}'),
             (self.hidden >= 1, f'hidden must be >= 1, got {self.hidden}'),
             (self.activation in ACTIVATIONS, f'activation must be one of {sorted(ACTIVATIONS)}'),
             (self.dtype in ('float32', 'float64'), f'dtype must be float32 or float64, got '
@@ -85,9 +88,10 @@ class TrainConfig:
 
 
 #: The brief's training regime on the brief's MLP (hidden 64, ScaledReLU, float64).
-BRIEF_REGIME = dict(hidden=64, activation='scaled_relu', dtype='float64', optimizer='sgd', lr=0.1,
-                    epochs=10, batch_size=100, shuffle=False, val_fraction=0.0, patience=0,
-                    normalise=False, loss='brief', weight_decay=0.0, pos_weight='none')
+BRIEF_REGIME = dict(architecture='mlp', hidden=64, activation='scaled_relu', dtype='float64',
+                    optimizer='sgd', lr=0.1, epochs=10, batch_size=100, shuffle=False,
+                    val_fraction=0.0, patience=0, normalise=False, loss='brief',
+                    weight_decay=0.0, pos_weight='none')
 
 
 @dataclass
@@ -219,7 +223,8 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
                  else (np.zeros(train.d), np.ones(train.d)))
     model = ObstacleModel.create(train.feature_names, train.class_names, hidden=config.hidden,
                                  dtype=config.dtype, activation=config.activation,
-                                 rng=config.seed, input_mean=mean, input_std=std,
+                                 architecture=config.architecture, rng=config.seed,
+                                 input_mean=mean, input_std=std,
                                  metadata={'train_config': asdict(config)})
     dtype = model.network.dtype
     X = model.normalise(X_raw)

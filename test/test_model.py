@@ -182,3 +182,15 @@ def test_written_file_is_a_plain_npz(tmp_path):
         assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in archive.infolist())
     assert set(_raw_arrays(path)) >= {'architecture', 'feature_names', 'class_names',
                                       'input_mean', 'input_std', 'format_version', 'checksum'}
+
+
+def test_linear_baseline_round_trips(tmp_path):
+    model = ObstacleModel.create(FEATURES, CLASSES, architecture='linear', rng=0)
+    assert [repr(layer) for layer in model.network.layers] == ['Linear(4, 3)', 'Sigmoid(3)']
+    model.save(tmp_path / 'linear.npz')
+    loaded = ObstacleModel.load(tmp_path / 'linear.npz')
+    assert loaded.network.kind == 'linear'
+    X = np.ones((2, 4))
+    assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    with pytest.raises(ValueError, match='unsupported architecture'):
+        ObstacleModel.create(FEATURES, CLASSES, architecture='transformer')

@@ -119,3 +119,16 @@ def test_plot_history_writes_a_png(tmp_path):
     result = train_model(_dataset(300), TrainConfig(epochs=3))
     plot_history(result.history, str(tmp_path / 'curves.png'))
     assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_mlp_beats_the_linear_baseline_on_a_nonlinear_problem():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 4))
+    # XOR-like classes: a linear model cannot separate them
+    Y = np.column_stack([(X[:, 0] * X[:, 1] > 0), (np.abs(X[:, 2]) > 1)]).astype(np.uint8)
+    data = Dataset(X=X, Y=Y, feature_names=('a', 'b', 'c', 'd'), class_names=('xor', 'far'))
+    f1 = {}
+    for architecture in ('mlp', 'linear'):
+        result = train_model(data, TrainConfig(architecture=architecture, epochs=30, lr=3e-3))
+        f1[architecture] = result.history[result.best_epoch - 1].val_micro_f1
+    assert f1['mlp'] > 0.9 and f1['linear'] < 0.7

@@ -5,11 +5,12 @@ from .gradcheck import check_gradient, numerical_gradient, rel_error
 from .layers import Bias, Layer, Linear, ReLU, ScaledReLU, Sigmoid, cached_nbytes
 from .losses import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss,
                      get_grad_log_loss, log_loss)
-from .mlp import ACTIVATIONS, MLP
+from .mlp import ACTIVATIONS, MLP, LinearClassifier, Network
 
 __all__ = [
     'ACTIVATIONS', 'BCELoss', 'BCEWithLogitsLoss', 'Bias', 'CrossEntropyLoss', 'Layer', 'Linear',
-    'Loss', 'MLP', 'MSELoss', 'ReLU', 'ScaledReLU', 'Sigmoid', 'cached_nbytes', 'check_gradient',
+    'LinearClassifier', 'Loss', 'MLP', 'MSELoss', 'Network', 'ReLU', 'ScaledReLU', 'Sigmoid',
+    'cached_nbytes', 'check_gradient',
     'flops_report', 'get_grad_log_loss', 'layer_flops', 'log_loss', 'log_softmax',
     'matmul_flops', 'numerical_gradient', 'rel_error', 'sigmoid', 'softplus_neg',
 ]

@@ -1,4 +1,6 @@
-"""The brief's multi-label MLP, with the attributes and methods its text uses.
+"""Networks: the brief's multi-label MLP, and a linear baseline, on one generic base.
+
+The brief's MLP, with the attributes and methods its text uses:
 
     input (d) -> Linear -> ScaledReLU -> (h) -> Linear -> ScaledReLU -> (h) -> Linear -> (c)
               -> Sigmoid -> probabilities (c)
@@ -7,10 +9,12 @@
 text also runs unchanged on these layers; a test proves it). Additions for the product: dtype,
 seeded initialisation, a ReLU variant, inference without caching, and the split into logits and
 sigmoid that the offline trainer uses for a stable loss.
+
+:class:`LinearClassifier` (a single Linear + Sigmoid) is the baseline the MLP must beat.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -21,36 +25,20 @@ from .losses import get_grad_log_loss
 ACTIVATIONS = {'scaled_relu': ScaledReLU, 'relu': ReLU}
 
 
-class MLP:
-    """Multi-label classifier ``(n, d) -> (n, c)`` probabilities.
+class Network:
+    """A stack of layers ending in a Sigmoid: (n, d) -> (n, c) probabilities.
 
-    Args:
-        d, h, c: input, hidden and output widths.
-        dtype: float32 or float64 for parameters and every activation.
-        activation: ``'scaled_relu'`` (the brief's) or ``'relu'``.
-        rng: seed or Generator for the Kaiming initialisation (None: NumPy's global state).
+    Subclasses set ``layers``, ``d``, ``c``, ``h`` (0 without hidden layer) and ``activation``.
     """
 
-    def __init__(self, d: int, h: int, c: int, *, dtype: np.dtype | type = np.float64,
-                 activation: str = 'scaled_relu', rng: RngLike = None) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, '
-                             f'got {activation!r}')
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f'dtype must be float32 or float64, got {dtype}')
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            rng = np.random.default_rng(rng)
-        act = ACTIVATIONS[activation]
-        self.d, self.h, self.c = int(d), int(h), int(c)
-        self.activation = activation
-        self.layers: list[Layer] = [
-            Linear(d, h, dtype=dtype, rng=rng), act(h),  # input_layer
-            Linear(h, h, dtype=dtype, rng=rng), act(h),  # hidden_layer
-            Linear(h, c, dtype=dtype, rng=rng), Sigmoid(c),  # output_layer
-        ]
+    layers: list[Layer]
+    d: int
+    h: int
+    c: int
+    activation: str
+    kind = 'network'
 
-    # -- the brief's interface -------------------------------------------------------------
+    # -- the brief's interface (shared by every network) --------------------------------------
     def forward(self, X: np.ndarray) -> np.ndarray:
         """Predict class probabilities for a batch: (n, d) -> (n, c). Caches for backward in
         training mode (the default)."""
@@ -90,12 +78,12 @@ class MLP:
         """Every trainable array, in layer order (W1, b1, W2, b2, W3, b3)."""
         return [p for layer in self.layers for p in layer.params]
 
-    def train(self, mode: bool = True) -> 'MLP':
+    def train(self, mode: bool = True) -> 'Network':
         for layer in self.layers:
             layer.train(mode)
         return self
 
-    def eval(self) -> 'MLP':
+    def eval(self) -> 'Network':
         return self.train(False)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -148,6 +136,66 @@ class MLP:
         with ``exclude`` (e.g. the input batch, referenced not copied) are not counted."""
         return cached_nbytes(self.layers, tuple(exclude))
 
+
+class MLP(Network):
+    """Multi-label classifier ``(n, d) -> (n, c)`` probabilities.
+
+    Args:
+        d, h, c: input, hidden and output widths.
+        dtype: float32 or float64 for parameters and every activation.
+        activation: ``'scaled_relu'`` (the brief's) or ``'relu'``.
+        rng: seed or Generator for the Kaiming initialisation (None: NumPy's global state).
+    """
+
+    kind = 'mlp'
+
+    def __init__(self, d: int, h: int, c: int, *, dtype: np.dtype | type = np.float64,
+                 activation: str = 'scaled_relu', rng: RngLike = None) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, '
+                             f'got {activation!r}')
+        dtype = _check_dtype(dtype)
+        rng = _as_generator(rng)
+        act = ACTIVATIONS[activation]
+        self.d, self.h, self.c = int(d), int(h), int(c)
+        self.activation = activation
+        self.layers: list[Layer] = [
+            Linear(d, h, dtype=dtype, rng=rng), act(h),  # input_layer
+            Linear(h, h, dtype=dtype, rng=rng), act(h),  # hidden_layer
+            Linear(h, c, dtype=dtype, rng=rng), Sigmoid(c),  # output_layer
+        ]
+
     def __repr__(self) -> str:
         return (f'MLP(d={self.d}, h={self.h}, c={self.c}, dtype={self.dtype.name}, '
                 f'activation={self.activation!r})')
+
+
+class LinearClassifier(Network):
+    """The linear baseline: ``sigmoid(X @ W + b)``, (n, d) -> (n, c)."""
+
+    kind = 'linear'
+
+    def __init__(self, d: int, c: int, *, dtype: np.dtype | type = np.float64,
+                 rng: RngLike = None) -> None:
+        dtype = _check_dtype(dtype)
+        rng = _as_generator(rng)
+        self.d, self.h, self.c = int(d), 0, int(c)
+        self.activation = 'none'
+        self.layers = [Linear(d, c, dtype=dtype, rng=rng), Sigmoid(c)]
+
+    def __repr__(self) -> str:
+        return f'LinearClassifier(d={self.d}, c={self.c}, dtype={self.dtype.name})'
+
+
+def _as_generator(rng: RngLike) -> Optional[np.random.Generator]:
+    """One Generator shared by all layers (None keeps NumPy's global state)."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def _check_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f'dtype must be float32 or float64, got {dtype}')
+    return dtype

@@ -1,21 +1,56 @@
-"""The ``obstacle-classifier`` command line: offline tools around the model.
+"""The ``obstacle-classifier`` command line: make and judge a model before it goes on a robot.
 
-Each subcommand is a function ``_cmd_<name>(args) -> int`` registered in :func:`build_parser`.
-User mistakes (bad paths, bad files, bad values) raise :class:`CliError` or ValueError and are
-reported on stderr with a non-zero exit, never as a traceback.
+Subcommands: ``simulate`` (data from the simulated sidewalk, through the node's feature
+pipeline), ``train``, ``evaluate``, ``tune-thresholds``, ``predict`` and ``flops``. Each is a
+function ``_cmd_<name>(args) -> int`` registered in :func:`build_parser`. User mistakes (bad paths,
+bad files, bad values) are reported on stderr with exit status 2, never as a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from .nn import MLP, flops_report
+import numpy as np
+
+from .datasets import Dataset, DatasetError, check_compatible, load_dataset, save_dataset
+from .model import ModelFileError, ObstacleModel
+from .nn import ACTIVATIONS, MLP, flops_report
+from .nn.optim import OPTIMIZERS
+
+EXAMPLES = {
+    'simulate': """examples:
+  obstacle-classifier simulate --ticks 20000 --seed 1 --output sim_train.npz
+  obstacle-classifier simulate --ticks 5000 --seed 2 --scenario busy --output sim_test.csv""",
+    'train': """examples:
+  obstacle-classifier train sim_train.npz --output model.npz --plot curves.png
+  obstacle-classifier train data.csv --label-prefix label: --dtype float32 --output model.npz
+  # the brief's exact regime on the brief's MLP:
+  obstacle-classifier train data.npz --output brief.npz --optimizer sgd --lr 0.1 --epochs 10 \\
+      --batch-size 100 --no-shuffle --val-fraction 0 --no-normalise --loss brief --patience 0
+  # ... or, the same:  obstacle-classifier train data.npz --output brief.npz --brief-regime""",
+    'evaluate': """examples:
+  obstacle-classifier evaluate model.npz sim_test.npz
+  obstacle-classifier evaluate model.npz sim_test.npz --json > report.json
+  obstacle-classifier evaluate model.npz sim_test.npz --plot per_class.png""",
+    'tune-thresholds': """examples:
+  obstacle-classifier tune-thresholds model.npz sim_val.npz            # rewrites model.npz
+  obstacle-classifier tune-thresholds model.npz sim_val.npz --output tuned.npz""",
+    'predict': """examples:
+  obstacle-classifier predict model.npz readings.csv --output predictions.csv
+  obstacle-classifier predict model.npz features.npz --output predictions.npz --threshold 0.4""",
+    'flops': """example:
+  obstacle-classifier flops --d 16 --h 64 --c 8 --n 10000""",
+}
 
 
 class CliError(Exception):
     """A user-facing error: printed as ``obstacle-classifier: error: <message>``, exit 2."""
 
+
+# -- argument types ---------------------------------------------------------------------------
 
 def _positive_int(text: str) -> int:
     try:
@@ -27,24 +62,352 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f'expected a positive number, got {text}')
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f'expected a threshold in (0, 1), got {text}')
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f'expected a fraction in [0, 1), got {text}')
+    return value
+
+
+def _name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(',') if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError('expected a comma-separated list of column names')
+    return names
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+def _add_label_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--label-columns', type=_name_list, metavar='A,B,...',
+                        help='CSV: the label columns, by exact header name')
+    parser.add_argument('--label-prefix', default='label:',
+                        help='CSV: label columns are those whose name starts with this '
+                             '(stripped to give the class name; default "label:")')
+
+
+def _load_data(path: str, args: argparse.Namespace, require_labels: bool = True) -> Dataset:
+    return load_dataset(path, label_columns=args.label_columns, label_prefix=args.label_prefix,
+                        require_labels=require_labels)
+
+
+def _load_model(path: str) -> ObstacleModel:
+    return ObstacleModel.load(path)
+
+
+def _check_output_path(path: str, suffixes: Sequence[str]) -> Path:
+    output = Path(path)
+    if output.suffix.lower() not in suffixes:
+        raise CliError(f'{output}: output must end in {" or ".join(suffixes)}')
+    if not output.parent.is_dir():
+        raise CliError(f'{output}: directory {output.parent} does not exist')
+    return output
+
+
+def _evaluation(model: ObstacleModel, data: Dataset, threshold: Optional[float] = None) -> dict:
+    from .metrics import multilabel_report
+    check_compatible(data, model.feature_names, model.class_names)
+    predictions = model.predict(data.X, threshold)
+    return multilabel_report(data.Y, predictions, model.class_names)
+
+
+# -- subcommands ------------------------------------------------------------------------------
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .features import FeatureConfig
+    from .simulation import simulate_dataset
+    output = _check_output_path(args.output, ('.npz', '.csv'))
+    config = FeatureConfig.from_yaml(args.config) if args.config else None
+    simulated = simulate_dataset(args.ticks, seed=args.seed, scenario=args.scenario,
+                                 config=config, progress=not args.quiet)
+    data = Dataset(X=simulated.X, Y=simulated.Y, feature_names=simulated.feature_names,
+                   class_names=simulated.class_names, source=str(output))
+    save_dataset(output, data)
+    rates = ', '.join(f'{name} {rate:.1%}' for name, rate in simulated.positive_rates().items())
+    print(f'wrote {output}: {data.n} ticks x {data.d} features, {data.c} classes '
+          f'({simulated.skipped_ticks} ticks skipped as stale)')
+    print(f'class presence: {rates}')
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from .training import BRIEF_REGIME, TrainConfig
+    if args.brief_regime:
+        return TrainConfig(**BRIEF_REGIME, seed=args.seed)
+    return TrainConfig(architecture=args.architecture, hidden=args.hidden,
+                       activation=args.activation, dtype=args.dtype, optimizer=args.optimizer,
+                       lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                       epochs=args.epochs, batch_size=args.batch_size, shuffle=args.shuffle,
+                       val_fraction=args.val_fraction, patience=args.patience,
+                       pos_weight=args.pos_weight, normalise=args.normalise, loss=args.loss,
+                       seed=args.seed)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .metrics import best_f1_thresholds
+    from .training import plot_history, split_indices, train_model
+    output = _check_output_path(args.output, ('.npz',))
+    data = _load_data(args.data, args)
+    validation = _load_data(args.validation, args) if args.validation else None
+    config = _train_config(args)
+    config.validate()
+    if validation is None and config.val_fraction > 0:
+        train_idx, val_idx = split_indices(data.n, config.val_fraction, config.seed)
+        data, validation = data.subset(train_idx), data.subset(val_idx)
+    result = train_model(data, config, validation=validation, progress=not args.quiet)
+    model = result.model
+    model.metadata['training_data'] = str(args.data)
+    if args.tune_thresholds:
+        if validation is None:
+            raise CliError('--tune-thresholds needs validation data (--validation or '
+                           '--val-fraction > 0)')
+        thresholds, _ = best_f1_thresholds(validation.Y, model.predict_proba(validation.X))
+        model.thresholds = np.clip(thresholds, 1e-6, 1 - 1e-6)
+        model.metadata['thresholds_tuned_on'] = 'validation split'
+    if validation is not None:
+        report = _evaluation(model, validation)
+        model.metadata['validation'] = {'micro_f1': report['micro']['f1'],
+                                        'macro_f1': report['macro']['f1']}
+    model.save(output)
+    last = result.history[-1]
+    print(f'trained {model.network!r} for {len(result.history)} epochs '
+          f'(best epoch {result.best_epoch}{", stopped early" if result.stopped_early else ""}); '
+          f'final training loss {last.train_loss:.4f}')
+    if validation is not None:
+        print(f'validation ({validation.n} examples): micro F1 {report["micro"]["f1"]:.3f}, '
+              f'macro F1 {report["macro"]["f1"]:.3f}')
+    print(f'wrote {output} (version {model.version})')
+    if args.plot:
+        plot_history(result.history, args.plot)
+        print(f'wrote {args.plot}')
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import format_report
+    model = _load_model(args.model)
+    data = _load_data(args.data, args)
+    report = _evaluation(model, data, args.threshold)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(f'{args.model} on {args.data} ({data.n} examples)')
+        print(format_report(report), end='')
+    if args.plot:
+        _plot_report(report, args.plot)
+        print(f'wrote {args.plot}', file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _plot_report(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = list(report['per_class'])
+    x = np.arange(len(names))
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
+    for offset, metric in zip((-0.27, 0, 0.27), ('precision', 'recall', 'f1')):
+        axis.bar(x + offset, [report['per_class'][n][metric] for n in names], width=0.27,
+                 label=metric)
+    axis.set_xticks(x, names, rotation=30, ha='right')
+    axis.set(ylim=(0, 1), ylabel='score',
+             title=f'per-class scores (micro F1 {report["micro"]["f1"]:.3f}, '
+                   f'macro F1 {report["macro"]["f1"]:.3f})')
+    axis.legend(loc='lower right')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _cmd_tune_thresholds(args: argparse.Namespace) -> int:
+    from .metrics import best_f1_thresholds
+    output = _check_output_path(args.output or args.model, ('.npz',))
+    model = _load_model(args.model)
+    data = _load_data(args.data, args)
+    before = _evaluation(model, data)
+    thresholds, best_f1 = best_f1_thresholds(data.Y, model.predict_proba(data.X))
+    # thresholds must lie strictly inside (0, 1) for the model file
+    model.thresholds = np.clip(thresholds, 1e-6, 1 - 1e-6)
+    model.metadata['thresholds_tuned_on'] = str(args.data)
+    after = _evaluation(model, data)
+    model.save(output)
+    for name, threshold, f1 in zip(model.class_names, model.thresholds, best_f1):
+        print(f'  {name:<12} threshold {threshold:.4f}  F1 {f1:.3f}')
+    print(f'micro F1 {before["micro"]["f1"]:.3f} -> {after["micro"]["f1"]:.3f}, '
+          f'macro F1 {before["macro"]["f1"]:.3f} -> {after["macro"]["f1"]:.3f} on {args.data}')
+    print(f'wrote {output} (version {model.version})')
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    model = _load_model(args.model)
+    data = _load_data(args.input, args, require_labels=False)
+    check_compatible(data, model.feature_names, None)
+    probabilities = model.predict_proba(data.X)
+    labels = model.decide(probabilities, args.threshold)
+    if args.output is None:
+        for row_labels, row_probs in zip(labels, probabilities):
+            present = [name for name, flag in zip(model.class_names, row_labels) if flag]
+            print(','.join(present) + '\t' + ' '.join(f'{p:.4f}' for p in row_probs))
+        return 0
+    output = _check_output_path(args.output, ('.npz', '.csv'))
+    if output.suffix.lower() == '.npz':
+        from .atomic import atomic_write
+        atomic_write(output, lambda f: np.savez(f, probabilities=probabilities, labels=labels,
+                                                class_names=np.array(model.class_names)))
+    else:
+        from .atomic import atomic_write_bytes
+        header = ([f'prob:{n}' for n in model.class_names]
+                  + [f'label:{n}' for n in model.class_names])
+        lines = [','.join(header)]
+        lines += [','.join([repr(float(p)) for p in probs] + [str(int(v)) for v in flags])
+                  for probs, flags in zip(probabilities, labels)]
+        atomic_write_bytes(output, ('\n'.join(lines) + '\n').encode())
+    print(f'wrote {output}: {len(labels)} predictions over {model.n_classes} classes')
+    return 0
+
+
 def _cmd_flops(args: argparse.Namespace) -> int:
     model = MLP(args.d, args.h, args.c, rng=0)
     print(flops_report(model, args.n))
     return 0
 
 
+# -- parser -----------------------------------------------------------------------------------
+
+def _subcommand(commands, name: str, help_text: str, description: str):
+    parser = commands.add_parser(name, help=help_text, description=description,
+                                 epilog=EXAMPLES[name],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='obstacle-classifier',
-        description='Offline tools for the NumPy obstacle classifier.')
+        description='Offline tools for the NumPy obstacle classifier: simulate data, train, '
+                    'evaluate, tune thresholds, predict, count FLOPs.')
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
-    flops = commands.add_parser(
-        'flops', help="matrix-product FLOPs of training vs inference (the brief's question)",
-        description='Count the FLOPs of the matrix products the NumPy MLP performs for n '
-                    'examples, in inference and in one training step, and derive the ratio.',
-        epilog='example:\n  obstacle-classifier flops --d 16 --h 64 --c 8 --n 10000',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    simulate = _subcommand(
+        commands, 'simulate', 'write a data set from the simulated sidewalk',
+        'Run the seeded sidewalk simulator, feed every raw reading through the same feature '
+        'pipeline the node uses, and write features and ground-truth labels at tick times.')
+    simulate.add_argument('--ticks', type=_positive_int, default=20000,
+                          help='feature vectors to produce (default 20000 = 1000 s at 20 Hz)')
+    simulate.add_argument('--seed', type=int, default=0, help='simulator seed (default 0)')
+    simulate.add_argument('--scenario', default='default',
+                          help='simulated world: default, quiet or busy (default: default)')
+    simulate.add_argument('--config', help='feature config YAML (default: the installed one)')
+    simulate.add_argument('--output', required=True, help='.npz or .csv file to write')
+    simulate.add_argument('--quiet', action='store_true', help='no progress bar')
+    simulate.set_defaults(handler=_cmd_simulate)
+
+    train = _subcommand(
+        commands, 'train', 'train a model file from a data file',
+        'Train the MLP (or the linear baseline) on a data file and write a model file holding '
+        'the network, the feature and class names, the input normalisation and thresholds.')
+    train.add_argument('data', help='training data (.npz or .csv)')
+    train.add_argument('--output', required=True, help='model file to write (.npz)')
+    train.add_argument('--validation', help='validation data file (default: a split of DATA)')
+    train.add_argument('--val-fraction', type=_fraction, default=0.2,
+                       help='validation split when --validation is not given (default 0.2)')
+    train.add_argument('--architecture', choices=('mlp', 'linear'), default='mlp',
+                       help="'mlp' (the brief's) or 'linear' (Linear + Sigmoid baseline)")
+    train.add_argument('--hidden', type=_positive_int, default=64, help='hidden width h')
+    train.add_argument('--activation', choices=sorted(ACTIVATIONS), default='scaled_relu')
+    train.add_argument('--dtype', choices=('float32', 'float64'), default='float64')
+    train.add_argument('--optimizer', choices=OPTIMIZERS, default='adam')
+    train.add_argument('--lr', type=_positive_float,
+                       help='learning rate (default: 0.1 sgd, 0.05 momentum, 1e-3 adam)')
+    train.add_argument('--momentum', type=_fraction, default=0.9,
+                       help='momentum for --optimizer momentum (default 0.9)')
+    train.add_argument('--weight-decay', type=float, default=0.0,
+                       help='L2 penalty on weights (default 0)')
+    train.add_argument('--epochs', type=_positive_int, default=60)
+    train.add_argument('--batch-size', type=_positive_int, default=100)
+    train.add_argument('--no-shuffle', dest='shuffle', action='store_false',
+                       help='keep data order (the brief does)')
+    train.add_argument('--patience', type=int, default=8,
+                       help='early stopping: epochs without a better validation loss (0: off)')
+    train.add_argument('--pos-weight', choices=('none', 'balanced'), default='none',
+                       help='per-class positive weights for imbalance (balanced: n_neg/n_pos)')
+    train.add_argument('--no-normalise', dest='normalise', action='store_false',
+                       help='do not standardise inputs')
+    train.add_argument('--loss', choices=('logits', 'brief'), default='logits',
+                       help="'logits': exact, stable NLL gradient; 'brief': the brief's "
+                            'Sigmoid + get_grad_log_loss(eps=1e-8)')
+    train.add_argument('--brief-regime', action='store_true',
+                       help="the brief's exact regime (overrides the options above): MLP h=64, "
+                            'sgd lr 0.1, 10 epochs, batch 100, data order, no split, raw inputs')
+    train.add_argument('--tune-thresholds', action='store_true',
+                       help='choose per-class thresholds for best F1 on the validation data')
+    train.add_argument('--seed', type=int, default=0, help='initialisation / split / shuffle')
+    train.add_argument('--plot', help='write training curves to this PNG')
+    train.add_argument('--quiet', action='store_true', help='no progress bar')
+    _add_label_options(train)
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = _subcommand(
+        commands, 'evaluate', 'score a model on labelled data',
+        'Per-class precision, recall, F1 and support; micro and macro F1; Hamming loss; subset '
+        'accuracy.')
+    evaluate.add_argument('model', help='model file (.npz)')
+    evaluate.add_argument('data', help='labelled data (.npz or .csv)')
+    evaluate.add_argument('--threshold', type=_probability,
+                          help="one threshold for every class (default: the model's)")
+    evaluate.add_argument('--json', action='store_true', help='print the report as JSON')
+    evaluate.add_argument('--plot', help='write per-class score bars to this PNG')
+    _add_label_options(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    tune = _subcommand(
+        commands, 'tune-thresholds', 'choose per-class thresholds for best F1',
+        'Choose, for each class, the decision threshold with the best F1 on validation data '
+        '(not the test data!) and store them in the model file.')
+    tune.add_argument('model', help='model file (.npz), rewritten unless --output')
+    tune.add_argument('data', help='labelled validation data (.npz or .csv)')
+    tune.add_argument('--output', help='write the tuned model here instead')
+    _add_label_options(tune)
+    tune.set_defaults(handler=_cmd_tune_thresholds)
+
+    predict = _subcommand(
+        commands, 'predict', 'labels and probabilities for feature vectors',
+        'Run the model on a CSV or NPZ file of feature vectors (labels, if present, are '
+        'ignored) and print or write the detected classes and the probabilities.')
+    predict.add_argument('model', help='model file (.npz)')
+    predict.add_argument('input', help='feature vectors (.npz or .csv)')
+    predict.add_argument('--output', help='.csv (prob:<class>, label:<class> columns) or .npz')
+    predict.add_argument('--threshold', type=_probability,
+                         help="one threshold for every class (default: the model's)")
+    _add_label_options(predict)
+    predict.set_defaults(handler=_cmd_predict)
+
+    flops = _subcommand(
+        commands, 'flops', "matrix-product FLOPs of training vs inference (the brief's question)",
+        'Count the FLOPs of the matrix products the NumPy MLP performs for n examples, in '
+        'inference and in one training step, and derive the ratio.')
     flops.add_argument('--d', type=_positive_int, default=16, help='input width (default 16)')
     flops.add_argument('--h', type=_positive_int, default=64, help='hidden width (default 64)')
     flops.add_argument('--c', type=_positive_int, default=8, help='classes (default 8)')
@@ -59,8 +422,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (CliError, ValueError, OSError) as exc:
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
+    except (CliError, DatasetError, ModelFileError, ValueError, OSError) as exc:
+        print(f'{parser.prog} {args.command}: error: {exc}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'{parser.prog}: interrupted', file=sys.stderr)

@@ -34,6 +34,7 @@ from .nn.optim import OPTIMIZERS, make_optimizer
 # tiny std would turn sensor noise on an unused input into huge activations.
 MIN_STD = 1e-6
 LOSSES = ('logits', 'brief')
+SPLIT_BLOCK = 200  # rows per block of the validation split (10 s of ticks at 20 Hz)
 
 
 @dataclass
@@ -129,13 +130,27 @@ def balanced_pos_weight(Y: np.ndarray, max_weight: float) -> np.ndarray:
     return np.clip(weights, 1.0, max_weight)
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random (seeded) train / validation index split; no validation when the fraction is 0."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and (n_val < 1 or n - n_val < 1):
-        raise ValueError(f'cannot split {n} examples with validation fraction {val_fraction}')
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def split_indices(n: int, val_fraction: float, seed: int,
+                  block: int = SPLIT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train / validation split by contiguous blocks of ``block`` rows.
+
+    Consecutive ticks of a sensor stream are near-duplicates (a 0.5 s window moves 50 ms per
+    tick), so a row-wise random split puts copies of training rows in validation and reports
+    scores a new run never reaches. Whole blocks (default 200 ticks = 10 s at 20 Hz) go to one
+    side or the other. No validation when the fraction is 0.
+    """
+    n_blocks = -(-n // block)
+    n_val_blocks = int(round(n_blocks * val_fraction))
+    if val_fraction > 0 and n_val_blocks < 1:
+        n_val_blocks = 1
+    if val_fraction > 0 and n_val_blocks >= n_blocks:
+        raise ValueError(f'cannot split {n} examples ({n_blocks} blocks of {block}) with '
+                         f'validation fraction {val_fraction}')
+    val_blocks = np.random.default_rng(seed).choice(n_blocks, size=n_val_blocks, replace=False)
+    is_val = np.zeros(n, dtype=bool)
+    for start in val_blocks * block:
+        is_val[start:start + block] = True
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 class Trainer:

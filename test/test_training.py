@@ -5,13 +5,24 @@ import numpy as np
 import pytest
 
 from obstacle_classifier.datasets import Dataset
-from obstacle_classifier.demo import CLASS_NAMES, builtin_dataset
 from obstacle_classifier.nn import MLP
 from obstacle_classifier.training import (BRIEF_REGIME, TrainConfig, Trainer,
                                           balanced_pos_weight, fit_normalisation, plot_history,
                                           split_indices, train_model)
 
 FEATURES = tuple(f'f{i}' for i in range(16))
+CLASS_NAMES = ('pedestrian', 'bicycle', 'trash_can', 'pole', 'dog', 'scooter', 'barrier',
+               'curb')
+
+
+def builtin_dataset(n, seed=0):
+    """X (n, 16), Y (n, 8): each class fires when a noisy squashed linear score crosses 0.6,
+    so several classes co-occur; learnable, not trivially separable."""
+    rng = np.random.default_rng(seed)
+    mixing = np.random.default_rng(1234).standard_normal((16, 8))
+    X = rng.standard_normal((n, 16))
+    scores = np.tanh(X @ mixing) + 0.1 * rng.standard_normal((n, 8))
+    return X, (scores > 0.6).astype(np.float64)
 
 
 def _dataset(n=1500, seed=0):
@@ -57,8 +68,20 @@ def test_normalisation_is_fitted_on_the_training_split_and_stored():
     mean, std = fit_normalisation(data.X[train_idx])
     assert np.array_equal(result.model.input_mean, mean)
     assert np.array_equal(result.model.input_std, std)
-    assert result.model.metadata['train_examples'] == 750
-    assert result.model.metadata['val_examples'] == 250
+    assert result.model.metadata['train_examples'] == len(train_idx)
+    assert result.model.metadata['val_examples'] == 1000 - len(train_idx)
+
+
+def test_validation_split_takes_whole_contiguous_blocks():
+    train_idx, val_idx = split_indices(2000, 0.2, seed=1, block=200)
+    assert len(val_idx) == 400 and len(train_idx) == 1600
+    assert np.array_equal(np.union1d(train_idx, val_idx), np.arange(2000))
+    starts = val_idx[np.flatnonzero(np.diff(val_idx, prepend=-2) != 1)]
+    assert all(start % 200 == 0 for start in starts)
+    assert np.array_equal(split_indices(2000, 0.2, seed=1)[1], val_idx)
+    assert not np.array_equal(split_indices(2000, 0.2, seed=2)[1], val_idx)
+    with pytest.raises(ValueError, match='cannot split'):
+        split_indices(150, 0.5, seed=0)
 
 
 def test_constant_feature_gets_unit_std():
@@ -80,7 +103,7 @@ def test_early_stopping_restores_the_best_epoch():
 
 def test_non_finite_batch_is_discarded_and_weights_kept():
     data = _dataset(200)
-    model = train_model(data, TrainConfig(epochs=1)).model
+    model = train_model(data, TrainConfig(epochs=1, val_fraction=0)).model
     trainer = Trainer(model)
     before = [p.copy() for p in trainer.params]
     X = model.normalise(data.X[:32]).copy()

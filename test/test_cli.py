@@ -1,0 +1,142 @@
+"""The obstacle-classifier command line end to end on small files; errors without tracebacks."""
+import json
+
+import numpy as np
+import pytest
+
+from obstacle_classifier.cli import main
+from obstacle_classifier.datasets import Dataset, load_dataset, save_dataset
+from obstacle_classifier.model import ObstacleModel
+
+FEATURES = tuple(f'sensor{i}.mean' for i in range(6))
+CLASSES = ('pedestrian', 'pole', 'dog')
+
+
+def _write_data(path, n=1200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6))
+    Y = np.column_stack([X[:, 0] + X[:, 1] > 0.5, X[:, 2] * X[:, 3] > 0.3,
+                         np.abs(X[:, 4]) > 1.2]).astype(np.uint8)
+    save_dataset(path, Dataset(X=X, Y=Y, feature_names=FEATURES, class_names=CLASSES))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    return {'train': _write_data(tmp_path / 'train.npz', seed=0),
+            'test': _write_data(tmp_path / 'test.csv', n=400, seed=1),
+            'dir': tmp_path}
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_evaluate_tune_predict(files, capsys):
+    model_path = files['dir'] / 'model.npz'
+    code, out, _ = _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 15,
+                        '--quiet', '--plot', files['dir'] / 'curves.png')
+    assert code == 0 and 'validation' in out and model_path.exists()
+    assert (files['dir'] / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+    model = ObstacleModel.load(model_path)
+    assert model.feature_names == FEATURES and model.class_names == CLASSES
+
+    code, out, _ = _run(capsys, 'evaluate', model_path, files['test'], '--json')
+    report = json.loads(out)
+    assert code == 0 and report['micro']['f1'] > 0.7 and report['n_samples'] == 400
+
+    code, out, _ = _run(capsys, 'tune-thresholds', model_path, files['train'],
+                        '--output', files['dir'] / 'tuned.npz')
+    tuned = ObstacleModel.load(files['dir'] / 'tuned.npz')
+    assert code == 0 and not np.array_equal(tuned.thresholds, model.thresholds)
+    assert 'micro F1' in out
+
+    code, out, _ = _run(capsys, 'predict', model_path, files['test'], '--output',
+                        files['dir'] / 'pred.csv')
+    lines = (files['dir'] / 'pred.csv').read_text().splitlines()
+    assert code == 0 and len(lines) == 401
+    assert lines[0].split(',')[:3] == ['prob:pedestrian', 'prob:pole', 'prob:dog']
+    code, out, _ = _run(capsys, 'predict', model_path, files['test'], '--output',
+                        files['dir'] / 'pred.npz')
+    with np.load(files['dir'] / 'pred.npz') as saved:
+        assert saved['probabilities'].shape == (400, 3) and saved['labels'].dtype == np.uint8
+        expected = model.predict_proba(load_dataset(files['test']).X)
+        assert np.array_equal(saved['probabilities'], expected)
+
+
+def test_mlp_scores_clearly_above_the_linear_baseline(files, capsys):
+    scores = {}
+    for architecture in ('mlp', 'linear'):
+        path = files['dir'] / f'{architecture}.npz'
+        assert _run(capsys, 'train', files['train'], '--output', path, '--epochs', 25,
+                    '--architecture', architecture, '--quiet', '--lr', '0.003')[0] == 0
+        scores[architecture] = json.loads(_run(capsys, 'evaluate', path, files['test'],
+                                               '--json')[1])['macro']['f1']
+    assert scores['mlp'] > scores['linear'] + 0.1
+
+
+def test_brief_regime_flag_equals_the_explicit_flags(files, capsys):
+    brief = files['dir'] / 'brief.npz'
+    explicit = files['dir'] / 'explicit.npz'
+    assert _run(capsys, 'train', files['train'], '--output', brief, '--brief-regime',
+                '--quiet')[0] == 0
+    assert _run(capsys, 'train', files['train'], '--output', explicit, '--optimizer', 'sgd',
+                '--lr', '0.1', '--epochs', '10', '--batch-size', '100', '--no-shuffle',
+                '--val-fraction', '0', '--no-normalise', '--loss', 'brief', '--patience', '0',
+                '--quiet')[0] == 0
+    a, b = ObstacleModel.load(brief), ObstacleModel.load(explicit)
+    pairs = zip(a.network.parameters(), b.network.parameters())
+    assert all(np.array_equal(p, q) for p, q in pairs)
+
+
+def test_same_seed_gives_identical_model_bytes(files, capsys):
+    for name in ('a.npz', 'b.npz'):
+        assert _run(capsys, 'train', files['train'], '--output', files['dir'] / name,
+                    '--epochs', 3, '--seed', 4, '--quiet')[0] == 0
+    assert (files['dir'] / 'a.npz').read_bytes() == (files['dir'] / 'b.npz').read_bytes()
+
+
+def test_simulate_writes_a_dataset_the_trainer_accepts(tmp_path, capsys):
+    path = tmp_path / 'sim.npz'
+    code, out, _ = _run(capsys, 'simulate', '--ticks', 400, '--seed', 3, '--output', path,
+                        '--quiet')
+    assert code == 0 and 'class presence' in out
+    data = load_dataset(path)
+    assert data.n == 400 and data.c == 8 and np.all(np.isfinite(data.X))
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['train', '{dir}/missing.npz', '--output', '{dir}/m.npz'], 'file not found'),
+    (['train', '{train}', '--output', '{dir}/m.txt'], 'must end in .npz'),
+    (['train', '{train}', '--output', '{dir}/nodir/m.npz'], 'does not exist'),
+    (['evaluate', '{train}', '{train}'], 'not an obstacle_classifier model'),
+    (['evaluate', '{dir}/missing.npz', '{train}'], 'no such model file'),
+    (['train', '{train}', '--output', '{dir}/m.npz', '--val-fraction', '0',
+      '--tune-thresholds', '--epochs', '1', '--quiet'], 'needs validation data'),
+])
+def test_user_errors_exit_2_with_a_message_not_a_traceback(files, capsys, argv, message):
+    argv = [a.format(dir=files['dir'], train=files['train']) for a in argv]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and message in err and 'Traceback' not in err
+
+
+def test_model_and_data_width_mismatch_is_named(files, capsys):
+    model_path = files['dir'] / 'model.npz'
+    _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 1, '--quiet')
+    other = files['dir'] / 'other.npz'
+    rng = np.random.default_rng(0)
+    save_dataset(other, Dataset(X=rng.standard_normal((10, 5)), Y=np.zeros((10, 3), np.uint8),
+                                feature_names=FEATURES[:5], class_names=CLASSES))
+    code, _, err = _run(capsys, 'evaluate', model_path, other)
+    assert code == 2 and 'expected 6 features, got 5' in err and str(other) in err
+
+
+@pytest.mark.parametrize('command', ['simulate', 'train', 'evaluate', 'tune-thresholds',
+                                     'predict', 'flops'])
+def test_every_subcommand_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, '--help'])
+    assert exit_info.value.code == 0
+    assert 'obstacle-classifier ' + command in capsys.readouterr().out.split('example')[-1]

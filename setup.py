@@ -24,6 +24,8 @@ setup(
     entry_points={
         'console_scripts': [
             'obstacle-classifier = obstacle_classifier.cli:main',
+            'classifier_node = obstacle_classifier.classifier_node:main',
+            'sidewalk_simulator = obstacle_classifier.simulator_node:main',
         ],
     },
 )

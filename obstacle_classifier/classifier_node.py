@@ -1,0 +1,615 @@
+"""The on-robot obstacle classifier: sensor topics in, obstacle labels out, at a fixed rate.
+
+Thin glue around the shared :class:`~obstacle_classifier.features.FeaturePipeline` and an
+:class:`~obstacle_classifier.model.ObstacleModel`:
+
+* one subscription per input of the feature config; each message goes through
+  ``extract_values`` and ``FeaturePipeline.add`` (which validates it) and nothing else;
+* a timer at ``rate_hz`` on the node's clock (so it follows ``/clock`` with ``use_sim_time``):
+  ``pipeline.tick(now)`` -> ``model.predict_proba`` -> ``model.decide`` -> publish;
+* ``/diagnostics`` at 1 Hz on a steady clock (it keeps reporting while sim time is paused).
+
+Topics (relative names resolve in the node's namespace):
+
+==================================  ============================================================
+``obstacles`` (std_msgs/String)     JSON per tick: ``{"stamp": {"sec", "nanosec"}, "labels":
+                                    [...], "probabilities": {class: p}, "stale_inputs": [...],
+                                    "status": "ok" | "skipped" | "no_model"}``. The stamp is the
+                                    tick time on the node's clock. Published on *every* tick, so
+                                    a consumer can tell "nothing there" (status ok, no labels)
+                                    from "cannot tell" (status skipped / no_model: labels and
+                                    probabilities empty).
+``obstacle_probabilities``          std_msgs/Float32MultiArray, class order; only on 'ok' ticks.
+``obstacle_classes``                std_msgs/String, JSON list of class names; transient-local
+                                    (published when a model is loaded).
+``/diagnostics``                    diagnostic_msgs/DiagnosticArray at 1 Hz.
+``~/reload_model``                  std_srvs/Trigger: reload ``model_path``; a bad file is
+                                    refused with the reason and the old model keeps serving.
+==================================  ============================================================
+"""
+from __future__ import annotations
+
+import array
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import (FloatingPointRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
+from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_policy_name_from_kind
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
+from std_srvs.srv import Trigger
+
+from obstacle_classifier import paths
+from obstacle_classifier.features import (REJECTION_REASONS, FeatureConfig, FeatureConfigError,
+                                          FeaturePipeline, InputSpec, InputStats,
+                                          extract_values,
+                                          message_stamp_ns)
+from obstacle_classifier.model import ModelFileError, ObstacleModel
+from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
+                                        encode_obstacles, input_qos, message_class, output_qos,
+                                        publish_unless_shut_down)
+
+NODE_NAME = 'obstacle_classifier'
+DEFAULT_RATE_HZ = 20.0
+RATE_RANGE_HZ = (0.5, 500.0)
+#: ``threshold`` value meaning "use the model's own per-class thresholds" (ROS parameters
+#: cannot be None).
+USE_MODEL_THRESHOLDS = -1.0
+DIAGNOSTICS_PERIOD_S = 1.0
+REJECTION_WARN_PERIOD_S = 5.0
+#: Reasons the node itself refuses a reading for, before the pipeline sees it.
+NODE_REJECTION_REASONS = ('no_stamp', 'malformed')
+_PROCESSING_HISTORY = 1024  # per-tick processing times kept for the p50 / p99 in diagnostics
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+class ModelRefused(ValueError):
+    """A model file that cannot serve: unreadable, invalid, or built for other features."""
+
+
+def _default_path(name: str) -> str:
+    """The installed ``config/<name>``, or '' when no share directory can be found."""
+    try:
+        return str(paths.config_path(name))
+    except FileNotFoundError:
+        return ''
+
+
+@dataclass(eq=False)
+class _InputState:
+    """Bookkeeping of one subscribed input (all counters since start-up)."""
+
+    spec: InputSpec
+    topic: str = ''
+    received: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    last_receive_stamp_ns: int = -1  # receive-stamped inputs: stamps are made strictly increasing
+    incompatible_qos: int = 0
+    incompatible_policy: str = ''
+    incompatible_type: int = 0
+    received_at_report: int = 0
+    rejected_at_report: int = 0
+
+    def __post_init__(self) -> None:
+        self.rejected = {reason: 0 for reason in REJECTION_REASONS[1:] + NODE_REJECTION_REASONS}
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class ClassifierNode(Node):
+    """Subscribes to the configured sensor inputs and publishes obstacle classes at ``rate_hz``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self._node_clock = self.get_clock()
+        self._declare_parameters()
+
+        # The feature config is the contract with the model: a bad one is fatal (raised).
+        config_file = self.get_parameter('feature_config').value or _default_path('features.yaml')
+        self._config = FeatureConfig.from_yaml(config_file)
+        self._pipeline = FeaturePipeline(self._config)
+        self._rate_hz = float(self.get_parameter('rate_hz').value)
+        self._threshold = self._threshold_from(self.get_parameter('threshold').value)
+
+        self._model: Optional[ObstacleModel] = None
+        self._model_version = ''    # content hash, computed once per load
+        self._model_path = ''
+        self._model_error = ''      # why no model serves (start-up) or why the last load failed
+        self._pending_model: Optional[tuple[str, ObstacleModel]] = None
+        self._published_classes: Optional[tuple[str, ...]] = None
+
+        self._obstacles_pub = self.create_publisher(
+            String, 'obstacles', output_qos(),
+            event_callbacks=self._publisher_events('obstacles'))
+        self._probabilities_pub = self.create_publisher(
+            Float32MultiArray, 'obstacle_probabilities', output_qos(),
+            event_callbacks=self._publisher_events('obstacle_probabilities'))
+        self._classes_pub = self.create_publisher(String, 'obstacle_classes', classes_qos())
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._probabilities_msg = Float32MultiArray()
+
+        self._inputs: dict[str, _InputState] = {}
+        for spec in self._config.inputs:
+            self._inputs[spec.name] = self._subscribe(spec)
+
+        requested = self.get_parameter('model_path').value
+        try:
+            self._install_model(*self._read_model(requested))
+        except ModelRefused as exc:
+            self._model_path = self._resolve_model_path(requested)
+            self._model_error = str(exc)
+            self.get_logger().error(
+                f'no usable model: {exc}. The node keeps running and publishes status '
+                "'no_model' (no detections) until a good model is loaded with ~/reload_model "
+                'or by setting model_path.')
+
+        self._reload_service = self.create_service(Trigger, '~/reload_model', self._on_reload)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        # Statistics, reset at every diagnostics report unless noted.
+        self._last_tick_ns: Optional[int] = None
+        self._stale_inputs: tuple[str, ...] = tuple(self._inputs)  # nothing received yet
+        self._ticks = self._ticks_skipped = self._time_jumps = self._inference_errors = 0
+        self._period_ticks = self._period_skipped = 0
+        self._period_processing_ns = self._period_processing_max_ns = 0
+        self._processing_ns = np.zeros(_PROCESSING_HISTORY, dtype=np.int64)
+        self._incompatible_subscribers = 0
+        self._report_steady_ns = time.monotonic_ns()
+        self._report_node_ns = self._node_clock.now().nanoseconds
+
+        self._tick_timer = self.create_timer(1.0 / self._rate_hz, self._on_tick)
+        # Steady clock: diagnostics keep coming while sim time is paused or not yet published.
+        self._diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(
+            f'classifying {len(self._config.inputs)} inputs ({len(self._pipeline.feature_names)} '
+            f'features from {self._config.source}) at {self._rate_hz:g} Hz; threshold '
+            f'{self._describe_threshold()}')
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    def _declare_parameters(self) -> None:
+        low, high = RATE_RANGE_HZ
+        self.declare_parameter('feature_config', _default_path('features.yaml'),
+                               ParameterDescriptor(
+                                   type=ParameterType.PARAMETER_STRING, read_only=True,
+                                   description=(
+                                       'Feature config YAML: the inputs to subscribe to and '
+                                       'how they become features. Empty: the installed '
+                                       'config/features.yaml. Read-only: the subscriptions '
+                                       'and the model contract are built from it.')))
+        self.declare_parameter('model_path', _default_path('default_model.npz'),
+                               ParameterDescriptor(
+                                   type=ParameterType.PARAMETER_STRING,
+                                   description=(
+                                       'Model file (.npz). Empty: the installed '
+                                       'config/default_model.npz. Setting it loads the file; '
+                                       'one that cannot serve (unreadable, invalid, other '
+                                       'feature names) is refused with the reason and the '
+                                       'current model stays.')))
+        self.declare_parameter('rate_hz', DEFAULT_RATE_HZ, ParameterDescriptor(
+            type=ParameterType.PARAMETER_DOUBLE,
+            description=('Ticks per second: one feature vector, one prediction and one '
+                         'obstacles message per tick, on the node clock (sim time with '
+                         'use_sim_time). A live change restarts the timer.'),
+            floating_point_range=[FloatingPointRange(from_value=low, to_value=high, step=0.0)]))
+        self.declare_parameter('threshold', USE_MODEL_THRESHOLDS, ParameterDescriptor(
+            type=ParameterType.PARAMETER_DOUBLE,
+            description=('Decision threshold for every class, in (0, 1); -1.0 uses the '
+                         "model's own per-class thresholds. A live change applies on the next "
+                         'tick.'),
+            additional_constraints='-1.0, or 0 < threshold < 1',
+            floating_point_range=[FloatingPointRange(from_value=-1.0, to_value=1.0, step=0.0)]))
+
+    @staticmethod
+    def _threshold_problem(value: float) -> Optional[str]:
+        if value == USE_MODEL_THRESHOLDS or (math.isfinite(value) and 0.0 < value < 1.0):
+            return None
+        return (f'threshold must be {USE_MODEL_THRESHOLDS} (the model\'s per-class thresholds) '
+                f'or lie in (0, 1), got {value}')
+
+    def _threshold_from(self, value: float) -> Optional[float]:
+        problem = self._threshold_problem(value)
+        if problem:
+            raise ParameterException(problem)
+        return None if value == USE_MODEL_THRESHOLDS else float(value)
+
+    def _describe_threshold(self) -> str:
+        return 'per-class (model)' if self._threshold is None else f'{self._threshold:g}'
+
+    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Refuse bad values before they are set (range and read-only are checked by rclpy)."""
+        self._pending_model = None
+        for parameter in parameters:
+            if parameter.name == 'threshold':
+                problem = self._threshold_problem(parameter.value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=problem)
+            elif parameter.name == 'model_path':
+                # Load now so that a file that cannot serve is refused, not set.
+                try:
+                    self._pending_model = self._read_model(parameter.value)
+                except ModelRefused as exc:
+                    self.get_logger().warning(f'model_path change refused: {exc}')
+                    return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        for parameter in parameters:
+            if parameter.name == 'threshold':
+                self._threshold = self._threshold_from(parameter.value)
+                self.get_logger().info(f'threshold now {self._describe_threshold()}')
+            elif parameter.name == 'model_path' and self._pending_model is not None:
+                self._install_model(*self._pending_model)
+                self._pending_model = None
+            elif parameter.name == 'rate_hz':
+                self._rate_hz = float(parameter.value)
+                self.destroy_timer(self._tick_timer)
+                self._tick_timer = self.create_timer(1.0 / self._rate_hz, self._on_tick)
+                self.get_logger().info(f'rate now {self._rate_hz:g} Hz')
+
+    # -- model ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_model_path(requested: str) -> str:
+        return os.path.expanduser(requested) if requested else _default_path('default_model.npz')
+
+    def _read_model(self, requested: str) -> tuple[str, ObstacleModel]:
+        """Load and check a model file; ModelRefused says why it cannot serve."""
+        path = self._resolve_model_path(requested)
+        if not path:
+            raise ModelRefused('no model_path given and no installed default model found')
+        try:
+            model = ObstacleModel.load(path)
+        except ModelFileError as exc:
+            raise ModelRefused(str(exc)) from None
+        except OSError as exc:
+            raise ModelRefused(f'{path}: cannot read ({exc})') from None
+        try:
+            model.check_features(self._pipeline.feature_names)
+        except ValueError as exc:
+            raise ModelRefused(f'{path}: {exc} (feature config {self._config.source})') from None
+        return path, model
+
+    def _install_model(self, path: str, model: ObstacleModel) -> None:
+        """Serve ``model`` from the next tick on (a single reference swap)."""
+        self._model = model
+        self._model_version = model.version
+        self._model_path = path
+        self._model_error = ''
+        if model.class_names != self._published_classes:
+            publish_unless_shut_down(self, self._classes_pub, encode_classes(model.class_names))
+            self._published_classes = model.class_names
+            c = len(model.class_names)
+            self._probabilities_msg.layout.dim = [
+                MultiArrayDimension(label='classes', size=c, stride=c)]
+        self.get_logger().info(
+            f'model {path} loaded: version {self._model_version}, {model.n_classes} classes '
+            f'({", ".join(model.class_names)}), {model.n_features} features')
+
+    def _on_reload(self, request: Trigger.Request, response: Trigger.Response
+                   ) -> Trigger.Response:
+        requested = self.get_parameter('model_path').value
+        try:
+            path, model = self._read_model(requested)
+        except ModelRefused as exc:
+            self._model_error = f'reload failed: {exc}'
+            serving = (f'still serving version {self._model_version}'
+                       if self._model is not None else 'no model is serving')
+            response.success = False
+            response.message = f'{exc}; {serving}'
+            self.get_logger().error(f'reload refused: {response.message}')
+            return response
+        self._install_model(path, model)
+        response.success = True
+        response.message = (f'loaded {path}: version {self._model_version}, '
+                            f'{model.n_classes} classes')
+        return response
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def _subscribe(self, spec: InputSpec) -> _InputState:
+        state = _InputState(spec)
+        msg_class = message_class(spec.msg_type)
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda event: self._on_incompatible_qos(state, event),
+            incompatible_type=lambda event: self._on_incompatible_type(state, event))
+        # qos_overrides.<topic>.subscription.* parameters let a params file change the QoS of
+        # one input (e.g. reliability) without editing the feature config.
+        subscription = self.create_subscription(
+            msg_class, spec.topic, self._make_callback(state), input_qos(spec),
+            event_callbacks=events,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        state.topic = subscription.topic_name
+        return state
+
+    def _make_callback(self, state: _InputState):
+        spec = state.spec
+        name = spec.name
+        add = self._pipeline.add
+        now = self._node_clock.now
+        from_header = spec.stamp_source == 'header'
+
+        def on_message(msg: Any) -> None:
+            state.received += 1
+            if from_header:
+                stamp_ns = message_stamp_ns(msg)
+                if stamp_ns is None:  # a zero stamp would fake freshness
+                    self._reject(state, 'no_stamp')
+                    return
+            else:
+                # Several messages can arrive within one sim-time step: keep stamps increasing.
+                stamp_ns = max(now().nanoseconds, state.last_receive_stamp_ns + 1)
+                state.last_receive_stamp_ns = stamp_ns
+            try:
+                values = extract_values(msg, spec)
+            except (ValueError, TypeError, AttributeError):
+                self._reject(state, 'malformed')  # e.g. an empty scan
+                return
+            reason = add(name, stamp_ns, values)
+            if reason is not None:
+                self._reject(state, reason)
+
+        return on_message
+
+    def _reject(self, state: _InputState, reason: str) -> None:
+        state.rejected[reason] = state.rejected.get(reason, 0) + 1
+        self.get_logger().warning(
+            f"input '{state.spec.name}' ({state.topic}): reading rejected ({reason}); "
+            f'{state.rejected_total} rejected so far '
+            f'({", ".join(f"{k} {v}" for k, v in state.rejected.items() if v)})',
+            throttle_duration_sec=REJECTION_WARN_PERIOD_S)
+
+    def _on_incompatible_qos(self, state: _InputState, event: Any) -> None:
+        state.incompatible_qos = event.total_count
+        state.incompatible_policy = qos_policy_name_from_kind(event.last_policy_kind)
+        self.get_logger().warning(
+            f"input '{state.spec.name}': a publisher on {state.topic} offers QoS incompatible "
+            f"with this subscription (policy {state.incompatible_policy}; the input asks for "
+            f"'{state.spec.qos}'): NONE of its messages will arrive. Match the publisher "
+            "(qos in the feature config, or the qos_overrides parameters).")
+
+    def _on_incompatible_type(self, state: _InputState, event: Any) -> None:
+        state.incompatible_type = event.total_count
+        self.get_logger().warning(
+            f"input '{state.spec.name}': a publisher on {state.topic} uses another message "
+            f'type than {state.spec.msg_type}: none of its messages will arrive.')
+
+    def _publisher_events(self, topic: str) -> PublisherEventCallbacks:
+        def on_incompatible(event: Any) -> None:
+            self._incompatible_subscribers = event.total_count
+            self.get_logger().warning(
+                f'a subscriber of {topic} requests QoS this node does not offer (policy '
+                f'{qos_policy_name_from_kind(event.last_policy_kind)}); it receives nothing. '
+                f'{topic} is reliable and volatile.')
+        return PublisherEventCallbacks(incompatible_qos=on_incompatible)
+
+    # -- the tick ------------------------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        started = time.perf_counter_ns()
+        now_ns = self._node_clock.now().nanoseconds
+        if now_ns <= 0:
+            return  # sim time before the first /clock message
+        if self._last_tick_ns is not None and now_ns < self._last_tick_ns:
+            self._on_time_jump(now_ns)
+        self._last_tick_ns = now_ns
+        result = self._pipeline.tick(now_ns)
+        model = self._model
+        labels: list[str] = []
+        probabilities: dict[str, float] = {}
+        if model is None:
+            status = 'no_model'
+        elif result.skipped:
+            status = 'skipped'
+        else:
+            try:
+                p = model.predict_proba(result.features)
+            except (ValueError, FloatingPointError) as exc:
+                self._inference_errors += 1
+                self.get_logger().error(f'inference failed: {exc}', throttle_duration_sec=5.0)
+                p = None
+            if p is None:
+                status = 'skipped'
+            else:
+                status = 'ok'
+                decisions = model.decide(p, self._threshold).tolist()
+                names = model.class_names
+                labels = [names[k] for k, hit in enumerate(decisions) if hit]
+                probabilities = dict(zip(names, p.tolist()))
+        text = encode_obstacles(now_ns, labels, probabilities, result.stale_inputs, status)
+        if not publish_unless_shut_down(self, self._obstacles_pub, String(data=text)):
+            return
+        if status == 'ok':
+            self._probabilities_msg.data = array.array('f', p.astype(np.float32).tobytes())
+            publish_unless_shut_down(self, self._probabilities_pub, self._probabilities_msg)
+
+        self._stale_inputs = result.stale_inputs
+        if status != 'ok':
+            self._ticks_skipped += 1
+            self._period_skipped += 1
+        elapsed = time.perf_counter_ns() - started
+        self._processing_ns[self._ticks % _PROCESSING_HISTORY] = elapsed
+        self._ticks += 1
+        self._period_ticks += 1
+        self._period_processing_ns += elapsed
+        if elapsed > self._period_processing_max_ns:
+            self._period_processing_max_ns = elapsed
+
+    def _on_time_jump(self, now_ns: int) -> None:
+        """Time went backwards (a bag looping under sim time): start the buffers afresh."""
+        self._time_jumps += 1
+        self._pipeline.reset()
+        for state in self._inputs.values():
+            state.last_receive_stamp_ns = -1
+        self.get_logger().warning(
+            f'time jumped back by {(self._last_tick_ns - now_ns) / 1e9:.3f} s (bag loop?): '
+            'feature buffers cleared')
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        if not self.context.ok():
+            return  # shutting down (graph queries below would fail)
+        steady_ns = time.monotonic_ns()
+        node_ns = self._node_clock.now().nanoseconds
+        elapsed_s = max((steady_ns - self._report_steady_ns) / 1e9, 1e-9)
+        node_elapsed_s = (node_ns - self._report_node_ns) / 1e9
+        hardware_id = self.get_fully_qualified_name()
+        statuses = [self._model_status(hardware_id),
+                    self._output_status(hardware_id, node_elapsed_s)]
+        stats = self._pipeline.stats()
+        statuses.extend(self._input_status(state, stats[name], hardware_id, elapsed_s, node_ns)
+                        for name, state in self._inputs.items())
+        array_msg = DiagnosticArray(status=statuses)
+        array_msg.header.stamp = self._node_clock.now().to_msg()
+        publish_unless_shut_down(self, self._diagnostics_pub, array_msg)
+
+        self._report_steady_ns, self._report_node_ns = steady_ns, node_ns
+        self._period_ticks = self._period_skipped = 0
+        self._period_processing_ns = self._period_processing_max_ns = 0
+        for state in self._inputs.values():
+            state.received_at_report = state.received
+            state.rejected_at_report = state.rejected_total
+
+    def _model_status(self, hardware_id: str) -> DiagnosticStatus:
+        model = self._model
+        values: dict[str, Any] = {'model_path': self._model_path}
+        if model is None:
+            level, message = ERROR, f'no model, no detections: {self._model_error}'
+        else:
+            version = self._model_version
+            values.update(version=version, classes=list(model.class_names),
+                          features=model.n_features, threshold=self._describe_threshold())
+            if self._model_error:
+                level, message = WARN, f'serving version {version}; {self._model_error}'
+            else:
+                level, message = OK, f'serving version {version}'
+        if self._model_error:
+            values['error'] = self._model_error
+        return diagnostic_status(f'{NODE_NAME}: model', level, message, hardware_id, values)
+
+    def _output_status(self, hardware_id: str, node_elapsed_s: float) -> DiagnosticStatus:
+        ticks, skipped = self._period_ticks, self._period_skipped
+        expected = node_elapsed_s * self._rate_hz
+        filled = min(self._ticks, _PROCESSING_HISTORY)
+        history = self._processing_ns[:filled]
+        p50, p99 = ((float(v) / 1e3 for v in np.percentile(history, (50, 99)))
+                    if filled else (math.nan, math.nan))
+        mean_us = self._period_processing_ns / ticks / 1e3 if ticks else math.nan
+        values = {
+            'rate_hz': self._rate_hz,
+            'ticks': ticks, 'ticks_expected': round(expected, 1),
+            'ticks_missed': max(0, int(round(expected)) - ticks),
+            'ticks_without_prediction': skipped,
+            'ticks_total': self._ticks, 'ticks_without_prediction_total': self._ticks_skipped,
+            'processing_mean_us': mean_us,
+            'processing_max_us': self._period_processing_max_ns / 1e3,
+            f'processing_p50_us_last_{_PROCESSING_HISTORY}': p50,
+            f'processing_p99_us_last_{_PROCESSING_HISTORY}': p99,
+            'time_jumps_back': self._time_jumps,
+            'inference_errors': self._inference_errors,
+            'incompatible_subscribers': self._incompatible_subscribers,
+        }
+        period_ns = 1e9 / self._rate_hz
+        if ticks == 0:
+            level = WARN
+            message = ('no ticks: waiting for /clock (use_sim_time)'
+                       if self.get_parameter('use_sim_time').value else 'no ticks')
+        elif self._model is None:
+            level, message = ERROR, 'no model: no detections'
+        elif skipped == ticks:
+            level, message = ERROR, 'no prediction on any tick: inputs stale (see inputs)'
+        elif skipped:
+            level, message = WARN, f'{skipped} of {ticks} ticks without prediction'
+        elif ticks < 0.9 * expected:
+            level, message = WARN, f'{ticks} ticks for {expected:.0f} expected'
+        elif self._period_processing_max_ns > period_ns:
+            level, message = WARN, 'a tick took longer than the tick period'
+        else:
+            level, message = OK, f'{ticks} ticks, mean {mean_us:.0f} us'
+        return diagnostic_status(f'{NODE_NAME}: output', level, message, hardware_id, values)
+
+    def _input_status(self, state: _InputState, stats: InputStats, hardware_id: str,
+                      elapsed_s: float, node_ns: int) -> DiagnosticStatus:
+        spec = state.spec
+        stale = spec.name in self._stale_inputs
+        last = stats.last_stamp_ns
+        age_s = (node_ns - last) / 1e9 if last is not None else math.inf
+        rejected_now = state.rejected_total - state.rejected_at_report
+        values: dict[str, Any] = {
+            'topic': state.topic, 'type': spec.msg_type, 'qos': spec.qos,
+            'stamp_source': spec.stamp_source, 'policy': spec.policy,
+            'timeout_s': spec.timeout_s,
+            'rate_hz': (state.received - state.received_at_report) / elapsed_s,
+            'age_s': age_s, 'stale': stale,
+            'received': state.received, 'accepted': stats.accepted,
+            'rejected': state.rejected_total,
+            **{f'rejected_{reason}': count for reason, count in state.rejected.items()},
+            'rejected_last_period': rejected_now,
+            'publishers': self.count_publishers(state.topic),
+            'incompatible_qos_publishers': state.incompatible_qos,
+            'incompatible_type_publishers': state.incompatible_type,
+        }
+        never = last is None
+        if stale and spec.policy == 'skip':
+            level = ERROR
+            message = ('no reading yet' if never else f'stale for {age_s:.2f} s') + \
+                ': ticks are skipped (no detections)'
+        elif stale:
+            level = WARN
+            message = ('no reading yet' if never else f'stale for {age_s:.2f} s') + \
+                f': filled with {spec.fill_value:g}'
+        elif state.incompatible_qos or state.incompatible_type:
+            level = WARN
+            message = ('a publisher has an incompatible QoS '
+                       f'({state.incompatible_policy})' if state.incompatible_qos
+                       else 'a publisher has another message type')
+        elif rejected_now:
+            level, message = WARN, f'{rejected_now} readings rejected in the last period'
+        else:
+            level, message = OK, f'{values["rate_hz"]:.1f} Hz, age {age_s * 1e3:.0f} ms'
+        if stale and (state.incompatible_qos or state.incompatible_type):
+            message += ' (a publisher is incompatible: see incompatible_*)'
+        return diagnostic_status(f'{NODE_NAME}: input {spec.name}', level, message,
+                                 hardware_id, values)
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Run the classifier until SIGINT / SIGTERM; exit 1 if its configuration is unusable."""
+    try:
+        with rclpy.init(args=args):
+            try:
+                node = ClassifierNode()
+            except (FeatureConfigError, ParameterException, ValueError) as exc:
+                # A configuration problem (model problems leave the node up): nothing can run.
+                get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
+                return 1
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""ROS-side glue shared by the classifier node, the simulator node, the demo and the tests.
+
+What lives here is the mapping between the package's plain-Python world and ROS messages, and
+nothing else (the feature logic is :mod:`obstacle_classifier.features`):
+
+* message types by name (``'sensor_msgs/msg/Range'`` -> class) and the QoS of an input;
+* building a sensor message from raw values (what the simulator publishes): the inverse of
+  :func:`~obstacle_classifier.features.extract_values`;
+* the wire formats of the outputs: the ``obstacles`` JSON, the ``obstacle_labels`` truth string
+  and the ``obstacle_classes`` list, with encoders for the nodes and decoders for consumers;
+* time: ``builtin_interfaces/Time`` <-> integer nanoseconds;
+* one helper that builds a ``diagnostic_msgs/DiagnosticStatus``.
+
+Importing this module imports rclpy's QoS and the message packages it maps, nothing that spins.
+"""
+from __future__ import annotations
+
+import array
+import importlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from std_msgs.msg import MultiArrayDimension, String
+
+from obstacle_classifier.features import MSG_TYPES, InputSpec
+
+__all__ = [
+    'OBSTACLES_STATUSES', 'ObstacleReport', 'RangeInfo', 'ScanGeometry', 'SensorMessageBuilder',
+    'classes_qos', 'decode_classes', 'decode_labels', 'decode_obstacles', 'diagnostic_status',
+    'encode_classes', 'encode_labels', 'encode_obstacles', 'input_qos', 'message_class',
+    'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'stamp_to_ns',
+]
+
+NS_PER_S = 1_000_000_000
+_MSG_TYPE_PATTERN = re.compile(r'([A-Za-z][A-Za-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)\Z')
+
+#: ``status`` values of the ``obstacles`` JSON: a prediction was made ('ok'); an input with
+#: policy 'skip' is stale so no prediction was made ('skipped'); no usable model ('no_model').
+OBSTACLES_STATUSES = ('ok', 'skipped', 'no_model')
+
+
+# ----------------------------------------------------------------------------------------------
+# Message types and QoS
+# ----------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def message_class(msg_type: str) -> type:
+    """The message class for ``'<package>/msg/<Name>'``, e.g. ``'sensor_msgs/msg/Range'``.
+
+    Raises:
+        ValueError: the name is malformed, or the package / message does not exist here.
+    """
+    match = _MSG_TYPE_PATTERN.match(msg_type) if isinstance(msg_type, str) else None
+    if match is None:
+        raise ValueError(f"message type must look like 'package/msg/Name', got {msg_type!r}")
+    package, name = match.groups()
+    try:
+        module = importlib.import_module(f'{package}.msg')
+    except ImportError as exc:
+        raise ValueError(f'message type {msg_type!r}: package {package!r} is not installed '
+                         f'({exc})') from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ValueError(f'message type {msg_type!r}: {package}.msg has no {name!r}') from None
+
+
+def input_qos(spec: InputSpec) -> QoSProfile:
+    """The subscription QoS of an input (``spec.qos``).
+
+    'sensor_data' is rclpy's sensor-data profile (KEEP_LAST 5, BEST_EFFORT, VOLATILE): it matches
+    every publisher, as sensor drivers publish best effort. 'reliable' (KEEP_LAST 10, RELIABLE)
+    drops nothing but only matches reliable publishers; the node reports a best-effort publisher
+    on such an input as an incompatible QoS instead of silently receiving nothing.
+    """
+    if spec.qos == 'sensor_data':
+        return QoSProfile(history=qos_profile_sensor_data.history,
+                          depth=qos_profile_sensor_data.depth,
+                          reliability=qos_profile_sensor_data.reliability,
+                          durability=qos_profile_sensor_data.durability)
+    if spec.qos == 'reliable':
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                          reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+    raise ValueError(f"input {spec.name!r}: unknown qos {spec.qos!r} "
+                     "(known: 'sensor_data', 'reliable')")
+
+
+def output_qos(depth: int = 10) -> QoSProfile:
+    """QoS of the per-tick outputs (``obstacles``, ``obstacle_probabilities``): reliable, volatile.
+
+    Reliable so that a consumer asking for either reliability matches; volatile because a stale
+    detection must never be delivered to a late joiner.
+    """
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def classes_qos() -> QoSProfile:
+    """QoS of ``obstacle_classes``: transient-local depth 1, so a late subscriber gets the list.
+
+    A subscriber must ask for TRANSIENT_LOCAL durability too to receive the stored message.
+    """
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def publish_unless_shut_down(node: Any, publisher: Any, msg: Any) -> bool:
+    """Publish ``msg``; False, and nothing raised, if the context was shut down meanwhile.
+
+    rclpy's SIGINT / SIGTERM handler shuts the context down asynchronously, so a callback that
+    is already running can find its publisher invalid. That race is the normal end of a node,
+    not an error; any other failure to publish is raised.
+    """
+    try:
+        publisher.publish(msg)
+    except _rclpy.RCLError:
+        if node.context.ok():
+            raise
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Time
+# ----------------------------------------------------------------------------------------------
+
+def ns_to_stamp(stamp_ns: int) -> Time:
+    """Integer nanoseconds -> ``builtin_interfaces/Time`` (non-negative times only)."""
+    stamp_ns = int(stamp_ns)
+    if stamp_ns < 0:
+        raise ValueError(f'a ROS time stamp cannot be negative, got {stamp_ns} ns')
+    sec, nanosec = divmod(stamp_ns, NS_PER_S)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """``builtin_interfaces/Time`` (or anything with ``sec`` and ``nanosec``) -> nanoseconds."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building sensor messages (the simulator's side of extract_values)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScanGeometry:
+    """What a LaserScan carries besides its ranges (radians, metres, seconds)."""
+
+    angle_min: float
+    angle_max: float
+    angle_increment: float
+    range_min: float
+    range_max: float
+    scan_time: float = 0.0
+    time_increment: float = 0.0
+
+
+@dataclass(frozen=True)
+class RangeInfo:
+    """The constant fields of a ``sensor_msgs/Range`` (metres, radians)."""
+
+    min_range: float
+    max_range: float
+    field_of_view: float
+    radiation_type: int = 0  # sensor_msgs/Range.ULTRASOUND
+
+
+@dataclass
+class SensorMessageBuilder:
+    """Builds the message of one input from a raw reading, as a sensor driver would publish it.
+
+    ``build(values, stamp_ns)`` sets ``spec.fields`` from ``values`` (in field order; an array
+    field takes them all), the header (stamp, ``frame_id``) when the type has one, and the
+    constant fields (:class:`RangeInfo`, :class:`ScanGeometry`) unless the config reads them.
+    ``extract_values(build(v, t), spec)`` equals ``prepare_values(v, spec, ...)`` up to the
+    float32 rounding of float32 fields: that round trip is what the tests check.
+
+    Attributes:
+        spec: the input.
+        frame_id: the header frame.
+        range_info: required for sensor_msgs/Range.
+        scan_geometry: required for sensor_msgs/LaserScan.
+    """
+
+    spec: InputSpec
+    frame_id: str = ''
+    range_info: Optional[RangeInfo] = None
+    scan_geometry: Optional[ScanGeometry] = None
+    _cls: type = field(init=False, repr=False)
+    _has_header: bool = field(init=False, repr=False)
+    _sequence: bool = field(init=False, repr=False)
+    _paths: tuple[tuple[str, ...], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.spec.msg_type not in MSG_TYPES:
+            raise ValueError(f'input {self.spec.name!r}: unsupported message type '
+                             f'{self.spec.msg_type!r}')
+        self._cls = message_class(self.spec.msg_type)
+        self._has_header = 'header' in self._cls.get_fields_and_field_types()
+        readable = MSG_TYPES[self.spec.msg_type]
+        self._sequence = any(readable[path] == 'sequence' for path in self.spec.fields)
+        self._paths = tuple(tuple(path.split('.')) for path in self.spec.fields)
+        if self.spec.msg_type == 'sensor_msgs/msg/Range' and self.range_info is None:
+            raise ValueError(f'input {self.spec.name!r}: a Range message needs range_info')
+        if self.spec.msg_type == 'sensor_msgs/msg/LaserScan' and self.scan_geometry is None:
+            raise ValueError(f'input {self.spec.name!r}: a LaserScan message needs '
+                             'scan_geometry')
+
+    def build(self, values: Any, stamp_ns: int) -> Any:
+        """A new message carrying ``values`` (array-like) stamped ``stamp_ns`` (header types)."""
+        msg = self._cls()
+        self._set_constants(msg)
+        if self._sequence:
+            path = self._paths[0]
+            data = np.asarray(values, dtype=np.float32).reshape(-1)
+            # array.array from raw bytes is ~25x faster than rclpy's check of a NumPy array.
+            _set_path(msg, path, array.array('f', data.tobytes()))
+            if self.spec.msg_type == 'std_msgs/msg/Float32MultiArray':
+                msg.layout.dim = [MultiArrayDimension(label=self.spec.name, size=data.shape[0],
+                                                      stride=data.shape[0])]
+        else:
+            flat = np.asarray(values, dtype=np.float64).reshape(-1)
+            if flat.shape[0] != len(self._paths):
+                raise ValueError(f'input {self.spec.name!r}: {len(self._paths)} field(s) '
+                                 f'{list(self.spec.fields)} but {flat.shape[0]} value(s)')
+            for path, value in zip(self._paths, flat.tolist()):
+                _set_path(msg, path, value)
+        if self._has_header:
+            msg.header.stamp = ns_to_stamp(stamp_ns)
+            msg.header.frame_id = self.frame_id
+        return msg
+
+    def _set_constants(self, msg: Any) -> None:
+        msg_type = self.spec.msg_type
+        if msg_type == 'sensor_msgs/msg/Range':
+            info = self.range_info
+            msg.radiation_type = info.radiation_type
+            msg.min_range = info.min_range
+            msg.max_range = info.max_range
+            msg.field_of_view = info.field_of_view
+        elif msg_type == 'sensor_msgs/msg/LaserScan':
+            geometry = self.scan_geometry
+            msg.angle_min = geometry.angle_min
+            msg.angle_max = geometry.angle_max
+            msg.angle_increment = geometry.angle_increment
+            msg.range_min = geometry.range_min
+            msg.range_max = geometry.range_max
+            msg.scan_time = geometry.scan_time
+            msg.time_increment = geometry.time_increment
+        elif msg_type == 'sensor_msgs/msg/Imu':
+            # REP 145: a -1 in the first element of a covariance means "not provided".
+            for group in ('orientation', 'angular_velocity', 'linear_acceleration'):
+                if not any(path.startswith(group + '.') for path in self.spec.fields):
+                    getattr(msg, f'{group}_covariance')[0] = -1.0
+
+
+def _set_path(msg: Any, path: tuple[str, ...], value: Any) -> None:
+    target = msg
+    for attribute in path[:-1]:
+        target = getattr(target, attribute)
+    setattr(target, path[-1], value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output formats
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObstacleReport:
+    """One decoded ``obstacles`` message.
+
+    Attributes:
+        stamp_ns: the tick time on the classifier's clock (sim time under replay).
+        labels: detected classes, in class order.
+        probabilities: class -> probability ({} unless ``status == 'ok'``).
+        stale_inputs: inputs with no reading within their timeout at this tick.
+        status: one of :data:`OBSTACLES_STATUSES`.
+    """
+
+    stamp_ns: int
+    labels: tuple[str, ...]
+    probabilities: Mapping[str, float]
+    stale_inputs: tuple[str, ...]
+    status: str
+
+    @property
+    def valid(self) -> bool:
+        """True when the classifier made a prediction (labels mean "seen", not "unknown")."""
+        return self.status == 'ok'
+
+
+_quoted = lru_cache(maxsize=4096)(json.dumps)  # class and input names recur every tick
+
+
+def encode_obstacles(stamp_ns: int, labels: Sequence[str], probabilities: Mapping[str, float],
+                     stale_inputs: Sequence[str], status: str) -> str:
+    """The ``obstacles`` JSON text: keys in a fixed order, probabilities to 4 decimals.
+
+    Formatted by hand (names JSON-quoted once and cached): it runs on every tick, and this is
+    several times faster than ``json.dumps`` of the equivalent dict, with the same result.
+    """
+    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+    probs = ','.join(f'{_quoted(name)}:{float(p):.4f}' for name, p in probabilities.items())
+    return (f'{{"stamp":{{"sec":{sec},"nanosec":{nanosec}}},'
+            f'"labels":[{",".join(map(_quoted, labels))}],'
+            f'"probabilities":{{{probs}}},'
+            f'"stale_inputs":[{",".join(map(_quoted, stale_inputs))}],'
+            f'"status":{_quoted(status)}}}')
+
+
+def decode_obstacles(data: Any) -> ObstacleReport:
+    """Parse an ``obstacles`` message (a std_msgs/String or its ``data``); ValueError if bad."""
+    text = data.data if hasattr(data, 'data') else data
+    try:
+        obj = json.loads(text)
+        stamp = obj['stamp']
+        report = ObstacleReport(
+            stamp_ns=int(stamp['sec']) * NS_PER_S + int(stamp['nanosec']),
+            labels=tuple(str(name) for name in obj['labels']),
+            probabilities={str(k): float(v) for k, v in obj['probabilities'].items()},
+            stale_inputs=tuple(str(name) for name in obj['stale_inputs']),
+            status=str(obj.get('status', 'ok')))
+    except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f'not an obstacles message ({type(exc).__name__}: {exc}): '
+                         f'{str(text)[:200]!r}') from None
+    if report.status not in OBSTACLES_STATUSES:
+        raise ValueError(f'unknown obstacles status {report.status!r}')
+    return report
+
+
+def encode_labels(names: Sequence[str]) -> str:
+    """Ground truth on ``obstacle_labels``: comma-separated class names, '' when none."""
+    return ','.join(names)
+
+
+def decode_labels(data: Any) -> tuple[str, ...]:
+    """Inverse of :func:`encode_labels` (accepts a std_msgs/String or its ``data``)."""
+    text = data.data if hasattr(data, 'data') else data
+    return tuple(name.strip() for name in text.split(',') if name.strip())
+
+
+def encode_classes(class_names: Sequence[str]) -> String:
+    """The ``obstacle_classes`` message: a JSON list of the class names in output order."""
+    return String(data=json.dumps(list(class_names)))
+
+
+def decode_classes(data: Any) -> tuple[str, ...]:
+    text = data.data if hasattr(data, 'data') else data
+    names = json.loads(text)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f'obstacle_classes must be a JSON list of strings, got {text!r}')
+    return tuple(names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Diagnostics
+# ----------------------------------------------------------------------------------------------
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, float):
+        return 'nan' if math.isnan(value) else f'{value:.6g}'
+    if isinstance(value, (list, tuple)):
+        return ', '.join(str(item) for item in value)
+    return str(value)
+
+
+def diagnostic_status(name: str, level: bytes, message: str, hardware_id: str,
+                      values: Mapping[str, Any]) -> DiagnosticStatus:
+    """A DiagnosticStatus with ``values`` as key/value strings (floats to 6 significant digits)."""
+    return DiagnosticStatus(
+        level=level, name=name, message=message, hardware_id=hardware_id,
+        values=[KeyValue(key=str(key), value=_format_value(value))
+                for key, value in values.items()])

@@ -1,0 +1,218 @@
+"""The pure parts of the ROS glue, without spinning: message types, QoS, time, message building
+(round trips through CDR and ``features.extract_values``), and the output wire formats."""
+import math
+
+import numpy as np
+import pytest
+
+import ros_helpers
+
+ros_helpers.import_rclpy()  # before anything loads message type support (warning filter)
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from rclpy.qos import DurabilityPolicy, ReliabilityPolicy  # noqa: E402
+from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from obstacle_classifier import ros_io  # noqa: E402
+from obstacle_classifier.features import (MSG_TYPES, FeatureConfig, extract_values,  # noqa: E402
+                                          load_default_config, message_stamp_ns,
+                                          prepare_values)
+from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_MAX,  # noqa: E402
+                                            LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX, LIDAR_RANGE_MIN,
+                                            RANGE_FIELD_OF_VIEW, RANGE_MAX, RANGE_MIN,
+                                            SidewalkSimulator)
+
+S = 1_000_000_000
+SCAN = ros_io.ScanGeometry(angle_min=LIDAR_ANGLE_MIN, angle_max=LIDAR_ANGLE_MAX,
+                           angle_increment=LIDAR_ANGLE_INCREMENT, range_min=LIDAR_RANGE_MIN,
+                           range_max=LIDAR_RANGE_MAX, scan_time=0.1)
+RANGE = ros_io.RangeInfo(min_range=RANGE_MIN, max_range=RANGE_MAX,
+                         field_of_view=RANGE_FIELD_OF_VIEW)
+
+
+def _spec(**item):
+    base = {'name': 'x', 'topic': 'x', 'dim': 1, 'valid_range': [-100.0, 100.0],
+            'timeout_s': 0.5, 'window_s': 1.0, 'aggregations': ['last'], 'policy': 'skip'}
+    base.update(item)
+    return FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [base]}).inputs[0]
+
+
+# -- message types and QoS ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('msg_type', sorted(MSG_TYPES))
+def test_every_supported_type_resolves_to_its_class(msg_type):
+    cls = ros_io.message_class(msg_type)
+    package, _, name = msg_type.split('/')
+    assert cls.__name__ == name and cls.__module__.startswith(f'{package}.msg')
+    assert ros_io.message_class(msg_type) is cls  # cached
+
+
+@pytest.mark.parametrize('bad, fragment', [
+    ('sensor_msgs/Range', "'package/msg/Name'"),
+    ('sensor_msgs/srv/Range', "'package/msg/Name'"),
+    ('no_such_package_xyz/msg/Thing', 'not installed'),
+    ('std_msgs/msg/NoSuchType', 'has no'),
+    (None, "'package/msg/Name'"),
+])
+def test_bad_message_type_names_are_refused_with_the_reason(bad, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        ros_io.message_class(bad)
+
+
+def test_input_qos_follows_the_spec():
+    sensor = ros_io.input_qos(_spec(msg_type='std_msgs/msg/Float64', fields=['data'],
+                                    qos='sensor_data'))
+    assert sensor.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert sensor.durability == DurabilityPolicy.VOLATILE and sensor.depth == 5
+    reliable = ros_io.input_qos(_spec(msg_type='std_msgs/msg/Float64', fields=['data'],
+                                      qos='reliable'))
+    assert reliable.reliability == ReliabilityPolicy.RELIABLE and reliable.depth == 10
+
+
+def test_class_list_is_latched_and_per_tick_outputs_are_not():
+    assert ros_io.classes_qos().durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert ros_io.classes_qos().reliability == ReliabilityPolicy.RELIABLE
+    assert ros_io.output_qos().durability == DurabilityPolicy.VOLATILE
+
+
+# -- time -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('ns', [0, 1, S - 1, S, 1_700_000_000 * S + 123_456_789,
+                                (2**31 - 1) * S + S - 1])
+def test_time_round_trips(ns):
+    stamp = ros_io.ns_to_stamp(ns)
+    assert isinstance(stamp, Time) and 0 <= stamp.nanosec < S
+    assert ros_io.stamp_to_ns(stamp) == ns
+
+
+def test_negative_time_is_refused():
+    with pytest.raises(ValueError, match='negative'):
+        ros_io.ns_to_stamp(-1)
+
+
+# -- building messages ------------------------------------------------------------------------
+
+def _cdr_round_trip(msg):
+    return deserialize_message(serialize_message(msg), type(msg))
+
+
+@pytest.fixture(scope='module')
+def simulated_readings():
+    """The first 2 s of every simulated sensor of the default config."""
+    config = load_default_config()
+    readings = SidewalkSimulator(seed=3, config=config).advance(2 * S)
+    by_input = {}
+    for reading in readings:
+        by_input.setdefault(reading.input_name, []).append(reading)
+    assert set(by_input) == set(config.input_names)
+    return config, by_input
+
+
+def test_simulated_readings_survive_message_and_cdr_round_trip(simulated_readings):
+    config, by_input = simulated_readings
+    for spec in config.inputs:
+        builder = ros_io.SensorMessageBuilder(spec, frame_id=f'{spec.name}_link',
+                                              range_info=RANGE, scan_geometry=SCAN)
+        geometry = ({'angle_min': LIDAR_ANGLE_MIN, 'angle_increment': LIDAR_ANGLE_INCREMENT}
+                    if spec.sectors else {})
+        for reading in by_input[spec.name][:20]:
+            msg = _cdr_round_trip(builder.build(reading.values, 10 * S + reading.stamp_ns))
+            expected = prepare_values(reading.values, spec, **geometry)
+            got = extract_values(msg, spec)
+            # Exact: the simulator already rounds float32 fields to float32.
+            np.testing.assert_array_equal(got, expected, err_msg=spec.name)
+            if hasattr(msg, 'header'):
+                assert message_stamp_ns(msg) == 10 * S + reading.stamp_ns
+                assert msg.header.frame_id == f'{spec.name}_link'
+
+
+def test_range_and_scan_constants_are_filled_in(simulated_readings):
+    config, by_input = simulated_readings
+    front = config.input('range_front')
+    msg = ros_io.SensorMessageBuilder(front, range_info=RANGE).build([math.inf], S)
+    assert msg.range == math.inf  # REP 117: no return
+    assert (msg.min_range, msg.max_range) == (pytest.approx(RANGE_MIN), RANGE_MAX)
+    assert msg.field_of_view == pytest.approx(RANGE_FIELD_OF_VIEW)
+    lidar = config.input('lidar')
+    scan = ros_io.SensorMessageBuilder(lidar, scan_geometry=SCAN).build(
+        by_input['lidar'][0].values, S)
+    assert len(scan.ranges) == 181
+    assert scan.angle_min == pytest.approx(LIDAR_ANGLE_MIN)
+    assert scan.angle_min + 180 * scan.angle_increment == pytest.approx(scan.angle_max, abs=1e-6)
+    assert (scan.range_min, scan.range_max) == (pytest.approx(LIDAR_RANGE_MIN), LIDAR_RANGE_MAX)
+
+
+def test_imu_marks_unread_groups_as_not_provided():
+    spec = _spec(msg_type='sensor_msgs/msg/Imu', dim=2,
+                 fields=['linear_acceleration.z', 'angular_velocity.z'])
+    msg = ros_io.SensorMessageBuilder(spec).build([9.81, 0.25], 5 * S)
+    assert (msg.linear_acceleration.z, msg.angular_velocity.z) == (9.81, 0.25)
+    assert msg.orientation_covariance[0] == -1.0  # REP 145: no orientation estimate
+    assert msg.linear_acceleration_covariance[0] == 0.0
+    np.testing.assert_array_equal(extract_values(_cdr_round_trip(msg), spec), [9.81, 0.25])
+
+
+def test_multi_array_and_std_scalars():
+    spec = _spec(name='vec', msg_type='std_msgs/msg/Float32MultiArray', fields=['data'], dim=3)
+    msg = ros_io.SensorMessageBuilder(spec).build(np.array([1.5, -2.0, 3.25]), 0)
+    assert [d.size for d in msg.layout.dim] == [3] and msg.layout.dim[0].label == 'vec'
+    np.testing.assert_array_equal(extract_values(_cdr_round_trip(msg), spec), [1.5, -2.0, 3.25])
+    for msg_type in ('std_msgs/msg/Float32', 'std_msgs/msg/Float64'):
+        scalar = _spec(msg_type=msg_type, fields=['data'])
+        msg = ros_io.SensorMessageBuilder(scalar).build([0.5], 0)
+        assert extract_values(_cdr_round_trip(msg), scalar).tolist() == [0.5]
+
+
+def test_builder_refuses_what_it_cannot_build():
+    range_spec = _spec(msg_type='sensor_msgs/msg/Range', fields=['range'])
+    with pytest.raises(ValueError, match='range_info'):
+        ros_io.SensorMessageBuilder(range_spec)
+    scan_spec = _spec(msg_type='sensor_msgs/msg/LaserScan', fields=['ranges'], dim=4)
+    with pytest.raises(ValueError, match='scan_geometry'):
+        ros_io.SensorMessageBuilder(scan_spec)
+    two = _spec(msg_type='sensor_msgs/msg/Imu', dim=2,
+                fields=['linear_acceleration.x', 'linear_acceleration.y'])
+    with pytest.raises(ValueError, match='2 field'):
+        ros_io.SensorMessageBuilder(two).build([1.0, 2.0, 3.0], 0)
+
+
+# -- wire formats ------------------------------------------------------------------------------
+
+def test_obstacles_json_round_trips():
+    text = ros_io.encode_obstacles(
+        12 * S + 345, ['pedestrian', 'dog'], {'pedestrian': 0.912345678, 'dog': 0.5,
+                                              'pole': 0.0001}, ['lidar'], 'ok')
+    report = ros_io.decode_obstacles(String(data=text))
+    assert report.stamp_ns == 12 * S + 345 and report.valid
+    assert report.labels == ('pedestrian', 'dog') and report.stale_inputs == ('lidar',)
+    assert report.probabilities == {'pedestrian': 0.9123, 'dog': 0.5, 'pole': 0.0001}
+    assert ros_io.decode_obstacles(text) == report
+
+
+@pytest.mark.parametrize('text', ['', '[]', '{"stamp": 3}', '{"labels": []}',
+                                  '{"stamp": {"sec": 1, "nanosec": 0}, "labels": [], '
+                                  '"probabilities": {}, "stale_inputs": [], "status": "odd"}'])
+def test_malformed_obstacles_json_is_refused(text):
+    with pytest.raises(ValueError):
+        ros_io.decode_obstacles(text)
+
+
+def test_labels_and_classes_formats():
+    assert ros_io.encode_labels([]) == ''
+    assert ros_io.decode_labels(String(data='')) == ()
+    assert ros_io.decode_labels(ros_io.encode_labels(['pole', 'curb'])) == ('pole', 'curb')
+    names = ('pedestrian', 'bicycle')
+    assert ros_io.decode_classes(ros_io.encode_classes(names)) == names
+    with pytest.raises(ValueError):
+        ros_io.decode_classes('{"a": 1}')
+
+
+def test_diagnostic_status_formats_values():
+    status = ros_io.diagnostic_status('n: input x', DiagnosticStatus.WARN, 'stale', 'hw', {
+        'rate_hz': 19.98765432, 'stale': True, 'age_s': math.inf, 'classes': ['a', 'b'],
+        'count': 3})
+    assert status.level == DiagnosticStatus.WARN and status.hardware_id == 'hw'
+    assert {kv.key: kv.value for kv in status.values} == {
+        'rate_hz': '19.9877', 'stale': 'true', 'age_s': 'inf', 'classes': 'a, b', 'count': '3'}

@@ -11,7 +11,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export OPENBLAS_NUM_THREADS ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv test lint demo bench flops clean
+.PHONY: venv test lint demo bench flops default-model clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_nn.py
+
+# The shipped model: simulate six worlds, train, tune thresholds, score on a held-out world.
+default-model: $(STAMP)
+	$(PY) -m obstacle_classifier.default_model --output config/default_model.npz
 
 flops: $(STAMP)
 	$(VENV)/bin/obstacle-classifier flops --d 16 --h 64 --c 8 --n 10000

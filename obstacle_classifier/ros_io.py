@@ -133,6 +133,25 @@ def publish_unless_shut_down(node: Any, publisher: Any, msg: Any) -> bool:
     return True
 
 
+def spin_until_shutdown(node: Any, executor: Any = None) -> None:
+    """Spin ``node`` (on ``executor`` if given, else ``rclpy.spin``) until shutdown.
+
+    The same race as in :func:`publish_unless_shut_down`, on the receiving side: the executor can
+    be taking a message when the signal handler shuts the context down, and rclpy then raises
+    (a RuntimeError from the message conversion, or an RCLError). Once the context is shut down
+    that is the normal end of the node; while it is still up, it is a real error and is raised.
+    """
+    import rclpy
+    try:
+        if executor is None:
+            rclpy.spin(node)
+        else:
+            executor.spin()
+    except (RuntimeError, _rclpy.RCLError):
+        if node.context.ok():
+            raise
+
+
 # ----------------------------------------------------------------------------------------------
 # Time
 # ----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from obstacle_classifier import paths
 from obstacle_classifier.features import FeatureConfig, FeatureConfigError
 from obstacle_classifier.ros_io import (RangeInfo, ScanGeometry, SensorMessageBuilder,
                                         encode_labels, input_qos, message_class,
-                                        publish_unless_shut_down)
+                                        publish_unless_shut_down, spin_until_shutdown)
 from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_MAX,
                                             LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX, LIDAR_RANGE_MIN,
                                             RANGE_FIELD_OF_VIEW, RANGE_MAX, RANGE_MIN,
@@ -189,7 +189,7 @@ def main(args: Optional[list[str]] = None) -> int:
             except (FeatureConfigError, ParameterException, ValueError) as exc:
                 get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
                 return 1
-            rclpy.spin(node)
+            spin_until_shutdown(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     return 0

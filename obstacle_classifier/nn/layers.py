@@ -32,24 +32,26 @@ from .functional import sigmoid
 RngLike = Union[None, int, np.random.Generator]
 
 
-def _as_batch(X: np.ndarray, width: int, dtype: np.dtype, where: str) -> np.ndarray:
-    """Check that ``X`` is a finite-shape batch ``(n, width)`` and return it in ``dtype``.
+def _as_batch(X: np.ndarray, width: int, dtype: np.dtype, where: object) -> np.ndarray:
+    """Check that ``X`` is a batch ``(n, width)`` and return it in ``dtype``.
 
     A dtype mismatch is converted (one copy) rather than silently promoting a float32 model to
-    float64 through NumPy 2's type promotion.
+    float64 through NumPy 2's type promotion. ``where`` (the layer) is formatted only for an
+    error message, keeping string work off the per-batch path.
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != width:
-        raise ValueError(f'{where} expects an array of shape (n, {width}), got {X.shape}')
+        raise ValueError(f'{where!r} expects an array of shape (n, {width}), got {X.shape}')
     if X.dtype != dtype:
         X = X.astype(dtype)
     return X
 
 
-def _check_grad(grad_out: np.ndarray, shape: tuple, dtype: np.dtype, where: str) -> np.ndarray:
+def _check_grad(grad_out: np.ndarray, shape: tuple, dtype: np.dtype,
+                where: object) -> np.ndarray:
     grad_out = np.asarray(grad_out)
     if grad_out.shape != shape:
-        raise ValueError(f'{where}.backward expects grad_out of shape {shape} (the shape of the '
+        raise ValueError(f'{where!r}.backward expects grad_out of shape {shape} (the shape of the '
                          f'last forward output), got {grad_out.shape}')
     if grad_out.dtype != dtype:
         grad_out = grad_out.astype(dtype)
@@ -147,7 +149,7 @@ class Linear(Layer):
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """(n, d_in) -> (n, d_out)."""
-        X = _as_batch(X, self.d_in, self.W.dtype, repr(self))
+        X = _as_batch(X, self.d_in, self.W.dtype, self)
         out = X @ self.W
         if self.b is not None:
             out += self.b
@@ -160,7 +162,7 @@ class Linear(Layer):
         X = self._X
         if X is None:
             raise self._missing_cache()
-        grad_out = _check_grad(grad_out, (X.shape[0], self.d_out), self.W.dtype, repr(self))
+        grad_out = _check_grad(grad_out, (X.shape[0], self.d_out), self.W.dtype, self)
         grad_W = X.T @ grad_out
         grad_in = grad_out @ self.W.T if self.needs_input_grad else None
         self._X = None
@@ -218,7 +220,7 @@ class _Rectifier(Layer):
         kept = self._kept
         if kept is None:
             raise self._missing_cache()
-        grad_out = _check_grad(grad_out, kept.shape, grad_out.dtype, repr(self))
+        grad_out = _check_grad(grad_out, kept.shape, grad_out.dtype, self)
         mask = kept if kept.dtype == np.bool_ else kept > 0
         grad_in = np.where(mask, grad_out, grad_out.dtype.type(0))
         if self.gain != 1.0:
@@ -278,7 +280,7 @@ class Sigmoid(Layer):
         P = self._out
         if P is None:
             raise self._missing_cache()
-        grad_out = _check_grad(grad_out, P.shape, P.dtype, repr(self))
+        grad_out = _check_grad(grad_out, P.shape, P.dtype, self)
         grad_in = 1 - P
         grad_in *= P
         grad_in *= grad_out
@@ -314,7 +316,7 @@ class Bias(Layer):
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """(n, h) -> (n, h)."""
-        X = _as_batch(X, self.h, self.b.dtype, repr(self))
+        X = _as_batch(X, self.h, self.b.dtype, self)
         if self.training:  # only the batch size, to check the incoming gradient's shape
             self._batch = X.shape[0]
         return X + self.b
@@ -323,7 +325,7 @@ class Bias(Layer):
         """(n, h) -> (grad_in (n, h), grad_b (h,))."""
         if self._batch is None:
             raise self._missing_cache()
-        grad_out = _check_grad(grad_out, (self._batch, self.h), self.b.dtype, repr(self))
+        grad_out = _check_grad(grad_out, (self._batch, self.h), self.b.dtype, self)
         self._batch = None
         return grad_out, grad_out.sum(axis=0)
 

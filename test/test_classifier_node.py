@@ -148,32 +148,24 @@ class Observer:
 
     def wait_for_output(self, predicate, timeout=STARTUP_TIMEOUT, since_ns=0):
         """Spin until an output received after ``since_ns`` satisfies ``predicate``; it."""
-        found = []
-
-        def check():
-            for receive, report in self.outputs:
-                if receive >= since_ns and predicate(report):
-                    found.append(report)
-                    return True
-            return False
-        assert self.ros.spin_until(check, timeout=timeout), (
-            f'no matching output within {timeout} s; last: '
-            f'{self.outputs[-1][1] if self.outputs else None}')
-        return found[0]
+        return self._first_match(
+            lambda: [report for receive, report in self.outputs if receive >= since_ns],
+            predicate, timeout, 'output')
 
     def wait_for_diagnostics(self, predicate, timeout=15.0, since=0):
         """Spin until a diagnostics report (index >= since) satisfies ``predicate``; it."""
+        return self._first_match(lambda: self.diagnostics[since:], predicate, timeout,
+                                 'diagnostics')
+
+    def _first_match(self, candidates, predicate, timeout, what):
+        """Spin until one of ``candidates()`` satisfies ``predicate``; return the first."""
         found = []
 
         def check():
-            for statuses in self.diagnostics[since:]:
-                if predicate(statuses):
-                    found.append(statuses)
-                    return True
-            return False
+            found.extend(item for item in candidates() if predicate(item))
+            return bool(found)
         assert self.ros.spin_until(check, timeout=timeout), (
-            f'no matching diagnostics within {timeout} s; last: '
-            f'{self.diagnostics[-1] if self.diagnostics else None}')
+            f'no matching {what} within {timeout} s; last: {(candidates() or [None])[-1]}')
         return found[0]
 
 

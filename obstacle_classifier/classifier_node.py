@@ -25,7 +25,20 @@ Topics (relative names resolve in the node's namespace):
 ``/diagnostics``                    diagnostic_msgs/DiagnosticArray at 1 Hz.
 ``~/reload_model``                  std_srvs/Trigger: reload ``model_path``; a bad file is
                                     refused with the reason and the old model keeps serving.
+``obstacle_labels`` (input, with    ground truth to learn from (``train.labels_topic``):
+``train.enabled``)                  std_msgs/String of comma-separated class names, or
+                                    std_msgs/UInt8MultiArray multi-hot (``train.labels_format``).
+``training/loss``                   std_msgs/Float32: the last batch loss, after each training
+                                    round (with ``train.enabled``).
 ==================================  ============================================================
+
+Online training (``train.enabled``, off by default; see
+:mod:`~obstacle_classifier.online_training`): each tick's normalised features go into a small
+ring; a label is paired with the tick nearest its arrival (within ``train.max_label_delay``) and
+stored in a bounded replay buffer. A dedicated training thread trains a private copy of the
+model and swaps a snapshot in as the serving model: the tick never waits on training beyond
+reading one reference. Checkpoints (atomic, guarded by a held-out slice) go to
+``train.checkpoint_path`` every ``train.checkpoint_period_s`` and on a clean shutdown.
 """
 from __future__ import annotations
 
@@ -33,6 +46,7 @@ import array
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -40,8 +54,8 @@ from typing import Any, Optional
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import (FloatingPointRange, ParameterDescriptor, ParameterType,
-                                SetParametersResult)
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType, SetParametersResult)
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
@@ -51,7 +65,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_policy_name_from_kind
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
+from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 
 from obstacle_classifier import paths
@@ -60,9 +74,12 @@ from obstacle_classifier.features import (REJECTION_REASONS, FeatureConfig, Feat
                                           extract_values,
                                           message_stamp_ns)
 from obstacle_classifier.model import ModelFileError, ObstacleModel
+from obstacle_classifier.nn.optim import OPTIMIZERS
+from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_label_names,
+                                                 parse_multi_hot)
 from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
                                         encode_obstacles, input_qos, message_class, output_qos,
-                                        publish_unless_shut_down)
+                                        publish_unless_shut_down, spin_until_shutdown)
 
 NODE_NAME = 'obstacle_classifier'
 DEFAULT_RATE_HZ = 20.0
@@ -75,6 +92,9 @@ REJECTION_WARN_PERIOD_S = 5.0
 #: Reasons the node itself refuses a reading for, before the pipeline sees it.
 NODE_REJECTION_REASONS = ('no_stamp', 'malformed')
 _PROCESSING_HISTORY = 1024  # per-tick processing times kept for the p50 / p99 in diagnostics
+LABEL_FORMATS = ('names', 'multi_hot')
+TRAINING_PERIOD_S = 0.1  # one training round (steps_per_second / 10 steps, a snapshot) per period
+MAX_LABEL_DELAY_RANGE_S = (0.001, 1.0)
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
@@ -112,6 +132,201 @@ class _InputState:
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+
+class _OnlineTraining:
+    """The node's online-training glue: label subscription, tick ring, training thread.
+
+    Threads: ``record_tick``, ``on_label`` and ``restart_from`` run in the executor thread,
+    like the tick; ``train_round`` runs in a dedicated training thread (started by :meth:`start`,
+    one round every ``TRAINING_PERIOD_S`` on the steady clock). ``self._lock`` serialises the
+    trainer between the two and is never taken by the tick. A plain thread rather than a
+    MultiThreadedExecutor: the tick then keeps the cheap single-threaded executor.
+    """
+
+    def __init__(self, node: 'ClassifierNode') -> None:
+        self._node = node
+        value = lambda name: node.get_parameter(f'train.{name}').value  # noqa: E731
+        self.labels_format = value('labels_format')
+        if self.labels_format not in LABEL_FORMATS:
+            raise ValueError(f'train.labels_format must be one of {LABEL_FORMATS}, got '
+                             f'{self.labels_format!r}')
+        self.optimizer = value('optimizer')
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f'train.optimizer must be one of {OPTIMIZERS}, got '
+                             f'{self.optimizer!r}')
+        self.lr = float(value('lr'))
+        self.batch_size = int(value('batch_size'))
+        self.buffer_size = int(value('buffer_size'))
+        self.max_delay_ns = int(round(float(value('max_label_delay')) * 1e9))
+        self.steps_per_round = float(value('steps_per_second')) * TRAINING_PERIOD_S
+        self.checkpoint_period_ns = int(float(value('checkpoint_period_s')) * 1e9)
+        path = value('checkpoint_path')
+        self.checkpoint_path = os.path.expanduser(path) if path else ''
+        self._step_credit = 0.0
+        self._last_checkpoint_ns = time.monotonic_ns()
+        self._lock = threading.Lock()
+        self._finished = False
+        self.trainer: Optional[OnlineTrainer] = None
+        self.ring: Optional[TickRing] = None
+        self.rejected_without_model = 0
+        if node._model is not None:
+            self.restart_from(node._model)
+        else:
+            node.get_logger().error('train.enabled, but no model serves: labels are rejected '
+                                    'until a model is loaded')
+
+        msg_type = String if self.labels_format == 'names' else UInt8MultiArray
+        self.subscription = node.create_subscription(
+            msg_type, value('labels_topic'), self.on_label, 10)
+        self.loss_pub = node.create_publisher(Float32, 'training/loss', 10)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='online_training', daemon=True)
+        where = (f'checkpoints to {self.checkpoint_path} every '
+                 f'{self.checkpoint_period_ns / 1e9:g} s' if self.checkpoint_path
+                 else 'NO checkpoints (train.checkpoint_path is empty)')
+        node.get_logger().info(
+            f'online training from {self.subscription.topic_name} ({self.labels_format}): '
+            f'{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, '
+            f'{self.steps_per_round / TRAINING_PERIOD_S:g} steps/s, buffer {self.buffer_size}; '
+            f'{where}')
+
+    # -- default callback group (with the tick) -----------------------------------------------
+
+    def restart_from(self, model: ObstacleModel) -> None:
+        """Train a private copy of ``model`` from now on (a new model or start-up)."""
+        ring_capacity = math.ceil(self.max_delay_ns / 1e9 * RATE_RANGE_HZ[1]) + 2
+        with self._lock:
+            previous = self.trainer
+            self.trainer = OnlineTrainer(model, self.optimizer, self.lr, self.batch_size,
+                                         self.buffer_size)
+            if previous is not None:  # the counters describe the node's life, not one model
+                self.trainer.stats = previous.stats
+            self.ring = TickRing(ring_capacity, model.n_features, model.network.dtype)
+
+    def record_tick(self, stamp_ns: int, features: Optional[np.ndarray]) -> None:
+        """One tick: normalised features (d,), or None when it produced no prediction."""
+        if self.ring is not None:
+            self.ring.record(stamp_ns, features)
+
+    def on_label(self, msg: Any) -> None:
+        trainer = self.trainer
+        if trainer is None:
+            self.rejected_without_model += 1
+            return
+        stats = trainer.stats
+        stats.labels_received += 1
+        arrival_ns = self._node._node_clock.now().nanoseconds
+        if self.labels_format == 'names':
+            labels, reason = parse_label_names(msg.data, trainer.class_names)
+        else:
+            labels, reason = parse_multi_hot(msg.data, len(trainer.class_names))
+        if reason is None:
+            features, reason = self.ring.nearest(arrival_ns, self.max_delay_ns)
+        if reason is not None:
+            trainer.reject(reason)
+            self._node.get_logger().warning(
+                f'label rejected ({reason}); {stats.labels_rejected_total} of '
+                f'{stats.labels_received} so far', throttle_duration_sec=REJECTION_WARN_PERIOD_S)
+            return
+        trainer.add_example(features, labels)
+
+    # -- the training thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        due = time.monotonic() + TRAINING_PERIOD_S
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            due = max(due + TRAINING_PERIOD_S, time.monotonic())
+            self.train_round()
+
+    def train_round(self) -> None:
+        """Some steps, a snapshot swapped in for inference, a checkpoint when due."""
+        self._step_credit += self.steps_per_round
+        steps = int(self._step_credit)
+        self._step_credit -= steps
+        node = self._node
+        with self._lock:
+            trainer = self.trainer
+            if trainer is None or self._finished:
+                return
+            loss = trainer.train_steps(steps) if steps else None
+            snapshot = trainer.snapshot()
+            if snapshot is not None:
+                version = snapshot.version
+                # Inference reads node._model once per tick: this is the only hand-over.
+                node._model_version = version
+                node._model = snapshot
+            if loss is not None:
+                publish_unless_shut_down(node, self.loss_pub, Float32(data=float(loss)))
+            now_ns = time.monotonic_ns()
+            if (self.checkpoint_path and trainer.stats.steps
+                    and now_ns - self._last_checkpoint_ns >= self.checkpoint_period_ns):
+                self._last_checkpoint_ns = now_ns
+                self._checkpoint(trainer)
+
+    def finish(self) -> None:
+        """Clean shutdown: stop the training thread, write a last (guarded) checkpoint."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10.0)
+        with self._lock:
+            self._finished = True
+            if self.trainer is not None and self.checkpoint_path and self.trainer.stats.steps:
+                self._checkpoint(self.trainer)
+
+    def _checkpoint(self, trainer: OnlineTrainer) -> None:
+        decision = trainer.checkpoint(self.checkpoint_path)
+        logger = self._node.get_logger()
+        if not self._node.context.ok():  # after SIGINT: /rosout is gone, stderr still works
+            logger = get_logger(f'{logger.name}_shutdown')
+        message = f'checkpoint {self.checkpoint_path}: {decision.reason}'
+        if decision.written:
+            logger.info(message)
+        else:
+            logger.warning(message)
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    def status(self, hardware_id: str) -> DiagnosticStatus:
+        trainer = self.trainer
+        if trainer is None:
+            return diagnostic_status(f'{NODE_NAME}: training', ERROR,
+                                     'no model to train', hardware_id,
+                                     {'labels_rejected_no_model': self.rejected_without_model})
+        stats = trainer.stats
+        values: dict[str, Any] = {
+            'labels_topic': self.subscription.topic_name, 'labels_format': self.labels_format,
+            'labels_received': stats.labels_received,
+            'labels_rejected': stats.labels_rejected_total,
+            **{f'labels_rejected_{reason}': count
+               for reason, count in stats.labels_rejected.items()},
+            'examples': stats.examples_added,
+            'buffer_rows': trainer.buffer.train.count,
+            'held_out_rows': trainer.buffer.held_out.count,
+            'buffer_bytes': trainer.buffer.nbytes,
+            'steps': stats.steps, 'discarded_updates': stats.discarded_updates,
+            'last_loss': stats.last_loss, 'snapshots': stats.snapshots,
+            'checkpoint_path': self.checkpoint_path,
+            'checkpoints_written': stats.checkpoints_written,
+            'checkpoints_refused': stats.checkpoints_refused,
+            'checkpoint_failures': stats.checkpoint_failures,
+            'last_checkpoint': stats.last_checkpoint_reason,
+            'last_held_out_loss': stats.last_held_out_loss,
+        }
+        if stats.checkpoint_failures or stats.checkpoints_refused:
+            level = WARN
+            message = f'{stats.steps} steps; last checkpoint {stats.last_checkpoint_reason}'
+        elif stats.discarded_updates:
+            level = WARN
+            message = f'{stats.steps} steps, {stats.discarded_updates} updates discarded'
+        elif stats.examples_added == 0:
+            level, message = WARN, 'no labelled examples yet'
+        else:
+            level, message = OK, f'{stats.steps} steps, loss {stats.last_loss:.4f}'
+        return diagnostic_status(f'{NODE_NAME}: training', level, message, hardware_id, values)
 
 
 class ClassifierNode(Node):
@@ -160,6 +375,10 @@ class ClassifierNode(Node):
                 f'no usable model: {exc}. The node keeps running and publishes status '
                 "'no_model' (no detections) until a good model is loaded with ~/reload_model "
                 'or by setting model_path.')
+
+        self._training: Optional[_OnlineTraining] = None
+        if self.get_parameter('train.enabled').value:
+            self._training = _OnlineTraining(self)
 
         self._reload_service = self.create_service(Trigger, '~/reload_model', self._on_reload)
         self.add_on_set_parameters_callback(self._validate_parameters)
@@ -220,6 +439,58 @@ class ClassifierNode(Node):
                          'tick.'),
             additional_constraints='-1.0, or 0 < threshold < 1',
             floating_point_range=[FloatingPointRange(from_value=-1.0, to_value=1.0, step=0.0)]))
+        self._declare_training_parameters()
+
+    def _declare_training_parameters(self) -> None:
+        """``train.*``: online training, all read-only (fixed for the life of the node)."""
+        def described(kind: int, text: str, **ranges: Any) -> ParameterDescriptor:
+            return ParameterDescriptor(type=kind, read_only=True, description=text, **ranges)
+
+        def float_range(low: float, high: float) -> dict:
+            return {'floating_point_range': [FloatingPointRange(from_value=low, to_value=high,
+                                                                step=0.0)]}
+
+        def int_range(low: int, high: int) -> dict:
+            return {'integer_range': [IntegerRange(from_value=low, to_value=high, step=1)]}
+
+        double, integer = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER
+        string = ParameterType.PARAMETER_STRING
+        self.declare_parameter('train.enabled', False, described(
+            ParameterType.PARAMETER_BOOL,
+            'Train the serving model online from labels on train.labels_topic. Off by '
+            'default: a robot normally serves a fixed, validated model.'))
+        self.declare_parameter('train.labels_topic', 'obstacle_labels', described(
+            string, 'Ground-truth topic (relative names resolve in the node namespace).'))
+        self.declare_parameter('train.labels_format', 'names', described(
+            string, "'names': std_msgs/String of comma-separated class names ('' = clear); "
+            "'multi_hot': std_msgs/UInt8MultiArray of 0/1 in class order.",
+            additional_constraints=f'one of {", ".join(LABEL_FORMATS)}'))
+        self.declare_parameter('train.max_label_delay', 0.1, described(
+            double, 'Seconds: a label is paired with the tick nearest its arrival time on the '
+            'node clock, if that tick is at most this far away; otherwise it is rejected.',
+            **float_range(*MAX_LABEL_DELAY_RANGE_S)))
+        self.declare_parameter('train.buffer_size', 20000, described(
+            integer, 'Replay buffer rows (allocated once; one in ten is held out to guard '
+            'checkpoints). The oldest are overwritten.', **int_range(20, 1_000_000)))
+        self.declare_parameter('train.batch_size', 64, described(
+            integer, 'Examples per training step, drawn at random from the replay buffer.',
+            **int_range(1, 4096)))
+        self.declare_parameter('train.steps_per_second', 20.0, described(
+            double, 'Training steps per second (steady clock), in rounds of '
+            f'{TRAINING_PERIOD_S:g} s in their own thread.', **float_range(0.1, 1000.0)))
+        self.declare_parameter('train.optimizer', 'adam', described(
+            string, 'Optimizer of the online steps (its state starts afresh with each model).',
+            additional_constraints=f'one of {", ".join(OPTIMIZERS)}'))
+        self.declare_parameter('train.lr', 1e-3, described(
+            double, 'Learning rate of the online optimizer (adam: 1e-3 is the usual start).',
+            **float_range(1e-7, 10.0)))
+        self.declare_parameter('train.checkpoint_period_s', 60.0, described(
+            double, 'Seconds (steady clock) between checkpoints; one more on clean shutdown.',
+            **float_range(0.1, 86400.0)))
+        self.declare_parameter('train.checkpoint_path', '', described(
+            string, 'Where checkpoints go (a normal model file, written atomically; a '
+            'checkpoint whose held-out loss is clearly worse than the last one is not '
+            'written). Empty: no checkpoints (the training is lost at exit).'))
 
     @staticmethod
     def _threshold_problem(value: float) -> Optional[str]:
@@ -293,6 +564,9 @@ class ClassifierNode(Node):
 
     def _install_model(self, path: str, model: ObstacleModel) -> None:
         """Serve ``model`` from the next tick on (a single reference swap)."""
+        training = getattr(self, '_training', None)
+        if training is not None:
+            training.restart_from(model)  # online training continues from the new model
         self._model = model
         self._model_version = model.version
         self._model_path = path
@@ -418,13 +692,15 @@ class ClassifierNode(Node):
         model = self._model
         labels: list[str] = []
         probabilities: dict[str, float] = {}
+        x: Optional[np.ndarray] = None
         if model is None:
             status = 'no_model'
         elif result.skipped:
             status = 'skipped'
         else:
             try:
-                p = model.predict_proba(result.features)
+                x = model.normalise(result.features)
+                p = model.network.predict_proba(x)
             except (ValueError, FloatingPointError) as exc:
                 self._inference_errors += 1
                 self.get_logger().error(f'inference failed: {exc}', throttle_duration_sec=5.0)
@@ -445,6 +721,8 @@ class ClassifierNode(Node):
             publish_unless_shut_down(self, self._probabilities_pub, self._probabilities_msg)
 
         self._stale_inputs = result.stale_inputs
+        if self._training is not None and model is not None:
+            self._training.record_tick(now_ns, x if status == 'ok' else None)
         if status != 'ok':
             self._ticks_skipped += 1
             self._period_skipped += 1
@@ -481,6 +759,8 @@ class ClassifierNode(Node):
         stats = self._pipeline.stats()
         statuses.extend(self._input_status(state, stats[name], hardware_id, elapsed_s, node_ns)
                         for name, state in self._inputs.items())
+        if self._training is not None:
+            statuses.append(self._training.status(hardware_id))
         array_msg = DiagnosticArray(status=statuses)
         array_msg.header.stamp = self._node_clock.now().to_msg()
         publish_unless_shut_down(self, self._diagnostics_pub, array_msg)
@@ -491,6 +771,20 @@ class ClassifierNode(Node):
         for state in self._inputs.values():
             state.received_at_report = state.received
             state.rejected_at_report = state.rejected_total
+
+    # -- running -------------------------------------------------------------------------------
+
+    def spin(self) -> None:
+        """Spin until shutdown. With online training the training thread runs alongside, and
+        a clean exit (SIGINT) stops it and writes a last checkpoint."""
+        if self._training is None:
+            spin_until_shutdown(self)
+            return
+        self._training.start()
+        try:
+            spin_until_shutdown(self)
+        finally:
+            self._training.finish()
 
     def _model_status(self, hardware_id: str) -> DiagnosticStatus:
         model = self._model
@@ -605,7 +899,7 @@ def main(args: Optional[list[str]] = None) -> int:
                 # A configuration problem (model problems leave the node up): nothing can run.
                 get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
                 return 1
-            rclpy.spin(node)
+            node.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     return 0

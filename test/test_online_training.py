@@ -1,0 +1,210 @@
+"""Online training without ROS: label parsing, tick pairing, the replay buffer, the trainer."""
+from __future__ import annotations
+
+import math
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from obstacle_classifier.model import ObstacleModel
+from obstacle_classifier.online_training import (OnlineTrainer, ReplayBuffer, TickRing,
+                                                 parse_label_names, parse_multi_hot)
+
+CLASSES = ('pole', 'dog', 'curb')
+FEATURES = ('a', 'b')
+MS = 1_000_000
+
+
+def separable_examples(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, 2) normal; Y (n, 3): pole iff a > 0, dog iff b > 0, curb iff a + b > 0."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0, X.sum(axis=1) > 0], axis=1).astype(np.uint8)
+    return X, Y
+
+
+def fresh_model() -> ObstacleModel:
+    return ObstacleModel.create(FEATURES, CLASSES, hidden=16, rng=1)
+
+
+def test_the_module_imports_no_ros():
+    import obstacle_classifier.online_training as module
+    source = Path(module.__file__).read_text()
+    assert 'rclpy' not in source and 'std_msgs' not in source
+
+
+def test_label_names_parse_to_multi_hot_and_unknown_names_are_rejected():
+    labels, reason = parse_label_names('curb, pole', CLASSES)
+    assert reason is None and labels.tolist() == [1, 0, 1] and labels.dtype == np.uint8
+    labels, reason = parse_label_names('', CLASSES)
+    assert reason is None and labels.tolist() == [0, 0, 0]
+    assert parse_label_names('pole,unicorn', CLASSES) == (None, 'unknown_class')
+
+
+def test_multi_hot_arrays_of_the_wrong_width_or_values_are_rejected():
+    labels, reason = parse_multi_hot([0, 1, 1], 3)
+    assert reason is None and labels.tolist() == [0, 1, 1]
+    labels, reason = parse_multi_hot(b'\x01\x00\x00', 3)
+    assert reason is None and labels.tolist() == [1, 0, 0]
+    assert parse_multi_hot([0, 1], 3) == (None, 'wrong_width')
+    assert parse_multi_hot([0, 2, 1], 3) == (None, 'not_binary')
+
+
+def test_a_label_pairs_with_the_nearest_tick_within_the_delay_only():
+    ring = TickRing(4, 2, np.float64)
+    assert ring.nearest(0, 10 * MS) == (None, 'no_tick_near')
+    for k in range(6):  # ticks at 0, 50, ..., 250 ms; the ring keeps the last 4 (100..250)
+        ring.record(k * 50 * MS, None if k == 4 else np.array([k, -k], dtype=np.float64))
+    assert len(ring) == 4
+    features, reason = ring.nearest(260 * MS, 20 * MS)
+    assert reason is None and features.tolist() == [5.0, -5.0]
+    features, reason = ring.nearest(160 * MS, 20 * MS)
+    assert reason is None and features.tolist() == [3.0, -3.0]
+    assert ring.nearest(205 * MS, 20 * MS) == (None, 'tick_skipped')
+    assert ring.nearest(320 * MS, 20 * MS) == (None, 'no_tick_near')
+    assert ring.nearest(0, 20 * MS) == (None, 'no_tick_near')  # evicted
+    features[0] = 99.0  # a copy: the ring is unchanged
+    assert ring.nearest(250 * MS, 1)[0].tolist() == [5.0, -5.0]
+
+
+def test_the_replay_buffer_is_bounded_holds_out_a_slice_and_allocates_nothing_per_example():
+    buffer = ReplayBuffer(100, 2, 3, held_out_every=10)
+    assert len(buffer.train.X) == 90 and len(buffer.held_out.X) == 10
+    x, y = np.ones(2), np.array([1, 0, 1])
+    for _ in range(200):
+        buffer.add(x, y)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(60_000):  # a minute of a 1 kHz label stream
+        buffer.add(x, y)
+    grown = sum(stat.size_diff for stat in
+                tracemalloc.take_snapshot().compare_to(before, 'filename'))
+    tracemalloc.stop()
+    assert grown < 20_000, grown
+    assert buffer.train.count == 90 and buffer.held_out.count == 10
+    assert buffer.added == 60_200
+    X, Y = buffer.sample(32, np.random.default_rng(0))
+    assert X.shape == (32, 2) and Y.shape == (32, 3)
+    X_held, _ = buffer.held_out_rows()
+    assert X_held.shape == (10, 2)
+
+
+def test_held_out_rows_are_never_sampled_for_training():
+    buffer = ReplayBuffer(20, 1, 1, held_out_every=4)
+    for k in range(20):
+        buffer.add(np.array([float(k)]), np.array([0]))
+    held = set(buffer.held_out_rows()[0][:, 0].tolist())
+    assert held == {0.0, 4.0, 8.0, 12.0, 16.0}
+    X, _ = buffer.sample(1000, np.random.default_rng(0))
+    assert not held & set(X[:, 0].tolist())
+
+
+def test_online_training_learns_on_a_private_copy_and_snapshots_are_independent():
+    model = fresh_model()
+    original = [p.copy() for p in model.network.parameters()]
+    trainer = OnlineTrainer(model, 'adam', 1e-2, batch_size=32, buffer_size=2000)
+    assert trainer.train_steps(5) is None and trainer.snapshot() is None  # empty buffer
+    X, Y = separable_examples(1500)
+    for x, y in zip(model.normalise(X), Y):
+        trainer.add_example(x, y)
+    first = trainer.held_out_loss()
+    trainer.train_steps(400)
+    assert trainer.held_out_loss() < 0.5 * first
+    assert trainer.stats.steps == 400 and trainer.stats.discarded_updates == 0
+    for before, now in zip(original, model.network.parameters()):
+        assert np.array_equal(before, now), 'the serving model was modified'
+    snapshot = trainer.snapshot()
+    assert snapshot is not None and trainer.snapshot() is None  # nothing new since
+    frozen = [p.copy() for p in snapshot.network.parameters()]
+    trainer.train_steps(10)
+    for before, now in zip(frozen, snapshot.network.parameters()):
+        assert np.array_equal(before, now), 'training changed a published snapshot'
+    X_test, Y_test = separable_examples(500, seed=9)
+    accuracy = (snapshot.predict(X_test) == Y_test).mean()
+    assert accuracy > 0.9, accuracy
+
+
+def test_a_nan_in_a_batch_is_discarded_and_the_weights_are_kept():
+    trainer = OnlineTrainer(fresh_model(), 'sgd', 0.1, batch_size=8, buffer_size=20,
+                            held_out_every=10)
+    X, Y = separable_examples(20)
+    for x, y in zip(X, Y):
+        trainer.add_example(x, y)
+    trainer.buffer.train.X[:, 0] = np.nan  # every training row poisoned
+    before = [p.copy() for p in trainer.model.network.parameters()]
+    assert trainer.train_steps(3) is None
+    assert trainer.stats.discarded_updates == 3 and trainer.stats.steps == 0
+    for old, now in zip(before, trainer.model.network.parameters()):
+        assert np.array_equal(old, now)
+    assert trainer.snapshot() is None
+
+
+def test_checkpoints_are_written_loadable_and_refused_when_clearly_worse(tmp_path):
+    model = fresh_model()
+    path = tmp_path / 'online.npz'
+    trainer = OnlineTrainer(model, 'adam', 1e-2, batch_size=32, buffer_size=1000)
+    X, Y = separable_examples(1000)
+    for x, y in zip(model.normalise(X), Y):
+        trainer.add_example(x, y)
+    trainer.train_steps(200)
+    decision = trainer.checkpoint(path)
+    assert decision.written, decision.reason
+    assert decision.held_out_loss < decision.reference_loss
+    loaded = ObstacleModel.load(path)
+    assert loaded.version == trainer.snapshot().version
+    assert loaded.metadata['online_training']['steps'] == 200
+    written = path.read_bytes()
+
+    # Sabotage the private weights: the held-out loss is far worse than the checkpoint's.
+    for param in trainer.model.network.parameters():
+        param *= -5.0
+    decision = trainer.checkpoint(path)
+    assert not decision.written and 'clearly worse' in decision.reason
+    assert trainer.stats.checkpoints_refused == 1 and trainer.stats.checkpoints_written == 1
+    assert path.read_bytes() == written
+
+
+def test_a_checkpoint_without_held_out_rows_is_written_and_says_so(tmp_path):
+    trainer = OnlineTrainer(fresh_model(), buffer_size=10)
+    decision = trainer.checkpoint(tmp_path / 'm.npz')
+    assert decision.written and 'unguarded' in decision.reason
+    assert math.isnan(decision.held_out_loss)
+    ObstacleModel.load(tmp_path / 'm.npz')
+
+
+def test_adding_examples_while_training_runs_in_another_thread_is_safe():
+    model = fresh_model()
+    trainer = OnlineTrainer(model, 'adam', 1e-2, batch_size=16, buffer_size=300)
+    X, Y = separable_examples(3000)
+    X = model.normalise(X)
+    for x, y in zip(X[:50], Y[:50]):
+        trainer.add_example(x, y)
+    done = threading.Event()
+
+    def feed():
+        for x, y in zip(X[50:], Y[50:]):
+            trainer.add_example(x, y)
+        done.set()
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    rounds = 0
+    while not done.is_set() or rounds < 20:
+        trainer.train_steps(5)
+        rounds += 1
+    thread.join()
+    assert trainer.stats.examples_added == 3000 and trainer.stats.discarded_updates == 0
+    assert trainer.stats.steps == 5 * rounds
+    assert np.isfinite(trainer.stats.last_loss)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match='optimizer'):
+        OnlineTrainer(fresh_model(), optimizer='lbfgs')
+    with pytest.raises(ValueError, match='batch size'):
+        OnlineTrainer(fresh_model(), batch_size=0)
+    with pytest.raises(ValueError, match='capacity'):
+        ReplayBuffer(1, 2, 3)

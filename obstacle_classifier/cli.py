@@ -1,8 +1,10 @@
 """The ``obstacle-classifier`` command line: make and judge a model before it goes on a robot.
 
 Subcommands: ``simulate`` (data from the simulated sidewalk, through the node's feature
-pipeline), ``train``, ``evaluate``, ``tune-thresholds``, ``predict`` and ``flops``. Each is a
-function ``_cmd_<name>(args) -> int`` registered in :func:`build_parser`. User mistakes (bad paths,
+pipeline), ``train``, ``evaluate``, ``tune-thresholds``, ``predict``, ``flops``, and the ``bag``
+group (``info``, ``extract``, ``play``, ``record``: rosbag2 via :mod:`obstacle_classifier.bags`
+and :mod:`obstacle_classifier.bag_player`). Each is a function ``_cmd_<name>(args) -> int``
+registered in :func:`build_parser`. User mistakes (bad paths,
 bad files, bad values) are reported on stderr with exit status 2, never as a traceback.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .nn.optim import OPTIMIZERS
 EXAMPLES = {
     'simulate': """examples:
   obstacle-classifier simulate --ticks 20000 --seed 1 --output sim_train.npz
+  obstacle-classifier simulate --ticks 6000 --seed 4 --bag sim_bag --storage mcap
   obstacle-classifier simulate --ticks 5000 --seed 2 --scenario busy --output sim_test.csv""",
     'train': """examples:
   obstacle-classifier train sim_train.npz --output model.npz --plot curves.png
@@ -43,6 +46,22 @@ EXAMPLES = {
   obstacle-classifier predict model.npz features.npz --output predictions.npz --threshold 0.4""",
     'flops': """example:
   obstacle-classifier flops --d 16 --h 64 --c 8 --n 10000""",
+    'bag': """examples:
+  obstacle-classifier bag info sim_bag
+  obstacle-classifier bag extract sim_bag --output sim_bag.npz""",
+    'bag info': """example:
+  obstacle-classifier bag info sim_bag""",
+    'bag play': """examples:
+  obstacle-classifier bag play sim_bag            # then start nodes with use_sim_time:=true
+  obstacle-classifier bag play sim_bag --rate 2 --loop --topics /sensors/scan,/sensors/imu
+  obstacle-classifier bag play robot_bag --remap /scan:=/sensors/scan""",
+    'bag record': """examples:
+  obstacle-classifier bag record robot_bag                 # the configured inputs + labels
+  obstacle-classifier bag record robot_bag --storage mcap --duration 60
+  obstacle-classifier bag record robot_bag --topics /sensors/scan,/obstacle_labels""",
+    'bag extract': """examples:
+  obstacle-classifier bag extract sim_bag --output sim_bag.npz
+  obstacle-classifier bag extract robot_bag --output robot.csv --config my_features.yaml""",
 }
 
 
@@ -107,6 +126,10 @@ def _add_label_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_data(path: str, args: argparse.Namespace, require_labels: bool = True) -> Dataset:
+    """A data file, or a bag directory run through the node's feature pipeline."""
+    if Path(path).is_dir():
+        from .bags import extract_bag
+        return extract_bag(path, require_labels=require_labels).dataset
     return load_dataset(path, label_columns=args.label_columns, label_prefix=args.label_prefix,
                         require_labels=require_labels)
 
@@ -136,8 +159,12 @@ def _evaluation(model: ObstacleModel, data: Dataset, threshold: Optional[float] 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .features import FeatureConfig
     from .simulation import simulate_dataset
-    output = _check_output_path(args.output, ('.npz', '.csv'))
+    if (args.output is None) == (args.bag is None):
+        raise CliError('give exactly one of --output (a data file) and --bag (a bag directory)')
     config = FeatureConfig.from_yaml(args.config) if args.config else None
+    if args.bag is not None:
+        return _simulate_bag(args, config)
+    output = _check_output_path(args.output, ('.npz', '.csv'))
     simulated = simulate_dataset(args.ticks, seed=args.seed, scenario=args.scenario,
                                  config=config, progress=not args.quiet)
     data = Dataset(X=simulated.X, Y=simulated.Y, feature_names=simulated.feature_names,
@@ -147,6 +174,72 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f'wrote {output}: {data.n} ticks x {data.d} features, {data.c} classes '
           f'({simulated.skipped_ticks} ticks skipped as stale)')
     print(f'class presence: {rates}')
+    return 0
+
+
+def _simulate_bag(args: argparse.Namespace, config) -> int:
+    """``simulate --bag``: raw sensor messages and ground truth written as a rosbag2."""
+    from .bags import format_bag_info, write_simulated_bag
+    from .features import load_default_config
+    config = config if config is not None else load_default_config()
+    # Enough simulated time for --ticks feature vectors after the first windows fill.
+    longest_window_s = max(spec.window_s for spec in config.inputs)
+    duration_s = args.duration or (args.ticks / config.rate_hz + longest_window_s + 1.0)
+    info = write_simulated_bag(args.bag, duration_s, seed=args.seed, scenario=args.scenario,
+                               config=config, storage=args.storage)
+    print(f'wrote bag {args.bag}: {duration_s:g} s of simulated sensors and ground truth')
+    print(format_bag_info(info), end='')
+    return 0
+
+
+def _cmd_bag_info(args: argparse.Namespace) -> int:
+    from .bags import bag_info, format_bag_info
+    print(format_bag_info(bag_info(args.bag)), end='')
+    return 0
+
+
+def _cmd_bag_extract(args: argparse.Namespace) -> int:
+    from .bags import extract_bag
+    from .features import FeatureConfig
+    output = _check_output_path(args.output, ('.npz', '.csv'))
+    config = FeatureConfig.from_yaml(args.config) if args.config else None
+    extraction = extract_bag(args.bag, config, require_labels=not args.allow_unlabelled,
+                             label_max_age_s=args.label_max_age)
+    data = extraction.dataset
+    save_dataset(output, Dataset(X=data.X, Y=data.Y, feature_names=data.feature_names,
+                                 class_names=data.class_names, source=str(output)))
+    print(extraction.summary())
+    print(f'wrote {output}')
+    return 0
+
+
+def _cmd_bag_play(args: argparse.Namespace) -> int:
+    from .bag_player import PlaybackOptions, parse_remaps, play_bag
+    options = PlaybackOptions(rate=args.rate, loop=args.loop, topics=tuple(args.topics or ()),
+                              remaps=parse_remaps(args.remap or ()),
+                              clock_rate_hz=args.clock_rate, delay_s=args.delay)
+    stats = play_bag(args.bag, options)
+    total = sum(stats.published.values())
+    print(f'published {total} messages on {len(stats.published)} topics'
+          f'{f" over {stats.loops + 1} loops" if stats.loops else ""}, '
+          f'{stats.clock_messages} on /clock{" (interrupted)" if stats.interrupted else ""}')
+    return 0
+
+
+def _cmd_bag_record(args: argparse.Namespace) -> int:
+    from .bag_player import RecordOptions, default_record_topics, record_bag
+    from .features import FeatureConfig
+    if args.topics:
+        topics = tuple(topic if topic.startswith('/') else '/' + topic for topic in args.topics)
+    else:
+        topics = default_record_topics(FeatureConfig.from_yaml(args.config)
+                                       if args.config else None)
+    stats = record_bag(args.bag, RecordOptions(topics=topics, storage=args.storage,
+                                               duration_s=args.duration))
+    print(f'recorded {sum(stats.recorded.values())} messages into {args.bag}: ' + ', '.join(
+        f'{topic} {count}' for topic, count in stats.recorded.items()))
+    if stats.never_seen:
+        print(f'no messages on: {", ".join(stats.never_seen)}')
     return 0
 
 
@@ -320,7 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument('--scenario', default='default',
                           help='simulated world: default, quiet or busy (default: default)')
     simulate.add_argument('--config', help='feature config YAML (default: the installed one)')
-    simulate.add_argument('--output', required=True, help='.npz or .csv file to write')
+    simulate.add_argument('--output', help='.npz or .csv file to write')
+    simulate.add_argument('--bag', metavar='DIR',
+                          help='instead: write the raw sensor messages and ground truth '
+                               '(/obstacle_labels) as a rosbag2 into this new directory')
+    simulate.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3',
+                          help='--bag storage format (default sqlite3)')
+    simulate.add_argument('--duration', type=_positive_float,
+                          help='--bag: simulated seconds (default: enough for --ticks ticks)')
     simulate.add_argument('--quiet', action='store_true', help='no progress bar')
     simulate.set_defaults(handler=_cmd_simulate)
 
@@ -414,7 +514,70 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument('--n', type=_positive_int, default=10000,
                        help='examples (default 10000)')
     flops.set_defaults(handler=_cmd_flops)
+    _add_bag_commands(commands)
     return parser
+
+
+def _add_bag_commands(commands) -> None:
+    """The ``bag`` group: ``bag info`` and ``bag extract`` (rosbag2 via ``rosbags``)."""
+    bag = _subcommand(commands, 'bag', 'inspect rosbag2 bags and extract data sets from them',
+                      'rosbag2 bags (sqlite3 or MCAP), read with the rosbags library. Train and '
+                      'evaluate also accept a bag directory wherever they accept a data file.')
+    bag_commands = bag.add_subparsers(dest='bag_command', metavar='BAG_COMMAND', required=True)
+    info = bag_commands.add_parser(
+        'info', help='topics, types, counts, duration, storage', epilog=EXAMPLES['bag info'],
+        description='Describe a bag from its metadata.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument('bag', help='bag directory')
+    info.set_defaults(handler=_cmd_bag_info)
+    play = bag_commands.add_parser(
+        'play', help='publish a bag with its timing and /clock', epilog=EXAMPLES['bag play'],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Publish the raw messages of a bag with their original timing (times '
+                    '1/--rate), each topic with its recorded QoS, and bag time on /clock so that '
+                    'nodes started with use_sim_time:=true tick on bag time. Ctrl-C stops.')
+    play.add_argument('bag', help='bag directory')
+    play.add_argument('--rate', type=_positive_float, default=1.0,
+                      help='playback speed factor (default 1)')
+    play.add_argument('--loop', action='store_true', help='start over at the end')
+    play.add_argument('--topics', type=_name_list, metavar='/A,/B',
+                      help='play only these topics (as named in the bag)')
+    play.add_argument('--remap', action='append', metavar='/FROM:=/TO',
+                      help='publish a bag topic under another name (repeatable)')
+    play.add_argument('--clock-rate', type=float, default=100.0, metavar='HZ',
+                      help='/clock messages per second between bag messages (default 100)')
+    play.add_argument('--delay', type=float, default=0.5, metavar='S',
+                      help='seconds to wait before playing, for subscribers to match '
+                           '(default 0.5)')
+    play.set_defaults(handler=_cmd_bag_play)
+    record = bag_commands.add_parser(
+        'record', help='record topics into a new bag', epilog=EXAMPLES['bag record'],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Subscribe (raw, no re-encoding) to the configured input topics and '
+                    '/obstacle_labels, or --topics, and write what arrives as a rosbag2 with '
+                    "each topic's offered QoS, until Ctrl-C or --duration.")
+    record.add_argument('bag', help='bag directory to create')
+    record.add_argument('--topics', type=_name_list, metavar='/A,/B',
+                        help='record these topics instead')
+    record.add_argument('--config', help='feature config YAML whose inputs are recorded')
+    record.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3')
+    record.add_argument('--duration', type=_positive_float, metavar='S',
+                        help='stop after this many seconds (default: at Ctrl-C)')
+    record.set_defaults(handler=_cmd_bag_record)
+    extract = bag_commands.add_parser(
+        'extract', help='bag -> data set through the node feature pipeline',
+        epilog=EXAMPLES['bag extract'], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Replay the bag through the same feature pipeline the node uses, ticking at '
+                    'rate_hz on bag time; labels from /obstacle_labels (std_msgs/String, '
+                    'comma-separated class names), the newest one at or before each tick.')
+    extract.add_argument('bag', help='bag directory')
+    extract.add_argument('--output', required=True, help='.npz or .csv file to write')
+    extract.add_argument('--config', help='feature config YAML (default: the installed one)')
+    extract.add_argument('--label-max-age', type=_positive_float, default=0.5, metavar='S',
+                         help='drop ticks whose newest label is older than this (default 0.5 s)')
+    extract.add_argument('--allow-unlabelled', action='store_true',
+                         help='extract features from a bag without the label topic (no labels)')
+    extract.set_defaults(handler=_cmd_bag_extract)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

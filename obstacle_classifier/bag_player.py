@@ -1,0 +1,361 @@
+"""``bag play`` and ``bag record``: rosbag2 playback with /clock, and raw recording.
+
+A small stand-in for ``ros2 bag play`` (absent here and on many robot images). Messages are read
+with ``rosbags`` and published as the raw CDR they were recorded as (rclpy ``publish`` of bytes:
+no decode, no re-encode), each topic with the QoS it was recorded with (reliability, durability,
+history and depth of its first offered profile), so a ``sensor_data`` subscriber matches a
+best-effort sensor topic and a reliable subscriber a reliable one. ``rosgraph_msgs/Clock`` on
+``/clock`` carries bag time (the time of each message before it is published, and every
+``1 / clock_rate_hz`` wall seconds scaled by ``rate`` in between), so nodes started with
+``use_sim_time:=true`` tick their timers on bag time.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from rclpy.duration import Duration
+
+__all__ = ['PlaybackOptions', 'PlaybackStats', 'RecordOptions', 'RecordStats',
+           'default_record_topics', 'parse_remaps', 'play_bag', 'record_bag', 'recorded_qos']
+
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class PlaybackOptions:
+    """How to play a bag.
+
+    Attributes:
+        rate: playback speed factor (2.0 = twice as fast).
+        loop: start over at the end until interrupted (bag time on /clock then jumps back).
+        topics: play only these topics (absolute names as in the bag); all when empty.
+        remaps: bag topic -> published topic.
+        clock_rate_hz: /clock publications per wall second between messages (0: only with them).
+        delay_s: wall seconds to wait after creating the publishers (lets subscribers match).
+    """
+
+    rate: float = 1.0
+    loop: bool = False
+    topics: tuple[str, ...] = ()
+    remaps: Mapping[str, str] = field(default_factory=dict)
+    clock_rate_hz: float = 100.0
+    delay_s: float = 0.5
+
+
+@dataclass
+class PlaybackStats:
+    """What a playback published: messages by bag topic, loops completed, /clock messages."""
+
+    published: dict[str, int] = field(default_factory=dict)
+    loops: int = 0
+    clock_messages: int = 0
+    interrupted: bool = False
+
+
+def parse_remaps(items: Sequence[str]) -> dict[str, str]:
+    """``['/a:=/b', ...]`` -> ``{'/a': '/b'}``; ValueError naming a malformed item."""
+    remaps = {}
+    for item in items:
+        source, separator, target = item.partition(':=')
+        if not separator or not source or not target:
+            raise ValueError(f'remap must look like /from:=/to, got {item!r}')
+        remaps[source] = target
+    return remaps
+
+
+def recorded_qos(profiles: Sequence[Any]):
+    """The rclpy QoSProfile for a topic recorded with rosbags ``Qos`` ``profiles``.
+
+    The first profile's reliability, durability, history and depth; RELIABLE / VOLATILE /
+    KEEP_LAST 10 for what is unknown or system default (rosbag2's own fallback is similar).
+    """
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    reliability, durability = ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE
+    history, depth = HistoryPolicy.KEEP_LAST, 10
+    if profiles:
+        recorded = profiles[0]
+        if recorded.reliability.name == 'BEST_EFFORT':
+            reliability = ReliabilityPolicy.BEST_EFFORT
+        if recorded.durability.name == 'TRANSIENT_LOCAL':
+            durability = DurabilityPolicy.TRANSIENT_LOCAL
+        if recorded.history.name == 'KEEP_ALL':
+            history = HistoryPolicy.KEEP_ALL
+        if recorded.depth > 0:
+            depth = int(recorded.depth)
+    return QoSProfile(history=history, depth=depth, reliability=reliability,
+                      durability=durability)
+
+
+def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] = None
+             ) -> PlaybackStats:
+    """Play the bag at ``path`` until its end (or forever with ``loop``) or SIGINT / SIGTERM.
+
+    Raises:
+        BagError: the bag cannot be opened or read (from :mod:`obstacle_classifier.bags`).
+        ValueError: a requested topic is not in the bag, or a message type is not installed.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from obstacle_classifier.bags import BagError, _iterate, _open_reader
+    if not options.rate > 0:
+        raise ValueError(f'rate must be positive, got {options.rate}')
+    bag = Path(path)
+    reader = _open_reader(bag)
+    stats = PlaybackStats()
+    try:
+        connections = [c for c in reader.connections
+                       if not options.topics or c.topic in options.topics]
+        missing = sorted(set(options.topics) - {c.topic for c in reader.connections})
+        if missing:
+            raise BagError(f'{bag}: topic(s) {", ".join(missing)} not in the bag (topics: '
+                           f'{", ".join(sorted({c.topic for c in reader.connections}))})')
+        try:
+            with rclpy.init(args=ros_args if ros_args is not None else []):
+                node = rclpy.create_node('obstacle_classifier_bag_player')
+                try:
+                    _Playback(node, bag, reader, connections, options, stats, _iterate).run()
+                finally:
+                    node.destroy_node()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            stats.interrupted = True
+    finally:
+        reader.close()
+    return stats
+
+
+class _Playback:
+    """The publishing loop of one ``play_bag`` call (one node, its publishers, the clock)."""
+
+    def __init__(self, node: Any, bag: Path, reader: Any, connections: list,
+                 options: PlaybackOptions, stats: PlaybackStats, iterate: Any) -> None:
+        from rosgraph_msgs.msg import Clock
+
+        from obstacle_classifier.ros_io import message_class
+        self.node, self.bag, self.reader = node, bag, reader
+        self.connections, self.options, self.stats = connections, options, stats
+        self.iterate = iterate
+        self.clock_type = Clock
+        self.clock_pub = node.create_publisher(Clock, '/clock', 10)
+        self.publishers = {}
+        for connection in connections:
+            topic = options.remaps.get(connection.topic, connection.topic)
+            self.publishers[connection.id] = node.create_publisher(
+                message_class(connection.msgtype), topic,
+                recorded_qos(connection.ext.offered_qos_profiles))
+            stats.published.setdefault(connection.topic, 0)
+        self.ok = node.context.ok
+
+    def publish_clock(self, bag_ns: int) -> None:
+        from builtin_interfaces.msg import Time
+        seconds, nanoseconds = divmod(int(bag_ns), _NS_PER_S)
+        self.clock_pub.publish(self.clock_type(clock=Time(sec=seconds, nanosec=nanoseconds)))
+        self.stats.clock_messages += 1
+
+    def wait_until(self, wall_deadline: float, bag_start_ns: int, wall_start: float) -> None:
+        """Sleep until ``wall_deadline``, publishing the bag time on /clock meanwhile."""
+        clock_period = 1.0 / self.options.clock_rate_hz if self.options.clock_rate_hz else None
+        while self.ok():
+            now = time.monotonic()
+            if now >= wall_deadline:
+                return
+            step = wall_deadline - now
+            if clock_period is not None:
+                step = min(step, clock_period)
+            time.sleep(step)
+            if clock_period is not None and time.monotonic() < wall_deadline:
+                elapsed_ns = int((time.monotonic() - wall_start) * self.options.rate * _NS_PER_S)
+                self.publish_clock(bag_start_ns + elapsed_ns)
+
+    def run(self) -> None:
+        delay_end = time.monotonic() + self.options.delay_s
+        while self.ok() and time.monotonic() < delay_end:
+            time.sleep(min(0.05, max(0.0, delay_end - time.monotonic())))
+        while self.ok():
+            self.play_once()
+            if not self.options.loop or not self.ok():
+                break
+            self.stats.loops += 1
+        # Let reliable subscribers receive the last messages before the publishers go away.
+        for publisher in self.publishers.values():
+            if self.ok():
+                publisher.wait_for_all_acked(Duration(seconds=1.0))
+
+    def play_once(self) -> None:
+        bag_start_ns: Optional[int] = None
+        wall_start = time.monotonic()
+        for connection, timestamp, raw in self.iterate(self.bag, self.reader, self.connections):
+            if not self.ok():
+                return
+            if bag_start_ns is None:
+                bag_start_ns, wall_start = timestamp, time.monotonic()
+            deadline = wall_start + (timestamp - bag_start_ns) / (_NS_PER_S * self.options.rate)
+            self.wait_until(deadline, bag_start_ns, wall_start)
+            if not self.ok():
+                return
+            self.publish_clock(timestamp)
+            self.publishers[connection.id].publish(bytes(raw))
+            self.stats.published[connection.topic] += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# bag record
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """How to record a bag.
+
+    Attributes:
+        topics: absolute topic names to record; their types are discovered from the graph.
+        storage: 'sqlite3' or 'mcap'.
+        duration_s: stop after this many wall seconds (None: until SIGINT / SIGTERM).
+    """
+
+    topics: tuple[str, ...]
+    storage: str = 'sqlite3'
+    duration_s: Optional[float] = None
+
+
+def default_record_topics(config: Any = None) -> tuple[str, ...]:
+    """The configured inputs' topics and the label topic, absolute (root namespace)."""
+    from obstacle_classifier.bags import LABELS_TOPIC, _topic_key
+    from obstacle_classifier.features import load_default_config
+    config = config if config is not None else load_default_config()
+    return tuple(_topic_key(spec.topic) for spec in config.inputs) + (_topic_key(LABELS_TOPIC),)
+
+
+def _to_rosbags_qos(profile: Any):
+    """An rclpy QoSProfile as the rosbags ``Qos`` stored in the bag's metadata."""
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+    zero = QosTime(sec=0, nsec=0)
+    return Qos(
+        history=(QosHistory.KEEP_ALL if profile.history == HistoryPolicy.KEEP_ALL
+                 else QosHistory.KEEP_LAST),
+        depth=int(profile.depth),
+        reliability=(QosReliability.BEST_EFFORT
+                     if profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                     else QosReliability.RELIABLE),
+        durability=(QosDurability.TRANSIENT_LOCAL
+                    if profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                    else QosDurability.VOLATILE),
+        deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)
+
+
+@dataclass
+class RecordStats:
+    """What a recording wrote: messages by topic, and topics never seen on the graph."""
+
+    recorded: dict[str, int] = field(default_factory=dict)
+    never_seen: tuple[str, ...] = ()
+    interrupted: bool = False
+
+
+def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] = None
+               ) -> RecordStats:
+    """Record ``options.topics`` into a new bag at ``path`` until the duration or a signal.
+
+    Each topic is subscribed to as soon as a publisher appears, with raw (serialised) delivery:
+    the CDR bytes are written unchanged, stamped with their receive time on the node clock (bag
+    time follows /clock when run with ``use_sim_time``). The subscription is best effort if any
+    publisher is (it then matches every publisher), and the publishers' offered QoS is what the
+    bag records for ``bag play``.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+
+    from obstacle_classifier.bags import BAG_STORAGES, BagError
+    if options.storage not in BAG_STORAGES:
+        raise BagError(f'unknown storage {options.storage!r} (known: {", ".join(BAG_STORAGES)})')
+    bag = Path(path)
+    if bag.exists():
+        raise BagError(f'{bag}: already exists (a bag is recorded into a new directory)')
+    if not bag.parent.is_dir():
+        raise BagError(f'{bag}: directory {bag.parent} does not exist')
+    plugin = StoragePlugin.MCAP if options.storage == 'mcap' else StoragePlugin.SQLITE3
+    stats = RecordStats(recorded={topic: 0 for topic in options.topics})
+    try:
+        with Writer(bag, version=9, storage_plugin=plugin) as writer:
+            try:
+                with rclpy.init(args=ros_args if ros_args is not None else []):
+                    node = rclpy.create_node('obstacle_classifier_bag_recorder')
+                    executor = SingleThreadedExecutor()
+                    executor.add_node(node)
+                    try:
+                        _Recording(node, writer, options, stats).run(executor)
+                    finally:
+                        executor.shutdown()
+                        node.destroy_node()
+            except (KeyboardInterrupt, ExternalShutdownException):
+                stats.interrupted = True
+    except WriterError as exc:
+        raise BagError(f'{bag}: cannot write bag: {exc}') from exc
+    stats.never_seen = tuple(topic for topic, count in stats.recorded.items() if not count)
+    return stats
+
+
+class _Recording:
+    """Subscriptions of one ``record_bag`` call, created as publishers are discovered."""
+
+    def __init__(self, node: Any, writer: Any, options: RecordOptions,
+                 stats: RecordStats) -> None:
+        from rosbags.typesys import Stores, get_typestore
+        self.node, self.writer, self.options, self.stats = node, writer, options, stats
+        self.typestore = get_typestore(Stores.ROS2_KILTED)
+        self.subscriptions: dict[str, Any] = {}
+        self.connections: dict[str, Any] = {}
+        self.clock = node.get_clock()
+
+    def subscribe_discovered(self) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        from obstacle_classifier.ros_io import message_class
+        types = dict(self.node.get_topic_names_and_types())
+        for topic in self.options.topics:
+            if topic in self.subscriptions or topic not in types:
+                continue
+            publishers = self.node.get_publishers_info_by_topic(topic)
+            if not publishers:
+                continue
+            msg_type = types[topic][0]
+            offered = publishers[0].qos_profile
+            best_effort = any(p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                              for p in publishers)
+            qos = QoSProfile(depth=max(int(offered.depth), 10),
+                             reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
+                                          else ReliabilityPolicy.RELIABLE))
+            self.connections[topic] = self.writer.add_connection(
+                topic, msg_type, typestore=self.typestore,
+                offered_qos_profiles=[_to_rosbags_qos(offered)])
+            self.subscriptions[topic] = self.node.create_subscription(
+                message_class(msg_type), topic, self._callback(topic), qos, raw=True)
+            self.node.get_logger().info(f'recording {topic} ({msg_type})')
+
+    def _callback(self, topic: str):
+        connection = self.connections[topic]
+
+        def on_message(raw: bytes) -> None:
+            self.writer.write(connection, self.clock.now().nanoseconds, raw)
+            self.stats.recorded[topic] += 1
+
+        return on_message
+
+    def run(self, executor: Any) -> None:
+        deadline = (time.monotonic() + self.options.duration_s
+                    if self.options.duration_s is not None else None)
+        next_discovery = 0.0
+        while self.node.context.ok():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            if now >= next_discovery and len(self.subscriptions) < len(self.options.topics):
+                self.subscribe_discovered()
+                next_discovery = now + 0.2
+            executor.spin_once(timeout_sec=0.05)

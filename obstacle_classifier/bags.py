@@ -1,0 +1,537 @@
+"""rosbag2 bags: write a simulated run as a bag, describe a bag, extract a data set from one.
+
+Bags are read and written with the ``rosbags`` library (sqlite3 ``.db3`` or MCAP storage), never
+parsed by hand. Messages in a bag written here are real CDR from rclpy's ``serialize_message``,
+so ``rosbags`` and rclpy both deserialise them.
+
+Extraction runs the SAME feature pipeline as the node (:func:`features.extract_values`,
+:meth:`FeaturePipeline.add`, :func:`features.replay`): readings in bag (receive) order, stamped
+like the node stamps them (header stamp for ``stamp_source: header``, bag time otherwise), ticks
+on the absolute ``rate_hz`` grid of bag time. Labels come from the ``obstacle_labels`` topic
+(std_msgs/String, comma-separated class names, as the simulator node publishes them): a tick takes
+the newest label received at or before it, if that label is at most ``label_max_age_s`` old.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from obstacle_classifier.datasets import Dataset
+from obstacle_classifier.features import (FeatureConfig, FeaturePipeline, extract_values,
+                                          load_default_config, message_stamp_ns, replay)
+
+__all__ = [
+    'BAG_STORAGES', 'LABELS_TOPIC', 'BagError', 'BagExtraction', 'BagInfo', 'TopicSummary',
+    'bag_info', 'extract_bag', 'format_bag_info', 'is_bag_directory', 'write_simulated_bag',
+]
+
+PathLike = Union[str, os.PathLike]
+
+LABELS_TOPIC = 'obstacle_labels'
+LABELS_MSG_TYPE = 'std_msgs/msg/String'
+#: ``--storage`` choices: rosbags' sqlite3 (``.db3``) and MCAP storage plugins.
+BAG_STORAGES = ('sqlite3', 'mcap')
+#: Bag time of simulated time zero in ``write_simulated_bag`` (a plausible wall-clock epoch;
+#: a whole number of seconds, so the simulator's tick grid is the bag's absolute tick grid).
+DEFAULT_SIM_START_NS = 1_700_000_000 * 1_000_000_000
+_NS_PER_S = 1_000_000_000
+
+
+class BagError(ValueError):
+    """A bag that cannot be used; the message names the bag and what is wrong with it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Opening bags
+# --------------------------------------------------------------------------------------------
+
+def is_bag_directory(path: PathLike) -> bool:
+    """True when ``path`` is a directory (a rosbag2 bag is a directory with metadata.yaml)."""
+    return Path(path).is_dir()
+
+
+def _open_reader(path: PathLike):
+    """An open ``rosbags.rosbag2.Reader``; BagError naming the problem otherwise."""
+    from rosbags.rosbag2 import Reader, ReaderError
+    bag = Path(path)
+    if not bag.exists():
+        raise BagError(f'{bag}: no such bag directory')
+    if not bag.is_dir():
+        raise BagError(f'{bag}: not a bag directory (a rosbag2 bag is a directory holding '
+                       'metadata.yaml and its storage files)')
+    if not (bag / 'metadata.yaml').is_file():
+        raise BagError(f'{bag}: missing metadata.yaml: not a rosbag2 bag, or an unfinished one '
+                       '(a recording that was killed before it closed)')
+    reader = Reader(bag)
+    try:
+        reader.open()
+    except ReaderError as exc:
+        raise BagError(f'{bag}: cannot open bag: {exc}') from exc
+    except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as exc:
+        raise BagError(f'{bag}: corrupt bag ({type(exc).__name__}: {exc})') from exc
+    return reader
+
+
+def _iterate(bag: Path, reader, connections) -> Iterator[tuple[Any, int, bytes]]:
+    """``reader.messages(connections)`` with storage failures turned into BagError."""
+    from rosbags.rosbag2 import ReaderError
+    try:
+        yield from reader.messages(connections=connections)
+    except ReaderError as exc:
+        raise BagError(f'{bag}: cannot read messages: {exc}') from exc
+    except (sqlite3.Error, OSError, ValueError, KeyError, EOFError, AssertionError) as exc:
+        raise BagError(f'{bag}: corrupt or truncated bag ({type(exc).__name__}: {exc})') from exc
+    except Exception as exc:  # the MCAP reader raises its own exception types on bad data
+        if type(exc).__module__.startswith(('rosbags', 'mcap', 'zstandard', 'lz4')):
+            raise BagError(f'{bag}: corrupt or truncated bag '
+                           f'({type(exc).__name__}: {exc})') from exc
+        raise
+
+
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def _topic_key(topic: str) -> str:
+    """A topic as it appears in a bag recorded in the root namespace: absolute."""
+    return topic if topic.startswith('/') else '/' + topic
+
+
+# --------------------------------------------------------------------------------------------
+# bag info
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TopicSummary:
+    """One topic of a bag: name, message type, message count, serialisation format."""
+
+    topic: str
+    msg_type: str
+    count: int
+    serialization_format: str
+
+
+@dataclass(frozen=True)
+class BagInfo:
+    """What ``bag info`` shows: storage, time span, message count and the topics."""
+
+    path: str
+    storage: str
+    start_ns: int
+    end_ns: int
+    message_count: int
+    topics: tuple[TopicSummary, ...]
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / _NS_PER_S if self.message_count else 0.0
+
+
+def bag_info(path: PathLike) -> BagInfo:
+    """Describe a bag from its metadata (the messages themselves are not read)."""
+    bag = Path(path)
+    reader = _open_reader(bag)
+    try:
+        counts: dict[tuple[str, str], list] = {}
+        for connection in reader.connections:
+            key = (connection.topic, connection.msgtype)
+            entry = counts.setdefault(key, [0, connection.ext.serialization_format])
+            entry[0] += connection.msgcount
+        topics = tuple(TopicSummary(topic, msg_type, count, fmt)
+                       for (topic, msg_type), (count, fmt) in sorted(counts.items()))
+        storage = _storage_identifier(bag)
+        count = reader.message_count
+        start = reader.start_time if count else 0
+        end = reader.end_time if count else 0
+        return BagInfo(path=str(bag), storage=storage, start_ns=start, end_ns=end,
+                       message_count=count, topics=topics)
+    finally:
+        reader.close()
+
+
+def _storage_identifier(bag: Path) -> str:
+    """The storage plugin of a bag: from its storage files' suffix (.db3 or .mcap)."""
+    suffixes = {child.suffix for child in bag.iterdir()}
+    if '.mcap' in suffixes:
+        return 'mcap'
+    if '.db3' in suffixes:
+        return 'sqlite3'
+    return 'unknown'
+
+
+def _format_ns(stamp_ns: int) -> str:
+    """Integer nanoseconds as exact decimal seconds (a float would round them)."""
+    seconds, nanoseconds = divmod(int(stamp_ns), _NS_PER_S)
+    return f'{seconds}.{nanoseconds:09d}'
+
+
+def format_bag_info(info: BagInfo) -> str:
+    """The ``bag info`` text: a summary, then one line per topic."""
+    lines = [f'bag:       {info.path}',
+             f'storage:   {info.storage}',
+             f'duration:  {info.duration_s:.3f} s',
+             f'start:     {_format_ns(info.start_ns)} s',
+             f'end:       {_format_ns(info.end_ns)} s',
+             f'messages:  {info.message_count}',
+             f'topics:    {len(info.topics)}']
+    width = max((len(t.topic) for t in info.topics), default=0)
+    type_width = max((len(t.msg_type) for t in info.topics), default=0)
+    for topic in info.topics:
+        lines.append(f'  {topic.topic:<{width}}  {topic.msg_type:<{type_width}}  '
+                     f'{topic.count:>8} msgs  {topic.serialization_format}')
+    return '\n'.join(lines) + '\n'
+
+
+# --------------------------------------------------------------------------------------------
+# bag extract
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class BagExtraction:
+    """The result of :func:`extract_bag`.
+
+    Attributes:
+        dataset: X float64 (n, d) at the labelled, non-skipped ticks; Y uint8 (n, c) (c = 0 and
+            an empty Y when the bag has no labels and they were not required).
+        stamps_ns: int64 (n,) tick times (bag time).
+        ticks: ticks computed; skipped_ticks: of those, skipped as stale ('skip' inputs);
+            unlabelled_ticks: of those, dropped for want of a recent label.
+        readings: messages fed to the pipeline, by input name; rejected: refusals by input and
+            reason (the pipeline's reasons, plus 'no_stamp' and 'malformed' as the node counts).
+        skipped_messages: messages not used, by 'topic (type)' with the reason: an unknown
+            message type, or a type other than the config's for an input topic.
+        missing_inputs: configured inputs whose topic is not in the bag.
+    """
+
+    dataset: Dataset
+    stamps_ns: np.ndarray
+    ticks: int = 0
+    skipped_ticks: int = 0
+    unlabelled_ticks: int = 0
+    readings: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped_messages: dict[str, int] = field(default_factory=dict)
+    missing_inputs: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """A few lines for the command line."""
+        data = self.dataset
+        lines = [f'{data.n} ticks x {data.d} features, {data.c} classes from {self.ticks} ticks '
+                 f'({self.skipped_ticks} skipped as stale, {self.unlabelled_ticks} without a '
+                 f'recent label)']
+        lines.append('readings: ' + ', '.join(f'{name} {count}'
+                                              for name, count in self.readings.items()))
+        refused = {name: reasons for name, reasons in self.rejected.items() if reasons}
+        if refused:
+            lines.append('rejected: ' + '; '.join(
+                f'{name}: ' + ', '.join(f'{reason} {count}' for reason, count in reasons.items())
+                for name, reasons in refused.items()))
+        for what, count in self.skipped_messages.items():
+            lines.append(f'skipped {count} message(s) on {what}')
+        if self.missing_inputs:
+            lines.append(f'inputs not in the bag: {", ".join(self.missing_inputs)}')
+        return '\n'.join(lines)
+
+
+def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
+                class_names: Optional[Sequence[str]] = None, require_labels: bool = True,
+                labels_topic: str = LABELS_TOPIC, label_max_age_s: float = 0.5,
+                first_tick_ns: Optional[int] = None) -> BagExtraction:
+    """Compute the node's feature vectors from a bag, with labels from the label topic.
+
+    Args:
+        path: the bag directory.
+        config: feature config (default: the installed one).
+        class_names: the classes, in label-column order (default: the simulator's classes).
+        require_labels: raise BagError when the bag has no label topic (for train / evaluate).
+        labels_topic: the ground-truth topic.
+        label_max_age_s: a tick whose newest label is older than this is dropped.
+        first_tick_ns: first tick (default: the first point of the absolute ``rate_hz`` grid at
+            least the longest window after the first input message).
+
+    Raises:
+        BagError: unreadable or corrupt bag, no input topic in it, no label topic when required,
+            a label naming an unknown class, an input topic with a type the config cannot read.
+    """
+    from obstacle_classifier.simulation import CLASS_NAMES
+    config = config if config is not None else load_default_config()
+    class_names = tuple(class_names) if class_names is not None else CLASS_NAMES
+    class_index = {name: index for index, name in enumerate(class_names)}
+    bag = Path(path)
+    typestore = _typestore()
+    reader = _open_reader(bag)
+    try:
+        specs_by_topic = {_topic_key(spec.topic): spec for spec in config.inputs}
+        label_key = _topic_key(labels_topic)
+        selection = _select_connections(bag, reader.connections, specs_by_topic, label_key,
+                                        typestore)
+        wanted, label_connections = selection.inputs + selection.labels, selection.labels
+        skipped_messages, present_inputs = selection.skipped_messages, selection.present_inputs
+        all_topics = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
+        if not present_inputs:
+            raise BagError(f'{bag}: none of the configured input topics is in the bag '
+                           f'(expected {", ".join(sorted(specs_by_topic))}; the bag has '
+                           f'{all_topics})')
+        if require_labels and not label_connections:
+            raise BagError(f'{bag}: no label topic {label_key} ({LABELS_MSG_TYPE}, '
+                           f'comma-separated class names) in the bag: it cannot be used for '
+                           f'training or evaluation (topics: {all_topics})')
+        missing = tuple(spec.name for spec in config.inputs if spec.name not in present_inputs)
+
+        pipeline = FeaturePipeline(config)
+        readings_count = {spec.name: 0 for spec in config.inputs}
+        extra_rejections = {spec.name: {} for spec in config.inputs}
+        label_times: list[int] = []
+        label_rows: list[np.ndarray] = []
+        last_receive_stamp = {spec.name: -1 for spec in config.inputs}
+
+        def refuse(name: str, reason: str) -> None:
+            extra_rejections[name][reason] = extra_rejections[name].get(reason, 0) + 1
+
+        def readings() -> Iterator[tuple[int, str, int, Any]]:
+            for connection, timestamp, raw in _iterate(bag, reader, wanted):
+                try:
+                    msg = typestore.deserialize_cdr(raw, connection.msgtype)
+                except Exception as exc:  # any decoding failure is bad data
+                    raise BagError(f'{bag}: message on {connection.topic} at {timestamp} ns '
+                                   f'does not decode as {connection.msgtype} '
+                                   f'({type(exc).__name__}: {exc})') from exc
+                if connection.topic == label_key:
+                    label_times.append(timestamp)
+                    label_rows.append(_label_row(bag, msg.data, class_index, timestamp))
+                    continue
+                spec = specs_by_topic[connection.topic]
+                readings_count[spec.name] += 1
+                if spec.stamp_source == 'header':
+                    stamp_ns = message_stamp_ns(msg)
+                    if stamp_ns is None:
+                        refuse(spec.name, 'no_stamp')
+                        continue
+                else:  # like the node: arrival time, kept strictly increasing
+                    stamp_ns = max(timestamp, last_receive_stamp[spec.name] + 1)
+                    last_receive_stamp[spec.name] = stamp_ns
+                try:
+                    values = extract_values(msg, spec)
+                except (ValueError, TypeError, AttributeError):
+                    refuse(spec.name, 'malformed')
+                    continue
+                yield timestamp, spec.name, stamp_ns, values
+
+        results: list[tuple[int, Optional[np.ndarray]]] = []
+        stream = readings()
+        period = config.tick_period_ns
+        longest_window = max(spec.window_ns for spec in config.inputs)
+        # The first tick depends on the first input message: peek at it.
+        first = next(stream, None)
+        if first is not None:
+            if first_tick_ns is None:
+                earliest = first[0] + longest_window
+                first_tick_ns = -(-earliest // period) * period
+
+            def chained() -> Iterator[tuple[int, str, int, Any]]:
+                yield first
+                yield from stream
+
+            results = [(r.stamp_ns, r.features) for r in replay(
+                pipeline, chained(), first_tick_ns=first_tick_ns)]
+    finally:
+        reader.close()
+
+    label_stamps = np.asarray(label_times, dtype=np.int64)
+    max_age = int(round(label_max_age_s * _NS_PER_S))
+    rows_x, rows_y, stamps = [], [], []
+    skipped = unlabelled = 0
+    for stamp, features in results:
+        if features is None:
+            skipped += 1
+            continue
+        if label_connections:
+            position = int(np.searchsorted(label_stamps, stamp, 'right')) - 1
+            if position < 0 or stamp - label_stamps[position] > max_age:
+                unlabelled += 1
+                continue
+            rows_y.append(label_rows[position])
+        rows_x.append(features)
+        stamps.append(stamp)
+    d, c = len(config.feature_names), len(class_names) if label_connections else 0
+    X = np.asarray(rows_x, dtype=np.float64).reshape(len(rows_x), d)
+    Y = np.asarray(rows_y, dtype=np.uint8).reshape(len(rows_x), c)
+    if not len(X):
+        raise BagError(f'{bag}: no usable ticks: {len(results)} ticks, {skipped} skipped as '
+                       f'stale, {unlabelled} without a label at most {label_max_age_s:g} s old')
+    dataset = Dataset(X, Y, config.feature_names,
+                      class_names if label_connections else (), source=str(bag))
+    stats = pipeline.stats()
+    rejected = {name: {**{reason: count for reason, count in stats[name].rejected.items()
+                          if count}, **extra_rejections[name]} for name in readings_count}
+    return BagExtraction(dataset=dataset, stamps_ns=np.asarray(stamps, dtype=np.int64),
+                         ticks=len(results), skipped_ticks=skipped, unlabelled_ticks=unlabelled,
+                         readings=readings_count, rejected=rejected,
+                         skipped_messages=skipped_messages, missing_inputs=missing)
+
+
+@dataclass
+class _ConnectionSelection:
+    """Which bag connections an extraction reads, and what it leaves out and why."""
+
+    inputs: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    present_inputs: set = field(default_factory=set)
+    skipped_messages: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, connection, reason: str) -> None:
+        key = f'{connection.topic} ({connection.msgtype}): {reason}'
+        self.skipped_messages[key] = self.skipped_messages.get(key, 0) + connection.msgcount
+
+
+def _select_connections(bag: Path, connections, specs_by_topic: dict, label_key: str,
+                        typestore) -> _ConnectionSelection:
+    """Sort a bag's connections into input, label, skipped (counted) and unrelated ones."""
+    selection = _ConnectionSelection()
+    for connection in connections:
+        spec = specs_by_topic.get(connection.topic)
+        if connection.msgtype not in typestore.fielddefs:
+            selection.skip(connection, 'unknown message type')  # on any topic: worth a note
+        elif connection.topic != label_key and spec is None:
+            continue  # a topic this extraction does not read
+        elif connection.topic == label_key:
+            if connection.msgtype != LABELS_MSG_TYPE:
+                raise BagError(f'{bag}: label topic {connection.topic} has type '
+                               f'{connection.msgtype}, expected {LABELS_MSG_TYPE}')
+            selection.labels.append(connection)
+        elif connection.msgtype != spec.msg_type:
+            selection.skip(connection, f'input {spec.name!r} expects {spec.msg_type}')
+        else:
+            selection.inputs.append(connection)
+            selection.present_inputs.add(spec.name)
+    return selection
+
+
+def _label_row(bag: Path, text: str, class_index: dict[str, int], timestamp: int) -> np.ndarray:
+    from obstacle_classifier.ros_io import decode_labels
+    row = np.zeros(len(class_index), dtype=np.uint8)
+    for name in decode_labels(text):
+        index = class_index.get(name)
+        if index is None:
+            raise BagError(f'{bag}: label {name!r} at {timestamp} ns is not a known class '
+                           f'(classes: {", ".join(class_index)})')
+        row[index] = 1
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# simulate --bag
+# --------------------------------------------------------------------------------------------
+
+def _qos_profile(reliable: bool, depth: int):
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
+    zero = QosTime(sec=0, nsec=0)
+    return Qos(history=QosHistory.KEEP_LAST, depth=depth,
+               reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+               durability=QosDurability.VOLATILE, deadline=zero, lifespan=zero,
+               liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=zero,
+               avoid_ros_namespace_conventions=False)
+
+
+def write_simulated_bag(path: PathLike, duration_s: float, *, seed: int = 0,
+                        scenario: str = 'default', config: Optional[FeatureConfig] = None,
+                        storage: str = 'sqlite3', start_ns: int = DEFAULT_SIM_START_NS,
+                        label_rate_hz: Optional[float] = None) -> BagInfo:
+    """Run the simulator and write its raw sensor messages and ground truth as a rosbag2.
+
+    Each reading becomes the message a driver would publish (``ros_io.SensorMessageBuilder``,
+    as the simulator node builds them), serialised by rclpy, on the config's topic (absolute),
+    logged at its stamp; header types carry the stamp. Ground truth goes to ``/obstacle_labels``
+    (std_msgs/String) at ``label_rate_hz`` (default: the config's ``rate_hz``) on the absolute
+    grid, so each tick of an extraction finds the truth of its own time.
+
+    Args:
+        path: the bag directory to create (must not exist).
+        duration_s: simulated seconds.
+        seed, scenario: for :class:`simulation.SidewalkSimulator`.
+        config: feature config (default: the installed one): which sensors and topics.
+        storage: 'sqlite3' or 'mcap'.
+        start_ns: bag time of simulated time 0 (a multiple of the tick period keeps grids equal).
+
+    Returns:
+        The :class:`BagInfo` of the written bag.
+    """
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+    from std_msgs.msg import String
+
+    from obstacle_classifier.ros_io import (RangeInfo, ScanGeometry, SensorMessageBuilder,
+                                            encode_labels)
+    from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_MAX,
+                                                LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX,
+                                                LIDAR_RANGE_MIN, RANGE_FIELD_OF_VIEW, RANGE_MAX,
+                                                RANGE_MIN, SENSOR_RATES_HZ, SidewalkSimulator)
+    if storage not in BAG_STORAGES:
+        raise BagError(f'unknown storage {storage!r} (known: {", ".join(BAG_STORAGES)})')
+    if not duration_s > 0:
+        raise BagError(f'duration must be positive, got {duration_s}')
+    bag = Path(path)
+    if bag.exists():
+        raise BagError(f'{bag}: already exists (a bag is written into a new directory)')
+    if not bag.parent.is_dir():
+        raise BagError(f'{bag}: directory {bag.parent} does not exist')
+    config = config if config is not None else load_default_config()
+    simulator = SidewalkSimulator(seed=seed, scenario=scenario, config=config)
+    geometry = ScanGeometry(angle_min=LIDAR_ANGLE_MIN, angle_max=LIDAR_ANGLE_MAX,
+                            angle_increment=LIDAR_ANGLE_INCREMENT, range_min=LIDAR_RANGE_MIN,
+                            range_max=LIDAR_RANGE_MAX,
+                            scan_time=1.0 / SENSOR_RATES_HZ.get('lidar', 10.0))
+    range_info = RangeInfo(min_range=RANGE_MIN, max_range=RANGE_MAX,
+                           field_of_view=RANGE_FIELD_OF_VIEW)
+    builders = {spec.name: SensorMessageBuilder(spec, frame_id=f'{spec.name}_link',
+                                                range_info=range_info, scan_geometry=geometry)
+                for spec in config.inputs}
+    typestore = _typestore()
+    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+    label_period = int(round(_NS_PER_S / (label_rate_hz or config.rate_hz)))
+    end_sim_ns = int(round(duration_s * _NS_PER_S))
+    chunk_ns = _NS_PER_S
+    try:
+        with Writer(bag, version=9, storage_plugin=plugin) as writer:
+            connections = {
+                spec.name: writer.add_connection(
+                    _topic_key(spec.topic), spec.msg_type, typestore=typestore,
+                    offered_qos_profiles=[_qos_profile(spec.qos == 'reliable', 5)])
+                for spec in config.inputs}
+            labels_connection = writer.add_connection(
+                _topic_key(LABELS_TOPIC), LABELS_MSG_TYPE, typestore=typestore,
+                offered_qos_profiles=[_qos_profile(True, 10)])
+            next_label = label_period
+            while simulator.now_ns < end_sim_ns:
+                until = min(simulator.now_ns + chunk_ns, end_sim_ns)
+                for reading in simulator.advance(until):
+                    while next_label <= reading.stamp_ns:
+                        _write_label(writer, labels_connection, simulator, next_label, start_ns,
+                                     serialize_message, String, encode_labels)
+                        next_label += label_period
+                    bag_ns = start_ns + reading.stamp_ns
+                    msg = builders[reading.input_name].build(reading.values, bag_ns)
+                    writer.write(connections[reading.input_name], bag_ns,
+                                 serialize_message(msg))
+                while next_label <= simulator.now_ns:
+                    _write_label(writer, labels_connection, simulator, next_label, start_ns,
+                                 serialize_message, String, encode_labels)
+                    next_label += label_period
+    except WriterError as exc:
+        raise BagError(f'{bag}: cannot write bag: {exc}') from exc
+    return bag_info(bag)
+
+
+def _write_label(writer, connection, simulator, sim_ns: int, start_ns: int, serialize_message,
+                 string_type, encode_labels) -> None:
+    hits = simulator.labels_at(sim_ns)
+    names = [name for name, hit in zip(simulator.class_names, hits) if hit]
+    writer.write(connection, start_ns + sim_ns,
+                 serialize_message(string_type(data=encode_labels(names))))

@@ -1,0 +1,131 @@
+"""The ``bag`` subcommands, ``simulate --bag`` and bag directories in train / evaluate."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from obstacle_classifier.cli import main
+from obstacle_classifier.datasets import load_dataset
+
+#: rclpy's vendored lark imports deprecated modules when the first type support loads.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
+    "ignore:module 'sre_constants' is deprecated:DeprecationWarning")
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope='module')
+def simulated_bag(tmp_path_factory) -> Path:
+    """``simulate --bag`` output for 300 ticks, seed 2 (MCAP), shared by the module."""
+    path = tmp_path_factory.mktemp('cli') / 'sim_bag'
+    assert main(['simulate', '--ticks', '300', '--seed', '2', '--bag', str(path),
+                 '--storage', 'mcap']) == 0
+    return path
+
+
+def test_simulate_bag_writes_a_bag_that_bag_info_describes(simulated_bag, capsys):
+    code, out, err = _run(capsys, 'bag', 'info', simulated_bag)
+    assert code == 0 and err == ''
+    assert 'storage:   mcap' in out
+    assert '/obstacle_labels' in out and 'std_msgs/msg/String' in out
+    assert '/sensors/scan' in out and 'sensor_msgs/msg/LaserScan' in out
+
+
+def test_extract_then_train_and_evaluate_on_the_bag_directory(simulated_bag, tmp_path, capsys):
+    data_path = tmp_path / 'from_bag.npz'
+    code, out, _ = _run(capsys, 'bag', 'extract', simulated_bag, '--output', data_path)
+    assert code == 0 and f'wrote {data_path}' in out and 'ticks x 100 features' in out
+    extracted = load_dataset(data_path)
+    assert extracted.n >= 300 and extracted.c == 8
+
+    model_path = tmp_path / 'model.npz'
+    code, out, _ = _run(capsys, 'train', simulated_bag, '--output', model_path, '--epochs', 2,
+                        '--quiet')
+    assert code == 0 and model_path.exists()
+    code, from_bag, _ = _run(capsys, 'evaluate', model_path, simulated_bag, '--json')
+    assert code == 0
+    code, from_file, _ = _run(capsys, 'evaluate', model_path, data_path, '--json')
+    assert code == 0 and from_bag == from_file  # the bag and its extraction are the same data
+
+
+def test_predict_accepts_an_unlabelled_bag(simulated_bag, tmp_path, capsys):
+    model_path = tmp_path / 'model.npz'
+    assert _run(capsys, 'train', simulated_bag, '--output', model_path, '--epochs', 1,
+                '--quiet')[0] == 0
+    # The same bag without its label topic: copied message by message (raw CDR), labels dropped.
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    unlabelled = tmp_path / 'unlabelled'
+    with Reader(simulated_bag) as reader, \
+            Writer(unlabelled, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        kept = {}
+        for connection in reader.connections:
+            if connection.topic != '/obstacle_labels':
+                kept[connection.id] = writer.add_connection(
+                    connection.topic, connection.msgtype, msgdef=connection.msgdef.data,
+                    rihs01=connection.digest)
+        for connection, timestamp, raw in reader.messages():
+            if connection.id in kept:
+                writer.write(kept[connection.id], timestamp, raw)
+    output = tmp_path / 'predictions.npz'
+    code, out, _ = _run(capsys, 'predict', model_path, unlabelled, '--output', output)
+    assert code == 0 and 'predictions over 8 classes' in out
+    assert np.load(output)['probabilities'].shape[1] == 8
+
+    code, _, err = _run(capsys, 'train', unlabelled, '--output', tmp_path / 'm2.npz')
+    assert code == 2 and 'no label topic /obstacle_labels' in err and 'Traceback' not in err
+    code, _, err = _run(capsys, 'bag', 'extract', unlabelled, '--output', tmp_path / 'x.npz')
+    assert code == 2 and 'no label topic' in err
+    code, out, _ = _run(capsys, 'bag', 'extract', unlabelled, '--output', tmp_path / 'x.npz',
+                        '--allow-unlabelled')
+    assert code == 0 and load_dataset(tmp_path / 'x.npz', require_labels=False).c == 0
+
+
+@pytest.mark.parametrize('damage, expected', [
+    ('metadata', 'missing metadata.yaml'),
+    ('truncate', 'cannot open bag'),
+])
+@pytest.mark.parametrize('command', ['info', 'extract', 'train'])
+def test_damaged_bags_are_named_errors_not_tracebacks(simulated_bag, tmp_path, capsys, damage,
+                                                      expected, command):
+    broken = shutil.copytree(simulated_bag, tmp_path / 'broken')
+    if damage == 'metadata':
+        (broken / 'metadata.yaml').unlink()
+    else:
+        (storage_file,) = broken.glob('*.mcap')
+        storage_file.write_bytes(storage_file.read_bytes()[:5000])
+    argv = {'info': ['bag', 'info', broken],
+            'extract': ['bag', 'extract', broken, '--output', tmp_path / 'x.npz'],
+            'train': ['train', broken, '--output', tmp_path / 'm.npz']}[command]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert str(broken) in err and expected in err and 'Traceback' not in err
+
+
+def test_simulate_needs_exactly_one_of_output_and_bag(tmp_path, capsys):
+    code, _, err = _run(capsys, 'simulate', '--ticks', 10)
+    assert code == 2 and 'exactly one of --output' in err
+    code, _, err = _run(capsys, 'simulate', '--ticks', 10, '--output', tmp_path / 'a.npz',
+                        '--bag', tmp_path / 'bag')
+    assert code == 2 and 'exactly one of --output' in err
+
+
+def test_simulate_bag_refuses_an_existing_directory(tmp_path, capsys):
+    code, _, err = _run(capsys, 'simulate', '--ticks', 10, '--bag', tmp_path)
+    assert code == 2 and 'already exists' in err
+
+
+@pytest.mark.parametrize('argv', [['bag', '--help'], ['bag', 'info', '--help'],
+                                  ['bag', 'extract', '--help']])
+def test_bag_commands_have_help_with_examples(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert 'obstacle-classifier bag ' in capsys.readouterr().out.split('example')[-1]

@@ -1,0 +1,278 @@
+"""rosbag2 writing, description and extraction (obstacle_classifier.bags), without a ROS graph.
+
+Bags are written by ``write_simulated_bag`` (rclpy CDR) or crafted here with ``rosbags`` for the
+cases the simulator never produces (unknown types, missing labels, chosen label times).
+"""
+from __future__ import annotations
+
+import collections
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from obstacle_classifier.bags import (DEFAULT_SIM_START_NS, LABELS_TOPIC, BagError, bag_info,
+                                      extract_bag, format_bag_info, write_simulated_bag)
+from obstacle_classifier.features import FeatureConfig
+from obstacle_classifier.simulation import CLASS_NAMES, simulate_dataset
+
+#: rclpy's vendored lark imports deprecated modules when the first type support loads.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
+    "ignore:module 'sre_constants' is deprecated:DeprecationWarning")
+
+TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+SIM_SECONDS = 8.0
+SPEED_CONFIG = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [{
+    'name': 'speed', 'topic': 'sensors/speed', 'msg_type': 'std_msgs/msg/Float64',
+    'fields': ['data'], 'dim': 1, 'valid_range': [-1.0, 3.0], 'timeout_s': 0.3,
+    'window_s': 0.3, 'aggregations': ['last', 'mean'], 'policy': 'skip',
+    'stamp_source': 'receive'}]}, source='speed-only')
+SECOND = 1_000_000_000
+
+
+@pytest.fixture(scope='module')
+def simulated_bags(tmp_path_factory) -> dict[str, Path]:
+    """One short simulated bag per storage format, seed 5 (shared: writing takes a second)."""
+    root = tmp_path_factory.mktemp('bags')
+    return {storage: (write_simulated_bag(root / storage, SIM_SECONDS, seed=5, storage=storage),
+                      root / storage)[1] for storage in ('sqlite3', 'mcap')}
+
+
+def _write_bag(path: Path, messages: list[tuple[str, str, int, object]],
+               storage: str = 'sqlite3') -> Path:
+    """Write (topic, msgtype, time_ns, message) tuples with rosbags' own serialiser."""
+    from rosbags.rosbag2 import StoragePlugin
+    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        connections = {}
+        for topic, msgtype, time_ns, msg in messages:
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msgtype, typestore=TYPESTORE)
+            writer.write(connections[topic], time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+    return path
+
+
+def _speed(value: float):
+    return TYPESTORE.types['std_msgs/msg/Float64'](data=value)
+
+
+def _label(text: str):
+    return TYPESTORE.types['std_msgs/msg/String'](data=text)
+
+
+def _speed_messages(start_ns: int, seconds: float, rate_hz: float = 50.0):
+    period = int(SECOND / rate_hz)
+    return [('/sensors/speed', 'std_msgs/msg/Float64', start_ns + k * period, _speed(k * 0.001))
+            for k in range(int(seconds * rate_hz))]
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+def test_simulated_bag_holds_rclpy_cdr_that_both_rclpy_and_rosbags_decode(simulated_bags):
+    from rclpy.serialization import deserialize_message
+
+    from obstacle_classifier.ros_io import message_class
+    seen = set()
+    with Reader(simulated_bags['sqlite3']) as reader:
+        for connection, timestamp, raw in reader.messages():
+            if connection.topic in seen:
+                continue
+            seen.add(connection.topic)
+            by_rclpy = deserialize_message(bytes(raw), message_class(connection.msgtype))
+            by_rosbags = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
+            if hasattr(by_rclpy, 'header'):
+                assert by_rclpy.header.stamp.sec * SECOND + by_rclpy.header.stamp.nanosec \
+                    == timestamp
+                assert by_rosbags.header.stamp.sec == by_rclpy.header.stamp.sec
+            if connection.msgtype == 'sensor_msgs/msg/LaserScan':
+                np.testing.assert_array_equal(np.asarray(by_rclpy.ranges), by_rosbags.ranges)
+            elif connection.msgtype == 'sensor_msgs/msg/Range':
+                assert by_rclpy.range == by_rosbags.range or np.isinf(by_rosbags.range)
+            elif connection.msgtype.startswith('std_msgs'):
+                assert by_rclpy.data == by_rosbags.data
+    assert len(seen) == 8 and '/' + LABELS_TOPIC in seen
+
+
+def test_mcap_bag_is_read_by_the_independent_mcap_reader(simulated_bags):
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+    info = bag_info(simulated_bags['mcap'])
+    counts = collections.Counter()
+    labels = []
+    scan_ranges = None
+    with open(next(simulated_bags['mcap'].glob('*.mcap')), 'rb') as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        for _, channel, _, decoded in reader.iter_decoded_messages():
+            counts[channel.topic] += 1
+            if channel.topic == '/' + LABELS_TOPIC:
+                labels.append(decoded.data)
+            elif channel.topic == '/sensors/scan' and scan_ranges is None:
+                scan_ranges = decoded.ranges
+    assert len(scan_ranges) == 181
+    assert dict(counts) == {topic.topic: topic.count for topic in info.topics}
+    assert all(name in CLASS_NAMES for text in labels for name in text.split(',') if name)
+
+
+def test_write_refuses_an_existing_directory_and_a_bad_storage(tmp_path):
+    with pytest.raises(BagError, match='already exists'):
+        write_simulated_bag(tmp_path, 1.0)
+    with pytest.raises(BagError, match="unknown storage 'rosbag1'"):
+        write_simulated_bag(tmp_path / 'new', 1.0, storage='rosbag1')
+
+
+# -- info -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_bag_info_gives_topics_types_counts_duration_and_storage(simulated_bags, storage):
+    info = bag_info(simulated_bags[storage])
+    assert info.storage == storage
+    by_topic = {topic.topic: topic for topic in info.topics}
+    assert by_topic['/sensors/scan'].msg_type == 'sensor_msgs/msg/LaserScan'
+    assert by_topic['/sensors/scan'].count == int(SIM_SECONDS * 10)  # the lidar runs at 10 Hz
+    assert by_topic['/obstacle_labels'].count == int(SIM_SECONDS * 20)  # labels at rate_hz
+    assert info.message_count == sum(topic.count for topic in info.topics)
+    assert SIM_SECONDS - 0.1 < info.duration_s <= SIM_SECONDS
+    assert info.start_ns >= DEFAULT_SIM_START_NS
+    text = format_bag_info(info)
+    assert f'storage:   {storage}' in text and '/sensors/imu' in text
+
+
+# -- extraction -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_extraction_equals_the_simulators_own_features_bitwise(simulated_bags, storage):
+    """Bag -> CDR -> extract_values -> pipeline gives exactly simulate_dataset's vectors."""
+    extraction = extract_bag(simulated_bags[storage])
+    simulated = simulate_dataset(int(SIM_SECONDS * 20), seed=5)
+    common, in_bag, in_sim = np.intersect1d(extraction.stamps_ns - DEFAULT_SIM_START_NS,
+                                            simulated.stamps_ns, return_indices=True)
+    assert len(common) >= len(extraction.stamps_ns) - 1 and len(common) > 100
+    assert extraction.dataset.X.dtype == simulated.X.dtype == np.float64
+    np.testing.assert_array_equal(extraction.dataset.X[in_bag], simulated.X[in_sim])
+    np.testing.assert_array_equal(extraction.dataset.Y[in_bag], simulated.Y[in_sim])
+    assert extraction.dataset.class_names == CLASS_NAMES
+    assert extraction.skipped_messages == {} and extraction.missing_inputs == ()
+    assert np.all(np.diff(extraction.stamps_ns) == SECOND // 20)
+
+
+def test_labels_are_paired_with_the_newest_label_at_or_before_each_tick(tmp_path):
+    start = 100 * SECOND
+    messages = _speed_messages(start, 3.0)
+    # Labels at 1.0 s and 1.55 s after the start, then nothing: later ticks are unlabelled.
+    messages += [('/obstacle_labels', 'std_msgs/msg/String', start + SECOND, _label('pole')),
+                 ('/obstacle_labels', 'std_msgs/msg/String', start + 1_550_000_000,
+                  _label('dog, curb'))]
+    messages.sort(key=lambda item: item[2])
+    bag = _write_bag(tmp_path / 'bag', messages)
+    extraction = extract_bag(bag, SPEED_CONFIG, label_max_age_s=0.5)
+    stamps = (extraction.stamps_ns - start) // 100_000_000  # tenths of a second
+    names = [tuple(name for name, hit in zip(CLASS_NAMES, row) if hit)
+             for row in extraction.dataset.Y]
+    assert dict(zip(stamps.tolist(), names)) == {
+        10: ('pole',), 11: ('pole',), 12: ('pole',), 13: ('pole',), 14: ('pole',),
+        15: ('pole',), 16: ('dog', 'curb'), 17: ('dog', 'curb'), 18: ('dog', 'curb'),
+        19: ('dog', 'curb'), 20: ('dog', 'curb')}
+    assert extraction.unlabelled_ticks == extraction.ticks - 11
+
+
+def test_features_follow_the_pipeline_for_receive_stamped_inputs(tmp_path):
+    start = 100 * SECOND
+    bag = _write_bag(tmp_path / 'bag', _speed_messages(start, 2.0))
+    extraction = extract_bag(bag, SPEED_CONFIG, require_labels=False)
+    assert extraction.dataset.c == 0 and extraction.dataset.Y.shape == (extraction.dataset.n, 0)
+    first_tick = extraction.stamps_ns[0]
+    assert first_tick == start + 300_000_000  # first grid point a full window after the start
+    # At t the window (t - 0.3 s, t] holds readings k with start + k * 20 ms in it.
+    tick_k = (first_tick - start) // 20_000_000
+    window = np.arange(tick_k - 14, tick_k + 1) * 0.001
+    assert extraction.dataset.X[0, 0] == window[-1]
+    assert extraction.dataset.X[0, 1] == pytest.approx(window.mean(), rel=1e-12)
+    assert extraction.readings == {'speed': 100}
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+def test_missing_metadata_yaml_is_named(simulated_bags, tmp_path):
+    broken = shutil.copytree(simulated_bags['sqlite3'], tmp_path / 'no_metadata')
+    (broken / 'metadata.yaml').unlink()
+    for action in (bag_info, extract_bag):
+        with pytest.raises(BagError, match='missing metadata.yaml'):
+            action(broken)
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_truncated_bag_is_reported_as_corrupt(simulated_bags, tmp_path, storage):
+    broken = shutil.copytree(simulated_bags[storage], tmp_path / 'truncated')
+    (storage_file,) = [p for p in broken.iterdir() if p.suffix in ('.db3', '.mcap')]
+    storage_file.write_bytes(storage_file.read_bytes()[:storage_file.stat().st_size // 3])
+    with pytest.raises(BagError, match=r'truncated: cannot open bag|malformed|magic'):
+        extract_bag(broken)
+
+
+def test_garbage_storage_file_is_reported_not_raised_raw(simulated_bags, tmp_path):
+    broken = shutil.copytree(simulated_bags['sqlite3'], tmp_path / 'garbage')
+    (storage_file,) = broken.glob('*.db3')
+    storage_file.write_bytes(b'not a database at all' * 100)
+    with pytest.raises(BagError, match='garbage: cannot open bag'):
+        bag_info(broken)
+
+
+def test_not_a_directory_and_no_such_bag_are_named(tmp_path):
+    with pytest.raises(BagError, match='no such bag directory'):
+        extract_bag(tmp_path / 'absent')
+    plain = tmp_path / 'file.db3'
+    plain.write_bytes(b'')
+    with pytest.raises(BagError, match='not a bag directory'):
+        bag_info(plain)
+
+
+def test_unknown_message_type_is_skipped_and_counted(tmp_path):
+    start = 100 * SECOND
+    path = tmp_path / 'bag'
+    with Writer(path, version=9) as writer:
+        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
+                                      typestore=TYPESTORE)
+        custom = writer.add_connection('/gadget', 'my_robot_msgs/msg/Gadget',
+                                       msgdef='float64 level', rihs01='RIHS01_' + '0' * 64)
+        for _, msgtype, time_ns, msg in _speed_messages(start, 2.0):
+            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+            writer.write(custom, time_ns, b'\x00\x01\x00\x00' + b'\x00' * 8)
+    extraction = extract_bag(path, SPEED_CONFIG, require_labels=False)
+    assert extraction.skipped_messages == {
+        '/gadget (my_robot_msgs/msg/Gadget): unknown message type': 100}
+    assert 'skipped 100 message(s) on /gadget' in extraction.summary()
+    assert extraction.dataset.n > 0
+
+
+def test_input_topic_with_another_type_is_skipped_and_counted(tmp_path):
+    messages = [('/sensors/speed', 'std_msgs/msg/String', 100 * SECOND + k, _label('x'))
+                for k in range(3)]
+    bag = _write_bag(tmp_path / 'bag', messages)
+    with pytest.raises(BagError, match='none of the configured input topics'):
+        extract_bag(bag, SPEED_CONFIG, require_labels=False)
+
+
+def test_bag_without_the_label_topic_is_refused_when_labels_are_required(tmp_path):
+    bag = _write_bag(tmp_path / 'unlabelled', _speed_messages(100 * SECOND, 2.0))
+    with pytest.raises(BagError, match=r'no label topic /obstacle_labels .* cannot be used for '
+                                       r'training'):
+        extract_bag(bag, SPEED_CONFIG)
+
+
+def test_label_naming_an_unknown_class_is_refused(tmp_path):
+    messages = _speed_messages(100 * SECOND, 1.0)
+    messages.append(('/obstacle_labels', 'std_msgs/msg/String', 100 * SECOND + 1, _label('ufo')))
+    messages.sort(key=lambda item: item[2])
+    bag = _write_bag(tmp_path / 'bag', messages)
+    with pytest.raises(BagError, match="label 'ufo' .* is not a known class"):
+        extract_bag(bag, SPEED_CONFIG)
+
+
+def test_bag_too_short_for_one_tick_is_refused(tmp_path):
+    bag = _write_bag(tmp_path / 'short', _speed_messages(100 * SECOND, 0.1))
+    with pytest.raises(BagError, match='no usable ticks'):
+        extract_bag(bag, SPEED_CONFIG, require_labels=False)

@@ -52,14 +52,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -69,9 +67,8 @@ from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
 from obstacle_classifier import paths
-from obstacle_classifier.features import (REJECTION_REASONS, FeatureConfig, FeatureConfigError,
-                                          FeaturePipeline, InputSpec, InputStats,
-                                          extract_values,
+from obstacle_classifier.features import (REJECTION_REASONS, FeatureConfig, FeaturePipeline,
+                                          InputSpec, InputStats, extract_values,
                                           message_stamp_ns)
 from obstacle_classifier.model import ModelFileError, ObstacleModel
 from obstacle_classifier.nn.optim import OPTIMIZERS
@@ -79,7 +76,8 @@ from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_
                                                  parse_multi_hot)
 from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
                                         encode_obstacles, input_qos, message_class, output_qos,
-                                        publish_unless_shut_down, spin_until_shutdown)
+                                        publish_unless_shut_down, run_node,
+                                        spin_until_shutdown)
 
 NODE_NAME = 'obstacle_classifier'
 DEFAULT_RATE_HZ = 20.0
@@ -890,19 +888,9 @@ class ClassifierNode(Node):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Run the classifier until SIGINT / SIGTERM; exit 1 if its configuration is unusable."""
-    try:
-        with rclpy.init(args=args):
-            try:
-                node = ClassifierNode()
-            except (FeatureConfigError, ParameterException, ValueError) as exc:
-                # A configuration problem (model problems leave the node up): nothing can run.
-                get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
-                return 1
-            node.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+    """Run the classifier until SIGINT / SIGTERM; exit 1 if its configuration is unusable (a
+    model problem leaves the node up instead)."""
+    return run_node(ClassifierNode, NODE_NAME, args, spin=ClassifierNode.spin)
 
 
 if __name__ == '__main__':

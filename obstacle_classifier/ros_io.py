@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -150,6 +150,32 @@ def spin_until_shutdown(node: Any, executor: Any = None) -> None:
     except (RuntimeError, _rclpy.RCLError):
         if node.context.ok():
             raise
+
+
+def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[str]] = None,
+             spin: Callable[[Any], None] = spin_until_shutdown) -> int:
+    """The executables' main: init, build the node, spin until SIGINT / SIGTERM, shut down.
+
+    Returns the exit status: 0 after a clean shutdown, 1 when the node cannot be built from its
+    configuration (a bad feature config or parameter), which is logged as fatal with the reason.
+    """
+    import rclpy
+    from rclpy.exceptions import ParameterException
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.logging import get_logger
+
+    from obstacle_classifier.features import FeatureConfigError
+    try:
+        with rclpy.init(args=args):
+            try:
+                node = make_node()
+            except (FeatureConfigError, ParameterException, ValueError) as exc:
+                get_logger(node_name).fatal(f'cannot start: {exc}')
+                return 1
+            spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------

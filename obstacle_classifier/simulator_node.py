@@ -19,21 +19,17 @@ import sys
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from obstacle_classifier import paths
-from obstacle_classifier.features import FeatureConfig, FeatureConfigError
+from obstacle_classifier.features import FeatureConfig
 from obstacle_classifier.ros_io import (RangeInfo, ScanGeometry, SensorMessageBuilder,
                                         encode_labels, input_qos, message_class,
-                                        publish_unless_shut_down, spin_until_shutdown)
+                                        publish_unless_shut_down, run_node)
 from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_MAX,
                                             LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX, LIDAR_RANGE_MIN,
                                             RANGE_FIELD_OF_VIEW, RANGE_MAX, RANGE_MIN,
@@ -182,17 +178,7 @@ class SimulatorNode(Node):
 
 def main(args: Optional[list[str]] = None) -> int:
     """Run the simulator until SIGINT / SIGTERM; exit 1 if its configuration is unusable."""
-    try:
-        with rclpy.init(args=args):
-            try:
-                node = SimulatorNode()
-            except (FeatureConfigError, ParameterException, ValueError) as exc:
-                get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
-                return 1
-            spin_until_shutdown(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+    return run_node(SimulatorNode, NODE_NAME, args)
 
 
 if __name__ == '__main__':

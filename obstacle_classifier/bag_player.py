@@ -271,14 +271,8 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
-    from obstacle_classifier.bags import BAG_STORAGES, BagError
-    if options.storage not in BAG_STORAGES:
-        raise BagError(f'unknown storage {options.storage!r} (known: {", ".join(BAG_STORAGES)})')
-    bag = Path(path)
-    if bag.exists():
-        raise BagError(f'{bag}: already exists (a bag is recorded into a new directory)')
-    if not bag.parent.is_dir():
-        raise BagError(f'{bag}: directory {bag.parent} does not exist')
+    from obstacle_classifier.bags import BagError, new_bag_directory
+    bag = new_bag_directory(path, options.storage)
     plugin = StoragePlugin.MCAP if options.storage == 'mcap' else StoragePlugin.SQLITE3
     stats = RecordStats(recorded={topic: 0 for topic in options.topics})
     try:

@@ -440,6 +440,21 @@ def _qos_profile(reliable: bool, depth: int):
                avoid_ros_namespace_conventions=False)
 
 
+def new_bag_directory(path: str | Path, storage: str) -> Path:
+    """Check that a bag can be written to ``path`` with ``storage``; return it as a Path.
+
+    rosbag2 writes a bag into a directory of its own: it must not exist yet, its parent must.
+    """
+    if storage not in BAG_STORAGES:
+        raise BagError(f'unknown storage {storage!r} (known: {", ".join(BAG_STORAGES)})')
+    bag = Path(path)
+    if bag.exists():
+        raise BagError(f'{bag}: already exists (a bag is written into a new directory)')
+    if not bag.parent.is_dir():
+        raise BagError(f'{bag}: directory {bag.parent} does not exist')
+    return bag
+
+
 def write_simulated_bag(path: PathLike, duration_s: float, *, seed: int = 0,
                         scenario: str = 'default', config: Optional[FeatureConfig] = None,
                         storage: str = 'sqlite3', start_ns: int = DEFAULT_SIM_START_NS,
@@ -473,15 +488,9 @@ def write_simulated_bag(path: PathLike, duration_s: float, *, seed: int = 0,
                                                 LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX,
                                                 LIDAR_RANGE_MIN, RANGE_FIELD_OF_VIEW, RANGE_MAX,
                                                 RANGE_MIN, SENSOR_RATES_HZ, SidewalkSimulator)
-    if storage not in BAG_STORAGES:
-        raise BagError(f'unknown storage {storage!r} (known: {", ".join(BAG_STORAGES)})')
     if not duration_s > 0:
         raise BagError(f'duration must be positive, got {duration_s}')
-    bag = Path(path)
-    if bag.exists():
-        raise BagError(f'{bag}: already exists (a bag is written into a new directory)')
-    if not bag.parent.is_dir():
-        raise BagError(f'{bag}: directory {bag.parent} does not exist')
+    bag = new_bag_directory(path, storage)
     config = config if config is not None else load_default_config()
     simulator = SidewalkSimulator(seed=seed, scenario=scenario, config=config)
     geometry = ScanGeometry(angle_min=LIDAR_ANGLE_MIN, angle_max=LIDAR_ANGLE_MAX,

@@ -26,10 +26,7 @@ from obstacle_classifier.ros_io import stamp_to_ns  # noqa: E402
 pytestmark = pytest.mark.filterwarnings(
     "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
     "ignore:module 'sre_constants' is deprecated:DeprecationWarning")
-STRICT_WARNINGS = {'PYTHONWARNINGS': ','.join([
-    'error',
-    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-    "ignore:module 'sre_constants' is deprecated:DeprecationWarning"])}
+STRICT_WARNINGS = ros_helpers.STRICT_WARNINGS_ENV
 SECOND = 1_000_000_000
 
 

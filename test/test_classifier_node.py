@@ -49,10 +49,7 @@ SIMULATOR = 'obstacle_classifier.simulator_node'
 S = 1_000_000_000
 STARTUP_TIMEOUT = 60.0  # s: import + discovery; a few seconds normally, more on a loaded box
 #: Node processes run with warnings as errors; rclpy's vendored lark import is the one exception.
-STRICT_WARNINGS = {'PYTHONWARNINGS': ','.join([
-    'error',
-    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-    "ignore:module 'sre_constants' is deprecated:DeprecationWarning"])}
+STRICT_WARNINGS = ros_helpers.STRICT_WARNINGS_ENV
 RELIABLE_10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 

@@ -6,13 +6,11 @@ import os
 import re
 import signal
 
+import ros_helpers
 
 DEMO = 'obstacle_classifier.demo'
 TIMEOUT = 180.0  # s: a first run trains the fallback model (a few seconds) before starting
-STRICT_WARNINGS = {'PYTHONWARNINGS': ','.join([
-    'error',
-    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-    "ignore:module 'sre_constants' is deprecated:DeprecationWarning"])}
+STRICT_WARNINGS = ros_helpers.STRICT_WARNINGS_ENV
 
 
 def _children(proc) -> dict:

@@ -34,10 +34,7 @@ SIMULATOR = 'obstacle_classifier.simulator_node'
 STARTUP_TIMEOUT = 60.0
 RATE_HZ = 20.0
 S = 1_000_000_000
-STRICT_WARNINGS = {'PYTHONWARNINGS': ','.join([
-    'error',
-    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-    "ignore:module 'sre_constants' is deprecated:DeprecationWarning"])}
+STRICT_WARNINGS = ros_helpers.STRICT_WARNINGS_ENV
 TRAINING = 'obstacle_classifier: training'
 SIMULATOR_SEED = 11
 

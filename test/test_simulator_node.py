@@ -29,10 +29,7 @@ MODULE = 'obstacle_classifier.simulator_node'
 S = 1_000_000_000
 SEED = 3
 STARTUP_TIMEOUT = 60.0
-STRICT_WARNINGS = {'PYTHONWARNINGS': ','.join([
-    'error',
-    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-    "ignore:module 'sre_constants' is deprecated:DeprecationWarning"])}
+STRICT_WARNINGS = ros_helpers.STRICT_WARNINGS_ENV
 
 
 def start_simulator(procs, namespace, **parameters):

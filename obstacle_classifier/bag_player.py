@@ -155,8 +155,11 @@ class _Playback:
         self.clock_pub.publish(self.clock_type(clock=Time(sec=seconds, nanosec=nanoseconds)))
         self.stats.clock_messages += 1
 
-    def wait_until(self, wall_deadline: float, bag_start_ns: int, wall_start: float) -> None:
-        """Sleep until ``wall_deadline``, publishing the bag time on /clock meanwhile."""
+    def wait_until(self, wall_deadline: float, bag_start_ns: int, wall_start: float,
+                   next_ns: int) -> None:
+        """Sleep until ``wall_deadline``, publishing the bag time on /clock meanwhile, never
+        beyond ``next_ns`` (the next message's time): a node that ticks once /clock passes the
+        tick time must have been sent every message up to it first (see sim_ticks)."""
         clock_period = 1.0 / self.options.clock_rate_hz if self.options.clock_rate_hz else None
         while self.ok():
             now = time.monotonic()
@@ -168,7 +171,7 @@ class _Playback:
             time.sleep(step)
             if clock_period is not None and time.monotonic() < wall_deadline:
                 elapsed_ns = int((time.monotonic() - wall_start) * self.options.rate * _NS_PER_S)
-                self.publish_clock(bag_start_ns + elapsed_ns)
+                self.publish_clock(min(bag_start_ns + elapsed_ns, next_ns))
 
     def run(self) -> None:
         delay_end = time.monotonic() + self.options.delay_s
@@ -193,7 +196,7 @@ class _Playback:
             if bag_start_ns is None:
                 bag_start_ns, wall_start = timestamp, time.monotonic()
             deadline = wall_start + (timestamp - bag_start_ns) / (_NS_PER_S * self.options.rate)
-            self.wait_until(deadline, bag_start_ns, wall_start)
+            self.wait_until(deadline, bag_start_ns, wall_start, timestamp)
             if not self.ok():
                 return
             self.publish_clock(timestamp)

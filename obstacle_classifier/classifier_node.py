@@ -61,8 +61,10 @@ from rclpy.exceptions import ParameterException
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import qos_policy_name_from_kind
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.subscription import MessageInfo
+from rosgraph_msgs.msg import Clock as ClockMessage
 from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 
@@ -75,9 +77,10 @@ from obstacle_classifier.nn.optim import OPTIMIZERS
 from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_label_names,
                                                  parse_multi_hot)
 from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
-                                        encode_obstacles, input_qos, message_class, output_qos,
-                                        publish_unless_shut_down, run_node,
-                                        spin_until_shutdown)
+                                        encode_features, encode_obstacles, input_qos,
+                                        message_class, output_qos, publish_unless_shut_down,
+                                        run_node, spin_until_shutdown, stamp_to_ns)
+from obstacle_classifier.sim_ticks import Event, SimTimeTicker
 
 NODE_NAME = 'obstacle_classifier'
 DEFAULT_RATE_HZ = 20.0
@@ -93,6 +96,13 @@ _PROCESSING_HISTORY = 1024  # per-tick processing times kept for the p50 / p99 i
 LABEL_FORMATS = ('names', 'multi_hot')
 TRAINING_PERIOD_S = 0.1  # one training round (steps_per_second / 10 steps, a snapshot) per period
 MAX_LABEL_DELAY_RANGE_S = (0.001, 1.0)
+#: With use_sim_time: what waits for a later message (see sim_ticks) runs after this (steady)
+#: wait. Long: a busy executor must not release it while the message that would is queued.
+SIM_TICK_MAX_WAIT_S = 0.5
+SIM_TICK_CHECK_PERIOD_S = 0.1
+#: /clock messages queued by the node's own clock subscription (best effort: it matches every
+#: publisher); deep, so that a busy moment does not lose the order of the bag.
+CLOCK_QUEUE_DEPTH = 1000
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
@@ -358,6 +368,18 @@ class ClassifierNode(Node):
         self._classes_pub = self.create_publisher(String, 'obstacle_classes', classes_qos())
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._probabilities_msg = Float32MultiArray()
+        self._features_pub = (self.create_publisher(String, 'obstacle_features', output_qos())
+                              if self.get_parameter('publish_features').value else None)
+
+        # With sim time the ticks follow /clock in the order the bag player published (see
+        # sim_ticks); the clock subscription is created before the inputs, so that when both are
+        # ready the executor serves the /clock message (published first) first.
+        self._sim_ticker: Optional[SimTimeTicker] = None
+        if self.get_parameter('use_sim_time').value:
+            self._sim_ticker = SimTimeTicker(self._tick_period_ns())
+            self._clock_subscription = self.create_subscription(
+                ClockMessage, '/clock', self._on_clock, QoSProfile(
+                    depth=CLOCK_QUEUE_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT))
 
         self._inputs: dict[str, _InputState] = {}
         for spec in self._config.inputs:
@@ -393,7 +415,7 @@ class ClassifierNode(Node):
         self._report_steady_ns = time.monotonic_ns()
         self._report_node_ns = self._node_clock.now().nanoseconds
 
-        self._tick_timer = self.create_timer(1.0 / self._rate_hz, self._on_tick)
+        self._tick_timer = self._create_tick_timer()
         # Steady clock: diagnostics keep coming while sim time is paused or not yet published.
         self._diagnostics_timer = self.create_timer(
             DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
@@ -437,6 +459,13 @@ class ClassifierNode(Node):
                          'tick.'),
             additional_constraints='-1.0, or 0 < threshold < 1',
             floating_point_range=[FloatingPointRange(from_value=-1.0, to_value=1.0, step=0.0)]))
+        self.declare_parameter('publish_features', False, ParameterDescriptor(
+            type=ParameterType.PARAMETER_BOOL, read_only=True,
+            description=('Also publish each tick\'s feature vector (before normalisation) on '
+                         'obstacle_features (std_msgs/String JSON, float64 values written '
+                         'exactly): for checking the live features against bag extraction '
+                         'and for recording training data. Off: it costs a JSON dump per '
+                         'tick.')))
         self._declare_training_parameters()
 
     def _declare_training_parameters(self) -> None:
@@ -534,7 +563,9 @@ class ClassifierNode(Node):
             elif parameter.name == 'rate_hz':
                 self._rate_hz = float(parameter.value)
                 self.destroy_timer(self._tick_timer)
-                self._tick_timer = self.create_timer(1.0 / self._rate_hz, self._on_tick)
+                if self._sim_ticker is not None:
+                    self._sim_ticker = SimTimeTicker(self._tick_period_ns())
+                self._tick_timer = self._create_tick_timer()
                 self.get_logger().info(f'rate now {self._rate_hz:g} Hz')
 
     # -- model ---------------------------------------------------------------------------------
@@ -622,7 +653,7 @@ class ClassifierNode(Node):
         now = self._node_clock.now
         from_header = spec.stamp_source == 'header'
 
-        def on_message(msg: Any) -> None:
+        def on_message(msg: Any, receive_ns: Optional[int] = None) -> None:
             state.received += 1
             if from_header:
                 stamp_ns = message_stamp_ns(msg)
@@ -630,8 +661,10 @@ class ClassifierNode(Node):
                     self._reject(state, 'no_stamp')
                     return
             else:
+                if receive_ns is None:
+                    receive_ns = now().nanoseconds
                 # Several messages can arrive within one sim-time step: keep stamps increasing.
-                stamp_ns = max(now().nanoseconds, state.last_receive_stamp_ns + 1)
+                stamp_ns = max(receive_ns, state.last_receive_stamp_ns + 1)
                 state.last_receive_stamp_ns = stamp_ns
             try:
                 values = extract_values(msg, spec)
@@ -642,7 +675,16 @@ class ClassifierNode(Node):
             if reason is not None:
                 self._reject(state, reason)
 
-        return on_message
+        if self._sim_ticker is None:
+            return on_message
+
+        def on_message_in_bag_order(msg: Any, info: MessageInfo) -> None:
+            # It may wait (and ticks or readings published before it may run first).
+            self._run_events(self._sim_ticker.on_message(
+                info['source_timestamp'], (on_message, msg), time.monotonic_ns(),
+                needs_bag_time=not from_header))
+
+        return on_message_in_bag_order
 
     def _reject(self, state: _InputState, reason: str) -> None:
         state.rejected[reason] = state.rejected.get(reason, 0) + 1
@@ -678,11 +720,47 @@ class ClassifierNode(Node):
 
     # -- the tick ------------------------------------------------------------------------------
 
-    def _on_tick(self) -> None:
-        started = time.perf_counter_ns()
+    def _tick_period_ns(self) -> int:
+        return int(round(1e9 / self._rate_hz))
+
+    def _create_tick_timer(self):
+        """Wall time: ticks on a timer at rate_hz. Sim time: ticks come from /clock (see
+        _on_clock); a steady timer only runs the ones nothing followed (end of a bag)."""
+        if self._sim_ticker is None:
+            return self.create_timer(1.0 / self._rate_hz, self._on_timer)
+        return self.create_timer(SIM_TICK_CHECK_PERIOD_S, self._run_overdue_ticks,
+                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def _on_timer(self) -> None:
         now_ns = self._node_clock.now().nanoseconds
-        if now_ns <= 0:
-            return  # sim time before the first /clock message
+        if now_ns > 0:  # 0: sim time before the first /clock message
+            self._tick(now_ns)
+
+    def _on_clock(self, msg: ClockMessage, info: MessageInfo) -> None:
+        clock_ns = stamp_to_ns(msg.clock)
+        events, jumped_back = self._sim_ticker.on_clock(
+            info['source_timestamp'], clock_ns, time.monotonic_ns())
+        if jumped_back and self._last_tick_ns is not None:
+            self._on_time_jump(clock_ns)
+            self._last_tick_ns = None
+        self._run_events(events)
+
+    def _run_overdue_ticks(self) -> None:
+        self._run_events(self._sim_ticker.overdue(time.monotonic_ns(),
+                                                  int(SIM_TICK_MAX_WAIT_S * 1e9)))
+
+    def _run_events(self, events: list[Event]) -> None:
+        """Ticks and readings released by the sim-time ticker, in the order published."""
+        for event in events:
+            if event.payload is None:
+                self._tick(event.tick_ns)
+            else:
+                on_message, msg = event.payload
+                on_message(msg, event.bag_ns)
+
+    def _tick(self, now_ns: int) -> None:
+        """One tick at ``now_ns`` (node-clock ns): features, prediction, publication."""
+        started = time.perf_counter_ns()
         if self._last_tick_ns is not None and now_ns < self._last_tick_ns:
             self._on_time_jump(now_ns)
         self._last_tick_ns = now_ns
@@ -717,6 +795,9 @@ class ClassifierNode(Node):
         if status == 'ok':
             self._probabilities_msg.data = array.array('f', p.astype(np.float32).tobytes())
             publish_unless_shut_down(self, self._probabilities_pub, self._probabilities_msg)
+        if self._features_pub is not None:
+            publish_unless_shut_down(self, self._features_pub, String(
+                data=encode_features(now_ns, result.features)))
 
         self._stale_inputs = result.stale_inputs
         if self._training is not None and model is not None:

@@ -36,12 +36,15 @@ from obstacle_classifier.features import MSG_TYPES, InputSpec
 
 __all__ = [
     'OBSTACLES_STATUSES', 'ObstacleReport', 'RangeInfo', 'ScanGeometry', 'SensorMessageBuilder',
-    'classes_qos', 'decode_classes', 'decode_labels', 'decode_obstacles', 'diagnostic_status',
-    'encode_classes', 'encode_labels', 'encode_obstacles', 'input_qos', 'message_class',
+    'classes_qos', 'decode_classes', 'decode_features', 'decode_labels', 'decode_obstacles',
+    'diagnostic_status', 'encode_classes', 'encode_features', 'encode_labels', 'encode_obstacles',
+    'input_qos', 'message_class',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'stamp_to_ns',
 ]
 
 NS_PER_S = 1_000_000_000
+#: Seconds of readings an input subscription queues (see :func:`input_qos`).
+INPUT_QUEUE_S = 0.5
 _MSG_TYPE_PATTERN = re.compile(r'([A-Za-z][A-Za-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)\Z')
 
 #: ``status`` values of the ``obstacles`` JSON: a prediction was made ('ok'); an input with
@@ -78,18 +81,23 @@ def message_class(msg_type: str) -> type:
 def input_qos(spec: InputSpec) -> QoSProfile:
     """The subscription QoS of an input (``spec.qos``).
 
-    'sensor_data' is rclpy's sensor-data profile (KEEP_LAST 5, BEST_EFFORT, VOLATILE): it matches
-    every publisher, as sensor drivers publish best effort. 'reliable' (KEEP_LAST 10, RELIABLE)
-    drops nothing but only matches reliable publishers; the node reports a best-effort publisher
-    on such an input as an incompatible QoS instead of silently receiving nothing.
+    'sensor_data' is rclpy's sensor-data profile (BEST_EFFORT, VOLATILE, KEEP_LAST): it matches
+    every publisher, as sensor drivers publish best effort. 'reliable' (RELIABLE) drops nothing
+    but only matches reliable publishers; the node reports a best-effort publisher on such an
+    input as an incompatible QoS instead of silently receiving nothing.
+
+    The queue holds :data:`INPUT_QUEUE_S` of readings at the input's ``max_rate_hz`` (at least
+    rclpy's 5 / 10): a node busy for a moment (a model reload, a loaded CPU) takes the readings
+    late instead of losing them. History depth is local to each side, so any publisher matches.
     """
+    queued = math.ceil(spec.max_rate_hz * INPUT_QUEUE_S)
     if spec.qos == 'sensor_data':
         return QoSProfile(history=qos_profile_sensor_data.history,
-                          depth=qos_profile_sensor_data.depth,
+                          depth=max(qos_profile_sensor_data.depth, queued),
                           reliability=qos_profile_sensor_data.reliability,
                           durability=qos_profile_sensor_data.durability)
     if spec.qos == 'reliable':
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(10, queued),
                           reliability=ReliabilityPolicy.RELIABLE,
                           durability=DurabilityPolicy.VOLATILE)
     raise ValueError(f"input {spec.name!r}: unknown qos {spec.qos!r} "
@@ -364,6 +372,35 @@ def encode_obstacles(stamp_ns: int, labels: Sequence[str], probabilities: Mappin
             f'"probabilities":{{{probs}}},'
             f'"stale_inputs":[{",".join(map(_quoted, stale_inputs))}],'
             f'"status":{_quoted(status)}}}')
+
+
+def encode_features(stamp_ns: int, features: Optional[np.ndarray]) -> str:
+    """The ``obstacle_features`` JSON text: ``{"stamp": {"sec", "nanosec"}, "features": [...]}``.
+
+    ``features`` float64 (d,) or None (a skipped tick: ``null``). Each value is written as
+    Python's shortest round-trip repr, so :func:`decode_features` gives back the same bits.
+    """
+    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+    values = 'null' if features is None else f'[{",".join(map(repr, features.tolist()))}]'
+    return f'{{"stamp":{{"sec":{sec},"nanosec":{nanosec}}},"features":{values}}}'
+
+
+def decode_features(data: Any) -> tuple[int, Optional[np.ndarray]]:
+    """Parse an ``obstacle_features`` message: (stamp ns, float64 (d,) or None); ValueError if
+    it is not one."""
+    text = data.data if hasattr(data, 'data') else data
+    try:
+        obj = json.loads(text)
+        stamp_ns = int(obj['stamp']['sec']) * NS_PER_S + int(obj['stamp']['nanosec'])
+        values = obj['features']
+        features = None if values is None else np.array(values, dtype=np.float64)
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ValueError(f'not an obstacle_features message ({type(exc).__name__}: {exc}): '
+                         f'{str(text)[:200]!r}') from None
+    if features is not None and features.ndim != 1:
+        raise ValueError(f'obstacle_features: features must be a flat list, got shape '
+                         f'{features.shape}')
+    return stamp_ns, features
 
 
 def decode_obstacles(data: Any) -> ObstacleReport:

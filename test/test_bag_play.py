@@ -1,7 +1,6 @@
 """``bag play`` in a real process: recorded messages, recorded QoS and bag time on /clock."""
 from __future__ import annotations
 
-import collections
 import time
 from pathlib import Path
 
@@ -158,20 +157,14 @@ def test_record_with_a_duration_and_no_publishers_writes_an_empty_bag(tmp_path, 
         assert reader.message_count == 0
 
 
-def test_classifier_with_sim_time_ticks_on_bag_time(bag, tmp_path, ros, ros_processes):
-    """Play a bag into the node (use_sim_time): its ticks carry bag time on a 50 ms grid, and at
-    many ticks its probabilities equal (to the 4 published decimals) the model applied offline
-    to the features ``extract_bag`` computes on the node's tick grid.
-
-    NOT the issue's bitwise determinism: /clock and the sensor topics are separate DDS streams,
-    so a message can arrive after the tick it belongs to, and a receive-stamped input (speed,
-    noise) is stamped with the /clock value last seen, which may be one message old. Measured
-    agreement: 55-97 % of ticks (lower on a loaded machine); the bound below only proves that
-    the live node and the extraction share the pipeline and the model.
-    """
+def test_features_of_the_live_node_under_bag_play_equal_bag_extraction_bit_for_bit(
+        bag, tmp_path, ros, ros_processes):
+    """The issue's determinism: play a bag into the node (use_sim_time); the feature vector it
+    computes at every tick is bitwise equal (float64) to the one ``extract_bag`` computes
+    offline at that tick, and its probabilities are the model's on those features."""
     from obstacle_classifier.bags import extract_bag
     from obstacle_classifier.model import ObstacleModel
-    from obstacle_classifier.ros_io import decode_obstacles
+    from obstacle_classifier.ros_io import decode_features, decode_obstacles
     from obstacle_classifier.training import TrainConfig, train_model
 
     extraction = extract_bag(bag)
@@ -181,45 +174,50 @@ def test_classifier_with_sim_time_ticks_on_bag_time(bag, tmp_path, ros, ros_proc
     model.save(model_path)
     model = ObstacleModel.load(model_path)
 
-    reports = ros.collect(String, '/obstacles', 100)
+    reports = ros.collect(String, '/obstacles', 1000)
+    features = ros.collect(String, '/obstacle_features', 1000)
     classifier = ros_processes.start_module(
         'classifier', 'obstacle_classifier.classifier_node',
-        ['--ros-args', '-p', 'use_sim_time:=true', '-p', f'model_path:={model_path}'],
-        extra_env=STRICT_WARNINGS)
+        ['--ros-args', '-p', 'use_sim_time:=true', '-p', f'model_path:={model_path}',
+         '-p', 'publish_features:=true'], extra_env=STRICT_WARNINGS)
     assert ros.wait_for_subscribers('/sensors/scan', 1, timeout=60), classifier.report()
+    assert ros.wait_for_publishers('/obstacle_features', 1, timeout=60), classifier.report()
     player = ros_processes.start_module(
         'player', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--delay', '3'],
         extra_env=STRICT_WARNINGS)
-    assert player.wait(60) == 0, player.report()
-    ros.spin_for(1.0)
+    # Keep taking the node's output while the bag plays (its queues are finite).
+    assert ros.spin_until(lambda: player.poll() is not None, timeout=60), player.report()
+    assert player.wait(5) == 0, player.report()
+    ros.spin_until(lambda: len(features) >= len(extraction.stamps_ns), timeout=5)
 
-    decoded = [decode_obstacles(msg) for msg in reports]
+    live = dict(decode_features(msg) for msg in features)
+    offline = dict(zip(extraction.stamps_ns.tolist(), extraction.dataset.X))
     with Reader(bag) as reader:
         start_ns, end_ns = reader.start_time, reader.end_time
-    stamps = [report.stamp_ns for report in decoded]
-    assert stamps and all(start_ns <= stamp <= end_ns for stamp in stamps)  # bag time, not wall
-    ok = [report for report in decoded if report.valid]
-    assert len(ok) >= 0.5 * len(extraction.stamps_ns), classifier.report()
+    assert live and all(start_ns <= stamp <= end_ns for stamp in live)  # bag time, not wall
+    assert all(stamp % 50_000_000 == 0 for stamp in live)  # the absolute 20 Hz grid
+    # Every extracted tick but the one at the very end of the bag (no /clock after it).
+    compared = [stamp for stamp in offline if stamp < end_ns]
+    missing = [stamp for stamp in compared if live.get(stamp) is None]
+    assert not missing, (f'{len(missing)} of {len(compared)} extracted ticks without live '
+                         f'features, e.g. {missing[:3]}\n{classifier.report()}')
+    different = [stamp for stamp in compared
+                 if live[stamp].dtype != offline[stamp].dtype
+                 or live[stamp].tobytes() != offline[stamp].tobytes()]
+    if different:
+        names = extraction.dataset.feature_names
+        first = different[0]
+        pytest.fail(f'{len(different)} of {len(compared)} ticks differ, first at {first} in '
+                    f'{[names[i] for i in np.nonzero(live[first] != offline[first])[0]]}')
 
-    # The node's timer keeps its own phase on bag time: extract on that same tick grid.
-    period = 50_000_000
-    phases = collections.Counter(report.stamp_ns % period for report in ok)
-    phase = phases.most_common(1)[0][0]
-    on_grid = [report for report in ok if report.stamp_ns % period == phase]
-    assert len(on_grid) >= 0.6 * len(ok)
-    aligned = extract_bag(bag, first_tick_ns=min(report.stamp_ns for report in on_grid))
-    offline = dict(zip(aligned.stamps_ns.tolist(),
-                       model.predict_proba(aligned.dataset.X).tolist()))
-    compared = agreeing = 0
-    for report in on_grid:
-        expected = offline.get(report.stamp_ns)
-        if expected is None:
-            continue
-        compared += 1
+    expected = model.predict_proba(extraction.dataset.X)
+    rows = {stamp: row for row, stamp in enumerate(extraction.stamps_ns.tolist())}
+    ok = [report for report in map(decode_obstacles, reports)
+          if report.valid and report.stamp_ns in rows]
+    assert len(ok) >= len(compared)
+    for report in ok:
         got = [report.probabilities[name] for name in model.class_names]
-        agreeing += all(abs(a - b) <= 6e-5 for a, b in zip(got, expected))
-    assert compared >= 0.8 * len(on_grid)
-    assert agreeing >= 0.25 * compared, (agreeing, compared)
+        np.testing.assert_allclose(got, expected[rows[report.stamp_ns]], atol=5.1e-5)
 
 
 def test_loop_starts_over_with_clock_jumping_back_until_interrupted(bag, ros, ros_processes):

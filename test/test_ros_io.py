@@ -63,12 +63,19 @@ def test_bad_message_type_names_are_refused_with_the_reason(bad, fragment):
 
 def test_input_qos_follows_the_spec():
     sensor = ros_io.input_qos(_spec(msg_type='std_msgs/msg/Float64', fields=['data'],
-                                    qos='sensor_data'))
+                                    qos='sensor_data', max_rate_hz=1.0))
     assert sensor.reliability == ReliabilityPolicy.BEST_EFFORT
     assert sensor.durability == DurabilityPolicy.VOLATILE and sensor.depth == 5
     reliable = ros_io.input_qos(_spec(msg_type='std_msgs/msg/Float64', fields=['data'],
-                                      qos='reliable'))
+                                      qos='reliable', max_rate_hz=1.0))
     assert reliable.reliability == ReliabilityPolicy.RELIABLE and reliable.depth == 10
+
+
+@pytest.mark.parametrize('qos', ['sensor_data', 'reliable'])
+def test_input_queues_hold_half_a_second_at_the_input_max_rate(qos):
+    # A node busy for a moment (reload, loaded CPU) must take a 200 Hz IMU late, not lose it.
+    spec = _spec(msg_type='std_msgs/msg/Float64', fields=['data'], qos=qos, max_rate_hz=200.0)
+    assert ros_io.input_qos(spec).depth == math.ceil(200.0 * ros_io.INPUT_QUEUE_S) == 100
 
 
 def test_class_list_is_latched_and_per_tick_outputs_are_not():

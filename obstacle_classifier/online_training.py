@@ -6,11 +6,13 @@ The live node (``classifier_node``) is thin glue around the pieces here:
   rejection reason from :data:`LABEL_REJECTION_REASONS`;
 * :class:`TickRing`: the last few ticks (stamp, normalised features or None when the tick was
   skipped); a label is paired with the tick nearest its arrival time within ``max_delay_ns``;
-* :class:`ReplayBuffer`: preallocated ring of (x, y) examples; every ``held_out_every``-th example
-  goes to a separate held-out ring that training never samples (used by the checkpoint guard);
+* :class:`ReplayBuffer`: preallocated ring of (x, y) examples; one whole block of consecutive
+  examples in every ``held_out_every`` goes to a separate held-out ring that training never
+  samples (used by the checkpoint guard);
 * :class:`OnlineTrainer`: owns a *private copy* of the serving model and a
-  :class:`~obstacle_classifier.training.Trainer` on it, runs steps on random batches, hands out
-  snapshots (deep copies) for the inference side to swap in, and decides checkpoints.
+  :class:`~obstacle_classifier.training.Trainer` on it, runs steps on random batches (with
+  balanced positive-class weights from the buffer's label counts: obstacles are rare), hands
+  out snapshots (deep copies) for the inference side to swap in, and decides checkpoints.
 
 Threading contract: ``add_example`` may be called from one thread while ``train_steps`` /
 ``snapshot`` / ``checkpoint`` run in another; the replay buffer is guarded by a lock held only to
@@ -34,7 +36,8 @@ from .nn.optim import OPTIMIZERS
 from .training import Trainer
 
 __all__ = ['LABEL_REJECTION_REASONS', 'CheckpointDecision', 'OnlineTrainer', 'ReplayBuffer',
-           'TickRing', 'TrainingStats', 'parse_label_names', 'parse_multi_hot']
+           'TickRing', 'TrainingStats', 'balanced_weights', 'parse_label_names',
+           'parse_multi_hot']
 
 #: Why a label message does not become a training example.
 LABEL_REJECTION_REASONS = ('unknown_class', 'wrong_width', 'not_binary', 'no_tick_near',
@@ -43,6 +46,15 @@ LABEL_REJECTION_REASONS = ('unknown_class', 'wrong_width', 'not_binary', 'no_tic
 #: plus :data:`WORSE_ABSOLUTE_MARGIN` (both measured now, on the same held-out rows).
 WORSE_RELATIVE_MARGIN = 0.10
 WORSE_ABSOLUTE_MARGIN = 0.02
+#: Consecutive examples per held-out block: 10 s of labels at the simulator's 10 Hz.
+HELD_OUT_BLOCK = 100
+#: The held-out ring holds at least this many blocks (shorter blocks in a small buffer).
+HELD_OUT_MIN_BLOCKS = 4
+#: Positive-class weights of the online loss: 'balanced' (n_neg / n_pos of the training rows,
+#: clipped to [1, max_pos_weight], as ``TrainConfig(pos_weight='balanced')`` offline) or 'none'.
+POS_WEIGHTS = ('balanced', 'none')
+#: Training steps between two refreshes of the balanced weights from the buffer's counts.
+POS_WEIGHT_REFRESH_STEPS = 50
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,40 +151,61 @@ class TickRing:
 # ----------------------------------------------------------------------------------------------
 
 class _Ring:
-    """Preallocated (capacity, d) features and (capacity, c) labels, oldest overwritten."""
+    """Preallocated (capacity, d) features and (capacity, c) labels, oldest overwritten, and
+    the per-class positive counts (c,) of the rows it holds, kept up to date per row (O(c))."""
 
     def __init__(self, capacity: int, n_features: int, n_classes: int,
                  dtype: np.dtype | type) -> None:
         self.X = np.zeros((capacity, n_features), dtype=dtype)
         self.Y = np.zeros((capacity, n_classes), dtype=dtype)
+        self.positives = np.zeros(n_classes, dtype=np.float64)  # 0/1 sums: exact in float64
         self.count = 0
         self._next = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        if self.count == len(self.X):
+            self.positives -= self.Y[self._next]  # the row about to be overwritten
         self.X[self._next] = x
         self.Y[self._next] = y
+        self.positives += self.Y[self._next]
         self._next = (self._next + 1) % len(self.X)
         self.count = min(self.count + 1, len(self.X))
 
 
 class ReplayBuffer:
-    """Bounded store of training examples with a held-out slice, safe across two threads.
+    """Bounded store of training examples with a held-out slice in blocks, safe across threads.
 
     ``capacity`` rows in total: ``capacity // held_out_every`` (at least 1) are the held-out
-    ring that receives every ``held_out_every``-th example; the rest train. Memory is allocated
-    once, here: a label stream of any rate or duration only overwrites the oldest rows.
+    ring, the rest train. The stream of examples is cut into blocks of :attr:`block`
+    consecutive examples, and block number ``k`` is held out iff ``k % held_out_every == 1``:
+    one whole block in every ``held_out_every``. Consecutive labels describe nearly the same
+    scene (a label every 0.1 s, an encounter lasts seconds), so a held-out row interleaved
+    with training rows would have a near-copy in training and score optimistically; a block of
+    :data:`HELD_OUT_BLOCK` examples (10 s of labels at 10 Hz, the offline split's
+    ``SPLIT_BLOCK`` span) shares only its edges with training. The held-out block is the
+    second of each cycle, not the first, so training starts with the first example and the
+    checkpoint guard has held-out rows after two blocks.
+
+    The block is shortened to ``held_out_capacity // HELD_OUT_MIN_BLOCKS`` (at least 1) when
+    the held-out ring is small, so that it always spans several separate stretches of the
+    stream rather than one. Memory is allocated once, here: a label stream of any rate or
+    duration only overwrites the oldest rows.
     """
 
     def __init__(self, capacity: int, n_features: int, n_classes: int,
-                 dtype: np.dtype | type = np.float64, held_out_every: int = 10) -> None:
+                 dtype: np.dtype | type = np.float64, held_out_every: int = 10,
+                 held_out_block: int = HELD_OUT_BLOCK) -> None:
         if capacity < 2:
             raise ValueError(f'buffer capacity must be >= 2, got {capacity}')
         if held_out_every < 2:
             raise ValueError(f'held_out_every must be >= 2, got {held_out_every}')
+        if held_out_block < 1:
+            raise ValueError(f'held_out_block must be >= 1, got {held_out_block}')
         held_out = max(1, capacity // held_out_every)
         self.train = _Ring(capacity - held_out, n_features, n_classes, dtype)
         self.held_out = _Ring(held_out, n_features, n_classes, dtype)
         self.held_out_every = held_out_every
+        self.block = max(1, min(held_out_block, held_out // HELD_OUT_MIN_BLOCKS))
         self.added = 0
         self._lock = threading.Lock()
 
@@ -180,10 +213,14 @@ class ReplayBuffer:
     def nbytes(self) -> int:
         return sum(a.nbytes for ring in (self.train, self.held_out) for a in (ring.X, ring.Y))
 
+    def is_held_out(self, index: int) -> bool:
+        """Whether the ``index``-th example ever added (from 0) goes to the held-out ring."""
+        return (index // self.block) % self.held_out_every == 1
+
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         """Store features (d,) normalised and labels (c,) {0, 1}."""
         with self._lock:
-            ring = self.held_out if self.added % self.held_out_every == 0 else self.train
+            ring = self.held_out if self.is_held_out(self.added) else self.train
             ring.add(x, y)
             self.added += 1
 
@@ -197,6 +234,12 @@ class ReplayBuffer:
                 return None
             rows = rng.integers(0, count, size=min(batch_size, count))
             return self.train.X[rows], self.train.Y[rows]
+
+    def label_counts(self) -> tuple[np.ndarray, int]:
+        """Per-class positive counts (c,) float64 of the training rows (a copy), and the
+        number of training rows."""
+        with self._lock:
+            return self.train.positives.copy(), self.train.count
 
     def held_out_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the held-out X (m, d), Y (m, c)."""
@@ -242,6 +285,16 @@ class CheckpointDecision:
     reference_loss: float = math.nan
 
 
+def balanced_weights(positives: np.ndarray, count: int, max_weight: float) -> np.ndarray:
+    """(c,) positive-class weights n_neg / n_pos from per-class positive counts (c,) among
+    ``count`` rows, clipped to [1, max_weight]; 1 for a class with no positives yet. The rule
+    of :func:`~obstacle_classifier.training.balanced_pos_weight`, from counts."""
+    positives = np.asarray(positives, dtype=np.float64)
+    weights = np.divide(count - positives, positives, out=np.ones_like(positives),
+                        where=positives > 0)
+    return np.clip(weights, 1.0, max_weight)
+
+
 class OnlineTrainer:
     """Trains a private copy of a model from labelled examples; never mutates the given model.
 
@@ -250,23 +303,41 @@ class OnlineTrainer:
         optimizer, lr: as :class:`~obstacle_classifier.training.Trainer` (lr None = default).
         batch_size: rows per step (fewer while the buffer holds fewer).
         buffer_size: rows in the replay buffer, held-out slice included.
-        held_out_every: every n-th example is held out for the checkpoint guard.
+        held_out_every: one block of consecutive examples in every ``held_out_every`` is held
+            out for the checkpoint guard (see :class:`ReplayBuffer`).
         seed: batch sampling seed.
+        held_out_block: examples per held-out block (shortened for a small buffer).
+        pos_weight: 'balanced' (default): the loss weighs each class's positives by
+            n_neg / n_pos of the training rows (clipped to [1, ``max_pos_weight``]), refreshed
+            every :data:`POS_WEIGHT_REFRESH_STEPS` steps, so rare obstacles are not learnt as
+            "never there"; 'none': plain BCE.
+        max_pos_weight: the clip of the balanced weights.
     """
 
     def __init__(self, model: ObstacleModel, optimizer: str = 'adam',
                  lr: Optional[float] = None, batch_size: int = 32, buffer_size: int = 5000,
-                 held_out_every: int = 10, seed: int = 0) -> None:
+                 held_out_every: int = 10, seed: int = 0,
+                 held_out_block: int = HELD_OUT_BLOCK, pos_weight: str = 'balanced',
+                 max_pos_weight: float = 20.0) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {optimizer!r}')
         if batch_size < 1:
             raise ValueError(f'batch size must be >= 1, got {batch_size}')
+        if pos_weight not in POS_WEIGHTS:
+            raise ValueError(f'pos_weight must be one of {POS_WEIGHTS}, got {pos_weight!r}')
+        if not max_pos_weight >= 1.0:
+            raise ValueError(f'max_pos_weight must be >= 1, got {max_pos_weight}')
         self.model = copy.deepcopy(model)
-        self.trainer = Trainer(self.model, optimizer, lr)
+        self.balanced = pos_weight == 'balanced'
+        self.max_pos_weight = float(max_pos_weight)
+        # All ones until the first refresh (a weighted loss from the start: same code path).
+        self.trainer = Trainer(self.model, optimizer, lr,
+                               pos_weight=np.ones(model.n_classes) if self.balanced else None)
+        self._steps_at_refresh: Optional[int] = None
         self.dtype = self.model.network.dtype
         self.batch_size = batch_size
         self.buffer = ReplayBuffer(buffer_size, model.n_features, model.n_classes, self.dtype,
-                                   held_out_every)
+                                   held_out_every, held_out_block)
         self.stats = TrainingStats()
         self._rng = np.random.default_rng(seed)
         # The guard compares against the last written checkpoint; until one is written, against
@@ -295,6 +366,9 @@ class OnlineTrainer:
             batch = self.buffer.sample(self.batch_size, self._rng)
             if batch is None:
                 break
+            if self.balanced and (self._steps_at_refresh is None or self.stats.steps
+                                  - self._steps_at_refresh >= POS_WEIGHT_REFRESH_STEPS):
+                self.refresh_pos_weight()
             value = self.trainer.step(*batch)
             if value is None:
                 self.stats.discarded_updates += 1
@@ -303,6 +377,23 @@ class OnlineTrainer:
             self.stats.last_loss = last = value
             self._trained_since_snapshot = True
         return last
+
+    def refresh_pos_weight(self) -> Optional[np.ndarray]:
+        """Recompute the balanced positive-class weights (c,) from the training rows' label
+        counts (the buffer's class balance drifts with the scene); None with ``pos_weight``
+        'none'. Call from the training thread."""
+        if not self.balanced:
+            return None
+        positives, count = self.buffer.label_counts()
+        weights = balanced_weights(positives, count, self.max_pos_weight)
+        self.trainer.loss.pos_weight = weights
+        self._steps_at_refresh = self.stats.steps
+        return weights
+
+    @property
+    def pos_weight(self) -> Optional[np.ndarray]:
+        """The positive-class weights (c,) of the online loss now, or None (plain BCE)."""
+        return self.trainer.loss.pos_weight
 
     def snapshot(self) -> Optional[ObstacleModel]:
         """A deep copy of the trained model for inference, or None if nothing changed since
@@ -363,5 +454,7 @@ class OnlineTrainer:
                    if key in ('steps', 'discarded_updates', 'examples_added')}
         last = self.stats.last_loss
         summary['last_loss'] = None if math.isnan(last) else float(last)
+        weights = self.pos_weight
+        summary['pos_weight'] = None if weights is None else [float(w) for w in weights]
         exported.metadata['online_training'] = summary
         return exported

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from obstacle_classifier.model import ObstacleModel
-from obstacle_classifier.online_training import (OnlineTrainer, ReplayBuffer, TickRing,
+from obstacle_classifier.online_training import (HELD_OUT_BLOCK, HELD_OUT_MIN_BLOCKS,
+                                                 POS_WEIGHT_REFRESH_STEPS, OnlineTrainer,
+                                                 ReplayBuffer, TickRing, balanced_weights,
                                                  parse_label_names, parse_multi_hot)
+from obstacle_classifier.training import balanced_pos_weight
 
 CLASSES = ('pole', 'dog', 'curb')
 FEATURES = ('a', 'b')
@@ -93,13 +96,87 @@ def test_the_replay_buffer_is_bounded_holds_out_a_slice_and_allocates_nothing_pe
 
 
 def test_held_out_rows_are_never_sampled_for_training():
-    buffer = ReplayBuffer(20, 1, 1, held_out_every=4)
-    for k in range(20):
+    buffer = ReplayBuffer(80, 1, 1, held_out_every=4, held_out_block=5)
+    assert buffer.block == 5
+    for k in range(80):
         buffer.add(np.array([float(k)]), np.array([0]))
     held = set(buffer.held_out_rows()[0][:, 0].tolist())
-    assert held == {0.0, 4.0, 8.0, 12.0, 16.0}
+    assert held == {float(k) for k in range(80) if (k // 5) % 4 == 1}
     X, _ = buffer.sample(1000, np.random.default_rng(0))
     assert not held & set(X[:, 0].tolist())
+
+
+def test_the_held_out_slice_is_whole_blocks_of_consecutive_examples():
+    # Consecutive labels are near-duplicates: interleaved held-out rows (every 10th) would each
+    # have a training neighbour 0.1 s away. Blocks share only their two edges with training.
+    buffer = ReplayBuffer(20000, 1, 1, held_out_every=10)
+    assert buffer.block == HELD_OUT_BLOCK
+    assert len(buffer.held_out.X) == 2000 and len(buffer.train.X) == 18000
+    n = 5000
+    for k in range(n):
+        buffer.add(np.array([float(k)]), np.array([0]))
+    held = np.sort(buffer.held_out_rows()[0][:, 0]).astype(int)
+    assert len(held) == n // 10  # still a tenth of the stream
+    runs = np.split(held, np.flatnonzero(np.diff(held) != 1) + 1)
+    assert [len(run) for run in runs] == [HELD_OUT_BLOCK] * (n // (10 * HELD_OUT_BLOCK))
+    assert [int(run[0]) for run in runs] == list(range(HELD_OUT_BLOCK, n, 10 * HELD_OUT_BLOCK))
+    # The first examples train (learning starts at once); the first block held out is the second.
+    assert buffer.train.X[0, 0] == 0.0
+    held_set = set(held.tolist())
+    neighbours = sum(1 for k in held_set if k - 1 not in held_set or k + 1 not in held_set)
+    assert neighbours == 2 * len(runs)  # only block edges touch training rows
+
+
+def test_a_small_held_out_ring_gets_shorter_blocks_so_it_spans_several_stretches():
+    buffer = ReplayBuffer(200, 1, 1, held_out_every=10)  # 20 held-out rows
+    assert buffer.block == 20 // HELD_OUT_MIN_BLOCKS
+    for k in range(2000):
+        buffer.add(np.array([float(k)]), np.array([0]))
+    held = np.sort(buffer.held_out_rows()[0][:, 0]).astype(int)
+    assert len(np.split(held, np.flatnonzero(np.diff(held) != 1) + 1)) == HELD_OUT_MIN_BLOCKS
+    assert ReplayBuffer(2, 1, 1).block == 1
+
+
+def test_the_buffer_counts_the_positives_of_the_training_rows_it_holds():
+    buffer = ReplayBuffer(40, 1, 3, held_out_every=4, held_out_block=2)
+    rng = np.random.default_rng(0)
+    for _ in range(333):  # wraps the training ring many times
+        buffer.add(rng.normal(size=1), (rng.random(3) < [0.05, 0.3, 0.0]).astype(np.uint8))
+    positives, count = buffer.label_counts()
+    assert count == len(buffer.train.X) == 30
+    assert positives.tolist() == buffer.train.Y.sum(axis=0).tolist()
+
+
+def test_balanced_weights_are_the_offline_rule_from_counts():
+    Y = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]] * 10)
+    expected = balanced_pos_weight(Y, 20.0)
+    assert balanced_weights(Y.sum(axis=0), len(Y), 20.0).tolist() == expected.tolist()
+    assert expected.tolist() == [3.0, 1.0, 1.0]  # 30/10; no positives -> 1; 10/30 -> 1
+    assert balanced_weights(np.array([1.0]), 1000, 20.0).tolist() == [20.0]  # clipped
+
+
+def test_the_online_loss_weighs_rare_positives_by_the_buffer_balance():
+    model = fresh_model()
+    trainer = OnlineTrainer(model, 'adam', 1e-2, batch_size=16, buffer_size=400)
+    X, Y = separable_examples(400)
+    Y[:, 0] = 0
+    Y[::8, 0] = 1  # pole in one example of 8
+    for x, y in zip(model.normalise(X), Y):
+        trainer.add_example(x, y)
+    trainer.train_steps(1)
+    positives, count = trainer.buffer.label_counts()
+    expected = np.clip((count - positives) / positives, 1.0, 20.0)
+    assert trainer.pos_weight == pytest.approx(expected)
+    assert trainer.pos_weight[0] == pytest.approx(7.0, rel=0.2)
+    before = trainer.pos_weight.copy()
+    trainer.buffer.train.positives[0] = 1.0  # refreshed only every POS_WEIGHT_REFRESH_STEPS
+    trainer.train_steps(POS_WEIGHT_REFRESH_STEPS - 1)
+    assert trainer.pos_weight.tolist() == before.tolist()
+    trainer.train_steps(1)
+    assert trainer.pos_weight[0] == 20.0
+    assert trainer.snapshot().metadata['online_training']['pos_weight'][0] == 20.0
+    plain = OnlineTrainer(model, pos_weight='none')
+    assert plain.pos_weight is None and plain.refresh_pos_weight() is None
 
 
 def test_online_training_learns_on_a_private_copy_and_snapshots_are_independent():
@@ -208,3 +285,7 @@ def test_bad_settings_are_refused():
         OnlineTrainer(fresh_model(), batch_size=0)
     with pytest.raises(ValueError, match='capacity'):
         ReplayBuffer(1, 2, 3)
+    with pytest.raises(ValueError, match='held_out_block'):
+        ReplayBuffer(100, 2, 3, held_out_block=0)
+    with pytest.raises(ValueError, match='pos_weight'):
+        OnlineTrainer(fresh_model(), pos_weight='inverse')

@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(PY) -m obstacle_classifier.demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_nn.py
+	$(PY) benchmarks/bench_nn.py --results benchmarks/results.md
 
 # The shipped model: simulate six worlds, train, tune thresholds, score on a held-out world.
 default-model: $(STAMP)

@@ -19,7 +19,15 @@ keeps its output, which is also the prediction the caller holds. For the brief's
 floor of ``n * (2h + c)`` values per step. An activation whose output is not kept downstream (e.g.
 the last layer before a loss) can be built with ``keep='mask'`` to hold a bool mask instead.
 
-Inputs are never modified in place: callers may pass views of their own data.
+Inputs are never modified in place: callers may pass views of their own data. Every array a
+layer returns is new (never a buffer reused by a later call), so callers may keep it.
+
+Subnormal gradients. The input gradients that ``Linear`` and ``Sigmoid`` return have their
+subnormal entries (0 < |g| < finfo.tiny) set to zero, as a CPU in flush-to-zero mode would:
+saturated float32 outputs make thousands of them per step, and every one that enters a matrix
+product costs OpenBLAS a microcode assist (30-90x slower products; benchmarks/results.md). The
+change is below 1.2e-38 (float32) or 2.2e-308 (float64) per value. Parameter gradients are
+returned as computed.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .functional import sigmoid
+from .functional import flush_subnormals_, select, sigmoid
 
 RngLike = Union[None, int, np.random.Generator]
 
@@ -45,6 +53,13 @@ def _as_batch(X: np.ndarray, width: int, dtype: np.dtype, where: object) -> np.n
     if X.dtype != dtype:
         X = X.astype(dtype)
     return X
+
+
+def _select_new(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A new array ``where(mask, values, 0)``: the branch-free select for float32/float64."""
+    if values.dtype not in (np.float32, np.float64):
+        return np.where(mask, values, values.dtype.type(0))
+    return select(values, mask, np.empty(values.shape, values.dtype))
 
 
 def _check_grad(grad_out: np.ndarray, shape: tuple, dtype: np.dtype,
@@ -164,7 +179,10 @@ class Linear(Layer):
             raise self._missing_cache()
         grad_out = _check_grad(grad_out, (X.shape[0], self.d_out), self.W.dtype, self)
         grad_W = X.T @ grad_out
-        grad_in = grad_out @ self.W.T if self.needs_input_grad else None
+        grad_in = None
+        if self.needs_input_grad:
+            grad_in = grad_out @ self.W.T
+            flush_subnormals_(grad_in)
         self._X = None
         if self.b is None:
             return grad_in, grad_W
@@ -206,9 +224,8 @@ class _Rectifier(Layer):
         if X.ndim != 2 or X.shape[1] != self.h:
             raise ValueError(f'{self!r} expects an array of shape (n, {self.h}), got {X.shape}')
         mask = X > self.knee
-        # Select, do not multiply by the mask: -inf * False would be NaN. np.where is also far
-        # cheaper than a masked (where=) ufunc.
-        out = np.where(mask, X, X.dtype.type(0))
+        # Select, do not multiply by the mask: -inf * False would be NaN (NaN inputs give 0).
+        out = _select_new(X, mask)
         if self.gain != 1.0:
             out *= self.gain
         if self.training:
@@ -222,7 +239,7 @@ class _Rectifier(Layer):
             raise self._missing_cache()
         grad_out = _check_grad(grad_out, kept.shape, grad_out.dtype, self)
         mask = kept if kept.dtype == np.bool_ else kept > 0
-        grad_in = np.where(mask, grad_out, grad_out.dtype.type(0))
+        grad_in = _select_new(grad_out, mask)
         if self.gain != 1.0:
             grad_in *= self.gain
         self._kept = None
@@ -284,6 +301,7 @@ class Sigmoid(Layer):
         grad_in = 1 - P
         grad_in *= P
         grad_in *= grad_out
+        flush_subnormals_(grad_in)
         self._out = None
         return (grad_in,)
 

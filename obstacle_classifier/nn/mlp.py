@@ -14,12 +14,14 @@ sigmoid that the offline trainer uses for a stable loss.
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .functional import sigmoid
-from .layers import Layer, Linear, ReLU, RngLike, ScaledReLU, Sigmoid, cached_nbytes
+from .functional import flush_subnormals_, select, sigmoid
+from .layers import (Layer, Linear, ReLU, RngLike, ScaledReLU, Sigmoid, _as_batch, _Rectifier,
+                     cached_nbytes)
 from .losses import get_grad_log_loss
 
 ACTIVATIONS = {'scaled_relu': ScaledReLU, 'relu': ReLU}
@@ -58,7 +60,20 @@ class Network:
                 self.single_step_sgd(X_train[b_idx:b_idx + bs], Y_train[b_idx:b_idx + bs], lr=lr)
 
     def single_step_sgd(self, X: np.ndarray, Y: np.ndarray, lr: float = 0.1) -> None:
-        """One step of batched SGD on the mean negative log-likelihood. X (n, d), Y (n, c)."""
+        """One step of batched SGD on the mean negative log-likelihood. X (n, d), Y (n, c).
+
+        For the usual chain (Linear, rectifier, ..., Linear, Sigmoid, all in training mode)
+        this runs :meth:`_fused_sgd_step`: the same arithmetic, bit for bit, as the layer loop
+        below (a test holds it), in preallocated buffers. Anything else takes the layer loop.
+        """
+        chain = self._fused_chain()
+        if chain is not None:
+            self._fused_sgd_step(X, Y, float(lr), *chain)
+            return
+        self._layerwise_sgd_step(X, Y, lr)
+
+    def _layerwise_sgd_step(self, X: np.ndarray, Y: np.ndarray, lr: float = 0.1) -> None:
+        """The brief's step: forward through the layers, then backward and update each."""
         Y_hat = self.forward(X)
         loss_nabla_O = get_grad_log_loss(Y, Y_hat)
         for layer in self.layers[::-1]:  # backward pass reverses layers
@@ -88,7 +103,46 @@ class Network:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Inference: (n, d) -> (n, c) or (d,) -> (c,). Keeps nothing, changes no state, so it
-        may run while another thread holds a different model object."""
+        may run while another thread holds a different model object. The returned array is
+        new on every call (the caller may keep it).
+
+        A single vector (d,) already in the network's dtype takes the preallocated fast path
+        (:meth:`predict_proba_into`), bit for bit the same result; other inputs are converted.
+        """
+        if type(X) is np.ndarray and X.ndim == 1:
+            infer = self._single_inference()
+            if infer is not None and X.dtype == infer.dtype and X.shape == infer.x_shape:
+                out = np.empty(infer.out_shape, infer.dtype)
+                if infer.run(X, out):
+                    return out
+        return self._predict_proba_layerwise(X)
+
+    def predict_proba_into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fast single-example inference: probabilities of ``x`` (d,) written into ``out`` (c,).
+
+        ``x`` must be a (d,) array in the network's dtype and ``out`` a writeable, C-contiguous
+        (c,) array of that dtype (the caller owns it; nothing else is written there). Returns
+        ``out``. Bit for bit the same as ``predict_proba(x)``. Skips the per-layer validation
+        (shapes and dtype are checked once here) and allocates nothing; buffers are private to
+        this network object, guarded so that concurrent calls from two threads stay correct.
+        """
+        infer = self._single_inference()
+        if infer is None:
+            out[...] = self._predict_proba_layerwise(x)
+            return out
+        if (type(x) is not np.ndarray or x.dtype != infer.dtype or x.shape != infer.x_shape
+                or out.dtype != infer.dtype or out.shape != infer.out_shape
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f'predict_proba_into expects x of shape {infer.x_shape} and out of '
+                             f'shape {infer.out_shape}, both {infer.dtype}; got x '
+                             f'{getattr(x, "shape", None)} {getattr(x, "dtype", None)}, out '
+                             f'{out.shape} {out.dtype}')
+        if not infer.run(x, out):  # another thread is using the buffers right now
+            out[...] = self._predict_proba_layerwise(x)
+        return out
+
+    def _predict_proba_layerwise(self, X: np.ndarray) -> np.ndarray:
+        """The general inference path: the layers' own forward, in inference mode."""
         X = np.asarray(X)
         single = X.ndim == 1
         out = X[None, :] if single else X
@@ -135,6 +189,146 @@ class Network:
         """Bytes currently held for backward, shared buffers counted once; arrays sharing memory
         with ``exclude`` (e.g. the input batch, referenced not copied) are not counted."""
         return cached_nbytes(self.layers, tuple(exclude))
+
+    # -- fast paths: preallocated buffers, the layers' arithmetic unchanged ------------------
+    def _fused_chain(self) -> Optional[tuple[list[Linear], list[_Rectifier]]]:
+        """(linears, rectifiers) if the layers are Linear, (rectifier, Linear)*, Sigmoid, all
+        with a bias, one float dtype and in training mode; otherwise None (take the layer
+        loop). Checked on every call: a caller may swap a layer or switch modes at any time."""
+        layers = self.layers
+        if len(layers) < 2 or len(layers) % 2 or type(layers[-1]) is not Sigmoid:
+            return None
+        linears = layers[0:-1:2]
+        rectifiers = layers[1:-1:2]
+        dtype = linears[0].W.dtype
+        if dtype not in (np.float32, np.float64):
+            return None
+        for linear in linears:
+            if type(linear) is not Linear or linear.b is None or linear.W.dtype != dtype \
+                    or linear.b.dtype != dtype or not linear.training:
+                return None
+        for rectifier in rectifiers:
+            if not isinstance(rectifier, _Rectifier) or not rectifier.training:
+                return None
+        return (linears, rectifiers) if layers[-1].training else None
+
+    def _fused_sgd_step(self, X: np.ndarray, Y: np.ndarray, lr: float, linears: list[Linear],
+                        rectifiers: list[_Rectifier]) -> None:
+        """One SGD step of the brief's loss with every intermediate in a preallocated buffer.
+
+        The operations are those of Linear/rectifier/Sigmoid.forward, get_grad_log_loss and
+        the layers' backward and update_params_, in the same order on the same operands, so
+        the parameters come out bit for bit as from :meth:`_layerwise_sgd_step`. Differences
+        that do not change a bit: the sigmoid's output gradient and the log-loss gradient
+        share ``(1 - P) * P`` (computed once instead of twice); the rectifier masks are kept
+        from the forward pass instead of recomputed from the outputs (``out > 0`` exactly
+        where ``x > knee``); the first layer's input gradient (dL/dX of the data) is not
+        computed, since nothing uses it. Held between forward and backward: the rectifier
+        outputs (n, h) each and P (n, c), the checkpointing floor; the bool masks are 1 byte
+        per hidden value on top.
+        """
+        first = linears[0]
+        dtype = first.W.dtype
+        X = _as_batch(X, first.d_in, dtype, first)
+        n = X.shape[0]
+        Y = np.asarray(Y)
+        if Y.shape != (n, linears[-1].d_out):
+            raise ValueError(f'get_grad_log_loss: targets of shape {Y.shape} do not match '
+                             f'predictions of shape {(n, linears[-1].d_out)}')
+        Y = Y.astype(dtype, copy=False)
+        work = self._training_workspace(n, dtype, linears)
+        for layer in self.layers:
+            layer.clear_cache()
+        matmul, add, multiply, subtract = np.matmul, np.add, np.multiply, np.subtract
+
+        # forward: Z = A @ W + b in place, then the rectifier in place (Z is not kept)
+        inputs = [X]
+        for index, linear in enumerate(linears):
+            Z = work.outputs[index]
+            matmul(inputs[-1], linear.W, out=Z)
+            add(Z, linear.b, out=Z)
+            if index < len(rectifiers):
+                rectifier = rectifiers[index]
+                mask = work.masks[index]
+                np.greater(Z, rectifier.knee, out=mask)
+                select(Z, mask, Z)
+                if rectifier.gain != 1.0:
+                    multiply(Z, rectifier.gain, out=Z)
+            inputs.append(Z)
+        P, shared, grad = work.P, work.shared, work.grad_logits
+        with np.errstate(under='ignore'):
+            sigmoid(inputs[-1], out=P, scratch=work.sigmoid_scratch)
+
+        # get_grad_log_loss then Sigmoid.backward: (1 - P) P (P - Y) / ((1 - P) P + eps) / n
+        subtract(1, P, out=shared)
+        multiply(shared, P, out=shared)
+        denom = work.denom
+        add(shared, 1e-8, out=denom)
+        subtract(P, Y, out=grad)
+        np.divide(grad, denom, out=grad)
+        multiply(grad, 1.0 / n, out=grad)
+        multiply(shared, grad, out=grad)
+        flush_subnormals_(grad, *work.flush_scratch[-1])
+
+        # backward and update, last layer first
+        for index in range(len(linears) - 1, -1, -1):
+            linear = linears[index]
+            grad_W, grad_b = work.grad_W[index], work.grad_b[index]
+            matmul(inputs[index].T, grad, out=grad_W)
+            np.sum(grad, axis=0, out=grad_b)
+            grad_in = None
+            if index > 0:
+                grad_in = work.grad_hidden[index - 1]
+                matmul(grad, linear.W.T, out=grad_in)
+                flush_subnormals_(grad_in, *work.flush_scratch[index - 1])
+            multiply(grad_W, lr, out=grad_W)
+            subtract(linear.W, grad_W, out=linear.W)
+            multiply(grad_b, lr, out=grad_b)
+            subtract(linear.b, grad_b, out=linear.b)
+            if grad_in is not None:
+                rectifier = rectifiers[index - 1]
+                select(grad_in, work.masks[index - 1], grad_in)
+                if rectifier.gain != 1.0:
+                    multiply(grad_in, rectifier.gain, out=grad_in)
+                grad = grad_in
+
+    def _training_workspace(self, n: int, dtype: np.dtype,
+                            linears: list[Linear]) -> '_TrainingWorkspace':
+        """The buffers for batches of ``n`` rows (kept for the two most recent batch sizes:
+        full batches and an epoch's last, shorter one)."""
+        key = (n, dtype, tuple((linear.d_in, linear.d_out) for linear in linears))
+        cache = self.__dict__.setdefault('_workspaces', {})
+        work = cache.get(key)
+        if work is None:
+            if len(cache) >= 2:
+                cache.pop(next(iter(cache)))
+            work = cache[key] = _TrainingWorkspace(n, dtype, linears)
+        return work
+
+    def workspace_nbytes(self) -> int:
+        """Bytes in the fast paths' preallocated buffers (training and single inference)."""
+        total = sum(work.nbytes() for work in self.__dict__.get('_workspaces', {}).values())
+        infer = self.__dict__.get('_inference')
+        return total + (infer.nbytes() if infer is not None else 0)
+
+    def _single_inference(self) -> Optional['_SingleInference']:
+        """The single-example inference buffers, rebuilt if the layers or weights changed
+        identity, shape or dtype; None if the layers are not the supported chain."""
+        infer = self.__dict__.get('_inference')
+        if infer is not None and infer.matches(self.layers):
+            return infer
+        chain = _inference_chain(self.layers)
+        if chain is None:
+            return None
+        infer = self.__dict__['_inference'] = _SingleInference(self.layers, *chain)
+        return infer
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the fast paths' buffers (and their lock) behind."""
+        state = self.__dict__.copy()
+        state.pop('_workspaces', None)
+        state.pop('_inference', None)
+        return state
 
 
 class MLP(Network):
@@ -199,3 +393,122 @@ def _check_dtype(dtype) -> np.dtype:
     if dtype not in (np.float32, np.float64):
         raise ValueError(f'dtype must be float32 or float64, got {dtype}')
     return dtype
+
+
+class _TrainingWorkspace:
+    """Buffers for one fused SGD step on batches of n rows (shapes in the comments)."""
+
+    def __init__(self, n: int, dtype: np.dtype, linears: list[Linear]) -> None:
+        widths = [linear.d_out for linear in linears]
+        hidden = widths[:-1]
+        c = widths[-1]
+        bits = np.int32 if dtype == np.float32 else np.int64
+        self.outputs = [np.empty((n, w), dtype) for w in widths]  # rectifier outputs; logits
+        self.masks = [np.empty((n, w), np.bool_) for w in hidden]  # x > knee, per rectifier
+        self.grad_hidden = [np.empty((n, w), dtype) for w in hidden]  # dL/d(rectifier output)
+        self.grad_W = [np.empty_like(linear.W) for linear in linears]
+        self.grad_b = [np.empty_like(linear.b) for linear in linears]
+        self.P = np.empty((n, c), dtype)  # probabilities
+        self.sigmoid_scratch = np.empty((n, c), dtype)
+        self.shared = np.empty((n, c), dtype)  # (1 - P) P
+        self.denom = np.empty((n, c), dtype)
+        self.grad_logits = np.empty((n, c), dtype)
+        # (bits, bool) scratch for flushing subnormals: one pair per hidden width, then (n, c)
+        self.flush_scratch = [(np.empty((n, w), bits), np.empty((n, w), np.bool_))
+                              for w in hidden + [c]]
+
+    def nbytes(self) -> int:
+        arrays = (self.outputs + self.masks + self.grad_hidden + self.grad_W + self.grad_b
+                  + [self.P, self.sigmoid_scratch, self.shared, self.denom, self.grad_logits]
+                  + [a for pair in self.flush_scratch for a in pair])
+        return sum(a.nbytes for a in arrays)
+
+
+def _inference_chain(layers: list[Layer]) -> Optional[tuple[list[Linear], list[_Rectifier]]]:
+    """(linears, rectifiers) for Linear, (rectifier, Linear)*, Sigmoid with biases and one
+    float dtype (training mode does not matter: inference keeps nothing); else None."""
+    if len(layers) < 2 or len(layers) % 2 or type(layers[-1]) is not Sigmoid:
+        return None
+    linears, rectifiers = layers[0:-1:2], layers[1:-1:2]
+    dtype = linears[0].W.dtype
+    if dtype not in (np.float32, np.float64):
+        return None
+    if any(type(linear) is not Linear or linear.b is None or linear.W.dtype != dtype
+           or linear.b.dtype != dtype for linear in linears):
+        return None
+    if any(not isinstance(rectifier, _Rectifier) for rectifier in rectifiers):
+        return None
+    return linears, rectifiers
+
+
+class _SingleInference:
+    """Preallocated single-example forward pass, (d,) -> (c,), with the general path's ops.
+
+    The general path runs (1, d) @ W (a one-row matrix product; a (d,) @ W vector product may
+    round differently), adds b, applies the rectifier (select, then gain) and the sigmoid; so
+    does this, into (1, width) buffers. Weights are read from the layers on every call (they
+    are updated in place by training), so nothing here goes stale; the buffers are rebuilt
+    only if a layer or a weight array is replaced.
+    """
+
+    def __init__(self, layers: list[Layer], linears: list[Linear],
+                 rectifiers: list[_Rectifier]) -> None:
+        self.layers = list(layers)
+        self.weights = [(linear.W, linear.b) for linear in linears]
+        self.dtype = linears[0].W.dtype
+        self.x_shape = (linears[0].d_in,)
+        self.out_shape = (linears[-1].d_out,)
+        self.buffers = [np.empty((1, linear.d_out), self.dtype) for linear in linears]
+        self.masks = [np.empty((1, rectifier.h), np.bool_) for rectifier in rectifiers]
+        self.steps = [(linear.W, linear.b, buffer, mask, rectifier.knee, rectifier.gain)
+                      for linear, buffer, mask, rectifier in zip(linears, self.buffers,
+                                                                 self.masks, rectifiers)]
+        self.last_W, self.last_b = linears[-1].W, linears[-1].b
+        c = self.out_shape[0]
+        self.scratch = np.empty((1, c), self.dtype)
+        self.negative = np.empty((1, c), np.bool_)
+        self.lock = threading.Lock()
+
+    def matches(self, layers: list[Layer]) -> bool:
+        """True while the network still has the same layer and weight objects."""
+        if len(layers) != len(self.layers):
+            return False
+        if any(mine is not theirs for mine, theirs in zip(self.layers, layers)):
+            return False
+        return all(linear.W is W and linear.b is b
+                   for linear, (W, b) in zip(layers[0::2], self.weights))
+
+    def run(self, x: np.ndarray, out: np.ndarray) -> bool:
+        """Write sigmoid(logits(x)) into ``out`` (c,); False (nothing done) if another thread
+        holds the buffers."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            matmul, add, multiply = np.matmul, np.add, np.multiply
+            row = x.reshape(1, -1)
+            for W, b, buffer, mask, knee, gain in self.steps:
+                matmul(row, W, out=buffer)
+                add(buffer, b, out=buffer)
+                np.greater(buffer, knee, out=mask)
+                select(buffer, mask, buffer)
+                if gain != 1.0:
+                    multiply(buffer, gain, out=buffer)
+                row = buffer
+            logits = self.buffers[-1]
+            matmul(row, self.last_W, out=logits)
+            add(logits, self.last_b, out=logits)
+            # sigmoid(), inlined: e = exp(-|z|); 1 / (1 + e), times e where z < 0
+            e, probs = self.scratch, out.reshape(1, -1)
+            with np.errstate(under='ignore'):
+                np.copysign(logits, -1, out=e)
+                np.exp(e, out=e)
+                add(e, 1, out=probs)
+                np.reciprocal(probs, out=probs)
+                np.less(logits, 0, out=self.negative)
+                multiply(probs, e, out=probs, where=self.negative)
+            return True
+        finally:
+            self.lock.release()
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.buffers + self.masks + [self.scratch, self.negative])

@@ -1,0 +1,216 @@
+"""The fast paths (fused SGD step, preallocated single-example inference, branch-free select,
+subnormal flushing) against the general layer-by-layer path: bit for bit, in float32 and
+float64, and safe to keep their outputs."""
+import copy
+import threading
+
+import numpy as np
+import pytest
+
+from obstacle_classifier.nn import MLP, LinearClassifier, Linear, ReLU, ScaledReLU, Sigmoid
+from obstacle_classifier.nn.functional import FLUSH_MIN_ELEMENTS, flush_subnormals_, select
+
+DTYPES = [np.float32, np.float64]
+
+
+def _data(n, d, c, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, d)) * 2).astype(dtype)
+    Y = (rng.random((n, c)) < 0.3).astype(dtype)
+    return X, Y
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('activation', ['scaled_relu', 'relu'])
+@pytest.mark.parametrize('shape', [(5, 7, 3), (16, 64, 8), (8, 200, 4)])
+def test_fused_step_equals_the_layer_loop_bit_for_bit(dtype, activation, shape):
+    d, h, c = shape
+    X, Y = _data(230, d, c, dtype)
+    fused = MLP(d, h, c, dtype=dtype, activation=activation, rng=1)
+    layerwise = MLP(d, h, c, dtype=dtype, activation=activation, rng=1)
+    for lr in (0.1, 0.5):  # lr 0.5 drives outputs into saturation: tiny gradients too
+        for start in range(0, len(X), 100):  # the last batch is shorter: a second workspace
+            fused.single_step_sgd(X[start:start + 100], Y[start:start + 100], lr=lr)
+            layerwise._layerwise_sgd_step(X[start:start + 100], Y[start:start + 100], lr=lr)
+    for ours, general in zip(fused.parameters(), layerwise.parameters()):
+        assert ours.dtype == dtype
+        assert np.array_equal(ours, general)
+    assert fused.cached_nbytes() == 0
+
+
+def test_fused_step_matches_the_layer_loop_with_float64_inputs_to_a_float32_model():
+    X, Y = _data(100, 6, 3, np.float64)
+    fused, layerwise = MLP(6, 9, 3, dtype=np.float32, rng=2), MLP(6, 9, 3, dtype=np.float32, rng=2)
+    fused.single_step_sgd(X, Y)
+    layerwise._layerwise_sgd_step(X, Y)
+    assert all(np.array_equal(a, b) for a, b in zip(fused.parameters(), layerwise.parameters()))
+
+
+def test_fused_step_flushes_like_the_layers_in_a_wide_float32_network():
+    """Wide enough for the (n, h) flush, pushed into saturation so subnormals really occur."""
+    d, h, c = 32, 256, 16
+    X, Y = _data(100, d, c, np.float32, seed=3)
+    X *= 4
+    fused, layerwise = (MLP(d, h, c, dtype=np.float32, rng=3) for _ in range(2))
+    assert 100 * h >= FLUSH_MIN_ELEMENTS
+    for _ in range(6):
+        fused.single_step_sgd(X, Y, lr=0.5)
+        layerwise._layerwise_sgd_step(X, Y, lr=0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(fused.parameters(), layerwise.parameters()))
+
+
+def test_linear_classifier_and_other_chains_take_a_correct_path():
+    X, Y = _data(50, 4, 2, np.float64)
+    fused, layerwise = LinearClassifier(4, 2, rng=0), LinearClassifier(4, 2, rng=0)
+    fused.single_step_sgd(X, Y)
+    layerwise._layerwise_sgd_step(X, Y)
+    assert all(np.array_equal(a, b) for a, b in zip(fused.parameters(), layerwise.parameters()))
+    odd = MLP(4, 5, 2, rng=0)
+    odd.layers[1] = ReLU(5)  # a swapped layer is fine: the chain is checked on every call
+    odd.single_step_sgd(X, Y)
+    # a Linear without bias is not the supported chain: the layer loop runs it
+    odd.layers = [Linear(4, 5, bias=False, rng=0), ReLU(5), Linear(5, 2, rng=0), Sigmoid(2)]
+    assert odd._fused_chain() is None
+    before = odd.layers[0].W.copy()
+    odd.single_step_sgd(X, Y)
+    assert not np.array_equal(before, odd.layers[0].W)
+
+
+def test_fused_step_rejects_what_the_layer_loop_rejects():
+    model = MLP(3, 4, 2, rng=0)
+    with pytest.raises(ValueError, match=r'\(n, 3\)'):
+        model.single_step_sgd(np.zeros((5, 4)), np.zeros((5, 2)))
+    with pytest.raises(ValueError, match='targets of shape'):
+        model.single_step_sgd(np.zeros((5, 3)), np.zeros((4, 2)))
+    model.eval()  # inference mode: backward is an error, as in the layer loop
+    with pytest.raises(RuntimeError, match='training-mode forward'):
+        model.single_step_sgd(np.zeros((5, 3)), np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('activation', ['scaled_relu', 'relu'])
+def test_single_example_fast_path_equals_the_general_path_bit_for_bit(dtype, activation):
+    model = MLP(16, 64, 8, dtype=dtype, activation=activation, rng=4)
+    X, _ = _data(200, 16, 8, dtype, seed=4)
+    X[:50] *= 30  # saturated outputs (probabilities 0 and 1) and large logits
+    out = np.empty(8, dtype)
+    for x in X:
+        expected = model._predict_proba_layerwise(x)
+        assert np.array_equal(model.predict_proba(x), expected)
+        assert model.predict_proba_into(x, out) is out
+        assert np.array_equal(out, expected)
+        assert out.dtype == dtype
+
+
+def test_single_example_fast_path_follows_weights_updated_in_place_and_replaced():
+    model = MLP(6, 10, 3, rng=5)
+    x = np.random.default_rng(5).standard_normal(6)
+    before = model.predict_proba(x)
+    model.single_step_sgd(np.tile(x, (4, 1)), np.ones((4, 3)), lr=1.0)  # in-place update
+    assert np.array_equal(model.predict_proba(x), model._predict_proba_layerwise(x))
+    assert not np.array_equal(model.predict_proba(x), before)
+    model.layers[2].W = model.layers[2].W * 2  # a replaced array rebuilds the buffers
+    assert np.array_equal(model.predict_proba(x), model._predict_proba_layerwise(x))
+
+
+def test_predict_proba_returns_a_new_array_each_call():
+    model = MLP(6, 10, 3, rng=6)
+    rng = np.random.default_rng(6)
+    x1, x2 = rng.standard_normal(6), rng.standard_normal(6)
+    p1 = model.predict_proba(x1)
+    kept = p1.copy()
+    p2 = model.predict_proba(x2)
+    assert p1 is not p2 and not np.shares_memory(p1, p2)
+    assert np.array_equal(p1, kept)  # the second call did not overwrite the first result
+    batch = model.predict_proba(np.stack([x1, x2]))
+    assert not np.shares_memory(batch, p2)
+
+
+def test_predict_proba_other_inputs_take_the_general_path():
+    model = MLP(6, 10, 3, dtype=np.float32, rng=7)
+    x = np.random.default_rng(7).standard_normal(6)  # float64 into a float32 model
+    assert model.predict_proba(x).dtype == np.float32
+    assert np.array_equal(model.predict_proba(x), model.predict_proba(x.astype(np.float32)))
+    assert model.predict_proba(list(x)).shape == (3,)
+    with pytest.raises(ValueError):
+        model.predict_proba(np.zeros(5))
+
+
+def test_predict_proba_into_checks_its_arguments():
+    model = MLP(6, 10, 3, rng=8)
+    x = np.zeros(6)
+    with pytest.raises(ValueError, match='predict_proba_into'):
+        model.predict_proba_into(x.astype(np.float32), np.empty(3))
+    with pytest.raises(ValueError, match='predict_proba_into'):
+        model.predict_proba_into(x, np.empty(4))
+    with pytest.raises(ValueError, match='predict_proba_into'):
+        model.predict_proba_into(x, np.empty(6)[::2])  # not contiguous
+
+
+def test_copies_leave_the_buffers_behind_and_stay_independent():
+    model = MLP(6, 10, 3, rng=9)
+    X, Y = _data(100, 6, 3, np.float64, seed=9)
+    model.single_step_sgd(X, Y)
+    model.predict_proba(X[0])
+    assert model.workspace_nbytes() > 0
+    clone = copy.deepcopy(model)
+    assert clone.workspace_nbytes() == 0
+    clone.single_step_sgd(X, Y)
+    assert not np.array_equal(clone.layers[0].W, model.layers[0].W)
+    assert np.array_equal(model.predict_proba(X[0]), model._predict_proba_layerwise(X[0]))
+
+
+def test_two_threads_on_one_network_get_correct_results():
+    model = MLP(8, 32, 4, rng=10)
+    X = np.random.default_rng(10).standard_normal((300, 8))
+    expected = [model._predict_proba_layerwise(x) for x in X]
+    failures = []
+
+    def worker():
+        for x, want in zip(X, expected):
+            if not np.array_equal(model.predict_proba(x), want):
+                failures.append(x)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_select_is_where_bit_for_bit_including_infinities_and_nan(dtype):
+    values = np.array([[-np.inf, np.inf, np.nan, -0.0, 3.0, -2.5, 1e-40, 7.0]], dtype)
+    mask = np.array([[True, True, True, True, False, True, False, True]])
+    expected = np.where(mask, values, dtype(0))
+    got = select(values, mask, np.empty_like(values))
+    assert np.array_equal(got.view(np.uint8), expected.view(np.uint8))
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((50, 40)).astype(dtype)
+    mask = values > 0.3
+    assert np.array_equal(select(values, mask, values.copy()), np.where(mask, values, 0))
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_flush_zeroes_subnormals_only(dtype):
+    tiny = np.finfo(dtype).tiny
+    special = np.array([tiny / 4, -tiny / 2, tiny, -tiny, 1.0, np.nan, -np.inf, 0.0], dtype)
+    a = np.resize(special, FLUSH_MIN_ELEMENTS)
+    flushed = flush_subnormals_(a.copy())
+    subnormal = (a != 0) & (np.abs(a) < tiny)
+    assert np.all(flushed[subnormal] == 0)
+    kept = ~subnormal
+    assert np.array_equal(flushed[kept], a[kept], equal_nan=True)
+    small = special.copy()
+    assert flush_subnormals_(small) is small and np.array_equal(small, special, equal_nan=True)
+
+
+def test_layers_return_new_arrays_that_later_calls_do_not_touch():
+    rng = np.random.default_rng(11)
+    for layer in (Linear(4, 4, rng=0), ScaledReLU(4), ReLU(4), Sigmoid(4)):
+        X1, X2 = rng.standard_normal((3, 4)) + 1, rng.standard_normal((3, 4)) + 1
+        out1 = layer.eval().forward(X1)
+        kept = out1.copy()
+        out2 = layer.forward(X2)
+        assert not np.shares_memory(out1, out2) and np.array_equal(out1, kept)

@@ -179,11 +179,14 @@ class Trainer:
     def step(self, X: np.ndarray, Y: np.ndarray) -> Optional[float]:
         """One update; returns the batch loss, or None if the update was discarded because the
         loss or a gradient was not finite (the weights are then left untouched)."""
-        if self.loss_kind == 'brief':
-            value, grads = self._brief_gradients(X, Y)
-        else:
-            value = self.loss.forward(self.network.logits(X), Y)
-            grads = self.network.backward_logits(self.loss.backward())
+        # Overflow and inf - inf are expected on a diverging batch and are caught below by
+        # value, not as warnings (which a process running with -W error would raise mid-step).
+        with np.errstate(over='ignore', invalid='ignore'):
+            if self.loss_kind == 'brief':
+                value, grads = self._brief_gradients(X, Y)
+            else:
+                value = self.loss.forward(self.network.logits(X), Y)
+                grads = self.network.backward_logits(self.loss.backward())
         if not math.isfinite(value) or not all(np.isfinite(g).all() for g in grads):
             self.discarded_steps += 1
             return None

@@ -114,6 +114,21 @@ def test_non_finite_batch_is_discarded_and_weights_kept():
     assert trainer.step(model.normalise(data.X[:32]), data.Y[:32]) is not None
 
 
+def test_an_overflowing_batch_is_discarded_without_a_warning():
+    # Warnings are errors in this suite (as in a node run with -W error): the overflow of a
+    # diverging model must end as a discarded update, not as a RuntimeWarning mid-step.
+    data = _dataset(64)
+    model = train_model(data, TrainConfig(epochs=1, val_fraction=0)).model
+    last = model.network.layers[-2]
+    last.W[...] = 1e308
+    last.b[...] = 1e308
+    trainer = Trainer(model)  # BCE with logits, as online: logits of 1e308 or inf overflow it
+    before = [p.copy() for p in trainer.params]
+    assert trainer.step(model.normalise(data.X), data.Y.astype(np.float64)) is None
+    assert trainer.discarded_steps == 1
+    assert all(np.array_equal(a, b) for a, b in zip(before, trainer.params))
+
+
 def test_balanced_positive_weights():
     Y = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 1]], dtype=np.uint8)
     assert np.array_equal(balanced_pos_weight(Y, 20.0), [3.0, 1.0, 1.0])

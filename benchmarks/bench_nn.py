@@ -6,16 +6,19 @@ repetitions, and what is judged are ratios. Not a test.
 
     .venv/bin/python benchmarks/bench_nn.py [--results benchmarks/results.md] [--quick]
 
-P1  (16, 64, 8), batch 100, float32 and float64: training >= 2x reference, >= 6x PyTorch.
+P1  (16, 64, 8), batch 100, float32 and float64: training >= 2x reference, >= 6x PyTorch; and
+    the ceiling the matrix products alone put on ours/reference.
 P2  (64, 1024, 16), batch 100: training >= 80% of the same matrix products timed alone,
-    >= 1.3x PyTorch; and why float32 is slower than float64 in the reference.
-P3  single-example inference of the (16, 64, 8) network: median <= 5 us, >= 8x PyTorch.
+    >= 1.3x PyTorch; and what makes float32 differ from float64 in the reference.
+P3  single-example inference of the (16, 64, 8) network: median <= 5 us, >= 8x PyTorch; and
+    the floor NumPy's fixed cost per call puts under it (as many bare calls as it makes).
 P5  bytes held for backward per training step = n (2h + c) values.
 Scaling: training samples/s and inference latency against h and batch size, float32, NumPy
 vs PyTorch; a table in the results file and a PNG plot next to it.
 
 BLAS threads are chosen per shape (one thread while the products are small, two above;
-threadpoolctl switches them); PyTorch always has the machine's two threads.
+threadpoolctl switches them before each side's timer starts, never inside it); the NumPy sides
+of one comparison get the same count; PyTorch always has the machine's two threads.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+from threadpoolctl import ThreadpoolController  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,13 +72,30 @@ def blas_threads_for(n: int, h: int) -> int:
     return 1 if n * h * h < 4_000_000 else ARGS.threads
 
 
+#: Made once: building a controller scans every loaded library (about a millisecond with torch
+#: loaded), which inside a timed region would add ~50 us to each of 20 small steps.
+BLAS = ThreadpoolController()
+
+
+def set_blas_threads(threads: int) -> None:
+    """Set the BLAS thread count (kept until the next call); done outside every timed region."""
+    BLAS.limit(limits=threads, user_api='blas')
+
+
 def interleaved_best(sides: dict, repeats: int) -> dict:
-    """Best wall time of each callable, the sides taking turns (one warm-up each)."""
-    for fn in sides.values():
+    """Best wall time of each callable, the sides taking turns (one warm-up each). A side is
+    a callable, or (BLAS threads, callable): the threads are set before its timer starts."""
+    sides = {name: side if isinstance(side, tuple) else (None, side)
+             for name, side in sides.items()}
+    for threads, fn in sides.values():
+        if threads is not None:
+            set_blas_threads(threads)
         fn()
     best = {name: float('inf') for name in sides}
     for _ in range(repeats):
-        for name, fn in sides.items():
+        for name, (threads, fn) in sides.items():
+            if threads is not None:
+                set_blas_threads(threads)
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
@@ -128,11 +148,11 @@ def torch_trainer(d, h, c, dtype, X, Y, batch=BATCH):
 
 
 def numpy_trainer(model, X, Y, threads: int, batch=BATCH):
+    """(BLAS threads, one epoch of SGD steps) for interleaved_best."""
     def run():
-        with threadpool_limits(limits=threads, user_api='blas'):
-            for start in range(0, len(X), batch):
-                model.single_step_sgd(X[start:start + batch], Y[start:start + batch])
-    return run
+        for start in range(0, len(X), batch):
+            model.single_step_sgd(X[start:start + batch], Y[start:start + batch])
+    return threads, run
 
 
 def gemms_alone(d, h, c, n, dtype, threads: int):
@@ -161,10 +181,9 @@ def gemms_alone(d, h, c, n, dtype, threads: int):
 
     def run(steps):
         def loop():
-            with threadpool_limits(limits=threads, user_api='blas'):
-                for _ in range(steps):
-                    step()
-        return loop
+            for _ in range(steps):
+                step()
+        return threads, loop
     return run
 
 
@@ -173,7 +192,7 @@ def verdict(ok: bool) -> str:
 
 
 # ---- P1 and P2 ------------------------------------------------------------------------------
-def training_targets(repeats: int) -> None:
+def training_targets(repeats: int) -> dict:
     say('## P1 / P2: training, batch 100 (best of interleaved repetitions)')
     say()
     say('| (d, h, c) | dtype | BLAS thr. | ours samples/s | reference | torch (2 thr.) | '
@@ -206,12 +225,16 @@ def training_targets(repeats: int) -> None:
         ok = r['ours'] >= 2 * r['ref'] and r['ours'] >= 6 * r['torch']
         say(f'- P1 {dtype}: ours/ref {r["ours"] / r["ref"]:.2f} (>= 2), ours/torch '
             f'{r["ours"] / r["torch"]:.2f} (>= 6): {verdict(ok)}')
+        say(f'  - the eight matrix products alone run at {r["products"] / r["ref"]:.2f}x the '
+            f'reference\'s rate: the most ours/ref could reach with every other NumPy call '
+            f'free; ours runs at {r["ours"] / r["products"]:.0%} of the products\' rate.')
     for dtype in ('float32', 'float64'):
         r = results[(1024, dtype)]
         ok = r['ours'] >= 0.8 * r['products'] and r['ours'] >= 1.3 * r['torch']
         say(f'- P2 {dtype}: ours/products alone {r["ours"] / r["products"]:.0%} (>= 80%), '
             f'ours/torch {r["ours"] / r["torch"]:.2f} (>= 1.3): {verdict(ok)}')
     say()
+    return results
 
 
 # ---- why float32 is slower than float64 in the reference ---------------------------------
@@ -219,8 +242,11 @@ def _subnormal_count(a: np.ndarray) -> int:
     return int(np.count_nonzero((a != 0) & (np.abs(a) < np.finfo(a.dtype).tiny)))
 
 
-def float32_investigation() -> None:
-    say('## Why float32 trains slower than float64 in the reference at (64, 1024, 16)')
+def float32_investigation(training: dict) -> None:
+    """Promotion, subnormals or threading: what makes float32 differ from float64 in the
+    reference at (64, 1024, 16). ``training``: the P1/P2 rates, for the comparison."""
+    say('## float32 against float64 in the reference at (64, 1024, 16): promotion, subnormals, '
+        'threading?')
     say()
     d, h, c, n, steps = 64, 1024, 16, BATCH, 40
     say(f'Subnormal entries in the backward gradients over {steps} steps (batch {n}); '
@@ -228,13 +254,13 @@ def float32_investigation() -> None:
     say()
     say('| dtype | dL/dlogits | dL/dA2 (n, h) | dL/dA1 (n, h) | intermediate dtypes |')
     say('|---|---|---|---|---|')
-    counts = {}
+    counts, intermediates, slowdown = {}, {}, {}
     for dtype in DTYPES:
         X, Y = make_data(d, c, steps * n, dtype)
         ref = ReferenceMLP(d, h, c, rng=0, dtype=dtype)
         totals = np.zeros(3, int)
         seen_dtypes = set()
-        with threadpool_limits(limits=ARGS.threads, user_api='blas'):
+        with BLAS.limit(limits=ARGS.threads, user_api='blas'):
             for start in range(0, len(X), n):
                 out = X[start:start + n]
                 for layer in ref.layers:
@@ -252,6 +278,7 @@ def float32_investigation() -> None:
                 totals += [_subnormal_count(grads_in[0]), _subnormal_count(grads_in[2]),
                            _subnormal_count(grads_in[4])]
         counts[np.dtype(dtype).name] = totals
+        intermediates[np.dtype(dtype).name] = seen_dtypes
         say(f'| {np.dtype(dtype).name} | {totals[0]:,} | {totals[1]:,} | {totals[2]:,} | '
             f'{", ".join(sorted(seen_dtypes))} |')
     say()
@@ -268,14 +295,17 @@ def float32_investigation() -> None:
         G_sub[pick] = np.finfo(dtype).tiny / 8
         out = np.empty((h, h), dtype)
         for threads in (1, ARGS.threads):
-            with threadpool_limits(limits=threads, user_api='blas'):
+            with BLAS.limit(limits=threads, user_api='blas'):
                 best = interleaved_best({
                     'normal': lambda: np.matmul(A.T, G, out=out),
                     'subnormal': lambda: np.matmul(A.T, G_sub, out=out),
                 }, 5)
+            factor = best['subnormal'] / best['normal']
+            name = np.dtype(dtype).name
+            slowdown[name] = max(slowdown.get(name, 0.0), factor)
             say(f'- {np.dtype(dtype).name}, {threads} BLAS thread(s), {fraction:.1%} '
                 f'subnormal: normal {best["normal"] * 1e3:.2f} ms, with subnormals '
-                f'{best["subnormal"] * 1e3:.2f} ms ({best["subnormal"] / best["normal"]:.1f}x)')
+                f'{best["subnormal"] * 1e3:.2f} ms ({factor:.1f}x)')
     say()
     X, Y = make_data(d, c, 3 * n, np.float32)
     sides = {}
@@ -286,15 +316,30 @@ def float32_investigation() -> None:
     say('- BLAS threading, float32 reference (fresh network, 3 steps, few subnormals yet): '
         + ', '.join(f'{k} thread(s) {3 * n / v:,.0f} samples/s' for k, v in best.items()))
     say()
-    say('Finding: not promotion (every intermediate of the float32 reference is float32) and '
-        'not threading (the float32 products alone are faster than float64 with either thread '
-        'count). It is subnormal numbers. Saturated outputs give dL/dlogits as small as '
-        'P^2 / (eps n); in float32 one product with W3^T pushes thousands of such values per '
-        'step below 1.2e-38 (float32\'s smallest normal), and every subnormal operand costs '
-        'OpenBLAS a microcode assist, so the (h, h) products slow down by the factor above. '
-        'float64\'s range reaches 2.2e-308, so the same values stay normal. Ours flushes '
-        'subnormal input gradients to zero (what a CPU in flush-to-zero mode does; the change '
-        'is below 1.2e-38 per value) before they reach a product.')
+    ref32, ref64 = training[(h, 'float32')]['ref'], training[(h, 'float64')]['ref']
+    say(f'Finding, from this run\'s figures: the float32 reference trained '
+        f'{"slower" if ref32 < ref64 else "faster"} than float64 ({ref32:,.0f} against '
+        f'{ref64:,.0f} samples/s in the P1 / P2 table).')
+    say()
+    if intermediates['float32'] == {'float32'}:
+        say('- Promotion: none; every intermediate of the float32 reference is float32.')
+    else:
+        say('- Promotion: the float32 reference computes in '
+            f'{", ".join(sorted(intermediates["float32"]))}.')
+    say(f'- Subnormals: saturated outputs make dL/dlogits as small as P^2 / (eps n), and the '
+        f'product with W3^T pushes such values below float32\'s smallest normal number: '
+        f'{counts["float32"][1]:,} subnormal entries of dL/dA2 in float32 against '
+        f'{counts["float64"][1]:,} in float64, whose range goes much further down. Whether '
+        f'they cost time depends on the CPU: here subnormal operands changed the (h, h) '
+        f'product\'s time by a factor of at most {slowdown["float32"]:.1f} in float32 '
+        f'({slowdown["float64"]:.1f} in float64); on CPUs that take a microcode assist per '
+        f'subnormal operand the factor is large. Ours flushes subnormal input gradients to '
+        f'zero before they reach a product (what a CPU in flush-to-zero mode does; each value '
+        f'changes by less than float32\'s smallest normal number), so its products never see '
+        f'them on any CPU.')
+    threads_best = min(best, key=best.get)
+    say(f'- Threading: the float32 reference was fastest with {threads_best} BLAS thread(s) '
+        f'at this shape; ours and the products alone use {blas_threads_for(BATCH, h)} here.')
     say()
 
 
@@ -325,7 +370,7 @@ def inference_target(repeats: int) -> None:
                  'ref': lambda: ref.forward(x[None, :]),
                  'torch': torch_infer}
         samples = {k: [] for k in sides}
-        with threadpool_limits(limits=1, user_api='blas'):
+        with BLAS.limit(limits=1, user_api='blas'):
             for fn in sides.values():
                 fn()
             for _ in range(blocks):
@@ -344,6 +389,65 @@ def inference_target(repeats: int) -> None:
         ok = fast <= 5.0 and med['torch'] / fast >= 8
         say(f'- P3 {name}: median {fast:.2f} us (<= 5), torch/ours {med["torch"] / fast:.1f} '
             f'(>= 8): {verdict(ok)}')
+    say()
+    numpy_call_floor(d, h, c, blocks, inner,
+                     {name: min(med['proba'], med['into']) for name, med in verdicts})
+
+
+def count_numpy_calls(fn) -> int:
+    """NumPy ufunc and np.dot calls made by one call of ``fn`` (counted by wrapping them on
+    the numpy module for the duration; the fast path looks them up there on every call)."""
+    names = [name for name in dir(np) if isinstance(getattr(np, name), np.ufunc)] + ['dot']
+    saved = {name: getattr(np, name) for name in names}
+    count = 0
+
+    def counting(original):
+        def wrapper(*args, **kwargs):
+            nonlocal count
+            count += 1
+            return original(*args, **kwargs)
+        return wrapper
+    try:
+        for name, original in saved.items():
+            setattr(np, name, counting(original))
+        fn()
+    finally:
+        for name, original in saved.items():
+            setattr(np, name, original)
+    return count
+
+
+def numpy_call_floor(d: int, h: int, c: int, blocks: int, inner: int, fast: dict) -> None:
+    """What NumPy's per-call overhead alone costs the single-example path on this machine.
+    ``fast``: the P3 median of the fast path per dtype name, for comparison."""
+    say('The floor: every NumPy call has a fixed cost, whatever its size. A bare '
+        f'`np.add(a, b, out=o)` on {h}-element rows, timed in a sequence of as many calls as '
+        'the fast path makes (median over blocks):')
+    say()
+    for dtype in DTYPES:
+        model = MLP(d, h, c, dtype=dtype, rng=0)
+        x = np.random.default_rng(1).standard_normal(d).astype(dtype)
+        out = np.empty(c, dtype)
+        model.predict_proba_into(x, out)
+        calls = count_numpy_calls(lambda: model.predict_proba_into(x, out))
+        a, b, o = (np.ones(h, dtype) for _ in range(3))
+        add = np.add
+
+        def bare():
+            for _ in range(calls):
+                add(a, b, out=o)
+        samples = []
+        bare()
+        for _ in range(blocks):
+            start = time.perf_counter()
+            for _ in range(inner):
+                bare()
+            samples.append((time.perf_counter() - start) / inner * 1e6)
+        floor = statistics.median(samples)
+        name = np.dtype(dtype).name
+        say(f'- {name}: the fast path makes {calls} NumPy calls; {calls} bare calls take '
+            f'{floor:.2f} us ({floor / calls * 1e3:.0f} ns each), before any Python work '
+            f'between them; the fast path itself took {fast[name]:.2f} us above.')
     say()
 
 
@@ -401,15 +505,15 @@ def scaling() -> list[dict]:
             calls = int(min(200, max(2, 1e8 / (flops / 3))))
 
             def ours_infer():
-                with threadpool_limits(limits=threads, user_api='blas'):
-                    for _ in range(calls):
-                        ours.predict_proba(x)
+                for _ in range(calls):
+                    ours.predict_proba(x)
 
             def torch_infer():
                 with torch.no_grad():
                     for _ in range(calls):
                         tmodel(xt)
-            infer = interleaved_best({'ours': ours_infer, 'torch': torch_infer}, repeats)
+            infer = interleaved_best({'ours': (threads, ours_infer), 'torch': torch_infer},
+                                     repeats)
             row = {'h': h, 'batch': batch, 'threads': threads,
                    'train_ours': n / best['ours'], 'train_torch': n / best['torch'],
                    'infer_ours': infer['ours'] / calls * 1e6,
@@ -465,8 +569,8 @@ def main() -> None:
         f'{os.getloadavg()[0]:.2f} (the machine is shared: figures are ratios measured side by '
         'side).')
     say()
-    training_targets(repeats)
-    float32_investigation()
+    training = training_targets(repeats)
+    float32_investigation(training)
     inference_target(repeats)
     memory_target()
     rows = scaling()

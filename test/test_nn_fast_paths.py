@@ -2,13 +2,16 @@
 subnormal flushing) against the general layer-by-layer path: bit for bit, in float32 and
 float64, and safe to keep their outputs."""
 import copy
+import pickle
 import threading
+import warnings
 
 import numpy as np
 import pytest
 
 from obstacle_classifier.nn import MLP, LinearClassifier, Linear, ReLU, ScaledReLU, Sigmoid
-from obstacle_classifier.nn.functional import FLUSH_MIN_ELEMENTS, flush_subnormals_, select
+from obstacle_classifier.nn.functional import (FLUSH_MIN_ELEMENTS, flush_subnormals_, select,
+                                               underflow_ignored)
 
 DTYPES = [np.float32, np.float64]
 
@@ -36,6 +39,45 @@ def test_fused_step_equals_the_layer_loop_bit_for_bit(dtype, activation, shape):
         assert ours.dtype == dtype
         assert np.array_equal(ours, general)
     assert fused.cached_nbytes() == 0
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_fused_step_with_separate_parameter_arrays_equals_the_layer_loop(dtype):
+    """A copy (or a network whose arrays were replaced) is not packed: the step then updates
+    layer by layer, bit for bit the same."""
+    X, Y = _data(230, 16, 8, dtype)
+    original = MLP(16, 64, 8, dtype=dtype, rng=12)
+    assert original._packed_parameters(original.linears) is not None
+    fused, layerwise = copy.deepcopy(original), pickle.loads(pickle.dumps(original))
+    assert fused._packed_parameters(fused.linears) is None
+    for start in range(0, len(X), 100):
+        fused.single_step_sgd(X[start:start + 100], Y[start:start + 100], lr=0.5)
+        original.single_step_sgd(X[start:start + 100], Y[start:start + 100], lr=0.5)
+        layerwise._layerwise_sgd_step(X[start:start + 100], Y[start:start + 100], lr=0.5)
+    for a, b, c in zip(fused.parameters(), original.parameters(), layerwise.parameters()):
+        assert np.array_equal(a, c) and np.array_equal(b, c)
+
+
+def test_packed_parameters_stay_the_arrays_everyone_holds():
+    model = MLP(5, 7, 3, rng=13)
+    held = model.parameters()
+    flat, views = model.__dict__['_packed']
+    assert all(p is v and np.shares_memory(p, flat) for p, v in zip(held, views))
+    assert all(p.flags.c_contiguous and p.dtype == np.float64 for p in held)
+    assert [p.shape for p in held] == [(5, 7), (7,), (7, 7), (7,), (7, 3), (3,)]
+    fresh = MLP(5, 7, 3, rng=13)  # the same values as an unpacked construction would hold
+    fresh.__dict__.pop('_packed')
+    before = [p.copy() for p in held]
+    X, Y = _data(20, 5, 3, np.float64)
+    model.single_step_sgd(X, Y)
+    assert all(p is q for p, q in zip(held, model.parameters()))  # updated in place
+    assert not any(np.array_equal(p, q) for p, q in zip(before[0::2], held[0::2]))
+    model.layers[0].W = model.layers[0].W.copy()  # replaced: the step goes layer by layer
+    assert model._packed_parameters(model.linears) is None
+    model.single_step_sgd(X, Y)
+    fresh.single_step_sgd(X, Y)
+    fresh.single_step_sgd(X, Y)
+    assert all(np.array_equal(p, q) for p, q in zip(model.parameters(), fresh.parameters()))
 
 
 def test_fused_step_matches_the_layer_loop_with_float64_inputs_to_a_float32_model():
@@ -100,6 +142,41 @@ def test_single_example_fast_path_equals_the_general_path_bit_for_bit(dtype, act
         assert model.predict_proba_into(x, out) is out
         assert np.array_equal(out, expected)
         assert out.dtype == dtype
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_single_example_sigmoid_matches_at_special_logits(dtype):
+    """Logits 0, -0, +-inf, NaN, huge, tiny: the exp(min(z, 0)) form gives the same bits as
+    sigmoid() (NaN stays NaN)."""
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1e4, 1e4, -100.0, 100.0,
+                        -1e-30, 1e-30, -87.5, -745.0, -20.0, 20.0, -0.5], dtype)
+    model = LinearClassifier(3, special.size, dtype=dtype, rng=0)
+    model.layers[0].W[...] = 0
+    model.layers[0].b[...] = special  # logits = 0 + b: the special values themselves
+    x = np.ones(3, dtype)
+    got, expected = model.predict_proba(x), model._predict_proba_layerwise(x)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint8), expected[~nan].view(np.uint8))
+
+
+def test_single_example_fast_path_is_quiet_when_numpy_raises_on_underflow():
+    """Underflow (exp of very negative logits) is silenced in the fast path as in sigmoid(),
+    whatever error state the caller runs under."""
+    assert underflow_ignored()  # NumPy's default
+    model = MLP(16, 64, 8, dtype=np.float32, rng=14)
+    X, _ = _data(20, 16, 8, np.float32, seed=14)
+    X *= 300  # logits far below -87: exp underflows in float32
+    expected = [model._predict_proba_layerwise(x) for x in X]
+    with warnings.catch_warnings(), np.errstate(all='raise'):
+        warnings.simplefilter('error')
+        assert not underflow_ignored()
+        got = [model.predict_proba(x) for x in X]
+        with np.errstate(under='ignore'):
+            assert underflow_ignored()
+    assert underflow_ignored()
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert any(np.any(p == 0) for p in got)  # underflow did happen
 
 
 def test_single_example_fast_path_follows_weights_updated_in_place_and_replaced():
@@ -214,3 +291,16 @@ def test_layers_return_new_arrays_that_later_calls_do_not_touch():
         kept = out1.copy()
         out2 = layer.forward(X2)
         assert not np.shares_memory(out1, out2) and np.array_equal(out1, kept)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_dot_with_out_equals_matmul_on_one_row(dtype):
+    """The single-example path uses np.dot(row, W, out) where the layers use row @ W."""
+    rng = np.random.default_rng(15)
+    for k, m in ((16, 64), (64, 64), (64, 8), (7, 3)):
+        W = rng.standard_normal((k, m)).astype(dtype)
+        out = np.empty((1, m), dtype)
+        for scale in (1e-3, 1.0, 30.0):
+            for _ in range(200):
+                row = (rng.standard_normal((1, k)) * scale).astype(dtype)
+                assert np.array_equal(np.dot(row, W, out), row @ W)

@@ -81,6 +81,33 @@ def flush_subnormals_(a: np.ndarray, bits_scratch: Optional[np.ndarray] = None,
     return a
 
 
+def underflow_ignored() -> bool:
+    """True if NumPy's current error state ignores floating-point underflow (its default).
+
+    The fast paths then skip ``np.errstate(under='ignore')``, which costs more than a whole
+    ufunc call on a short row. The error state is a context variable whose value is replaced
+    (never modified) by ``np.seterr`` and ``np.errstate``, so the value last found to ignore
+    underflow is remembered and compared by identity; anything else is looked up with
+    ``np.geterr``. Without the (private) context variable the answer is always False, and
+    callers keep their ``errstate``: never a wrong answer, only a slower one.
+    """
+    if _ERROR_STATE is None:
+        return False
+    state = _ERROR_STATE.get()
+    if state is _UNDERFLOW_IGNORED[0]:
+        return True
+    if np.geterr()['under'] != 'ignore':
+        return False
+    _UNDERFLOW_IGNORED[0] = state  # one reference swap: atomic, so safe from any thread
+    return True
+
+
+try:  # NumPy 2's error-state context variable (private; see underflow_ignored)
+    from numpy._core._ufunc_config import _extobj_contextvar as _ERROR_STATE
+except ImportError:  # pragma: no cover - other NumPy versions
+    _ERROR_STATE = None
+_UNDERFLOW_IGNORED: list = [None]
+
 #: Arrays smaller than this are left as computed (see flush_subnormals_).
 FLUSH_MIN_ELEMENTS = 16384
 _INT_OF = {np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}

@@ -10,12 +10,17 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ['atomic_write', 'atomic_write_bytes']
+__all__ = ['atomic_write', 'atomic_write_bytes', 'remove_stale_temporaries']
+
+#: A temporary file older than this is a leftover, not a write in progress (a model file is
+#: written in well under a second).
+STALE_TEMPORARY_S = 60.0
 
 
 def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None:
@@ -51,6 +56,29 @@ def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``."""
     atomic_write(path, lambda file: file.write(data))
+
+
+def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORARY_S
+                             ) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` to ``path`` left behind when its
+    process was killed (``kill -9``, power loss) between creating and renaming them.
+
+    Only files named as :func:`atomic_write` names them for this destination
+    (``.<name>.<random>.tmp`` in its directory) and last modified more than ``older_than_s``
+    seconds ago are removed, so a write in progress by another process is left alone. Returns
+    the paths removed; files that vanish or cannot be removed meanwhile are skipped.
+    """
+    destination = Path(path)
+    cutoff = time.time() - older_than_s
+    removed = []
+    for candidate in destination.parent.glob(f'.{destination.name}.*.tmp'):
+        try:
+            if candidate.is_file() and candidate.stat().st_mtime < cutoff:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            continue
+    return removed
 
 
 def _target_mode(destination: Path) -> int:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from obstacle_classifier import atomic, datasets
-from obstacle_classifier.atomic import atomic_write, atomic_write_bytes
+from obstacle_classifier.atomic import atomic_write, atomic_write_bytes, remove_stale_temporaries
 from obstacle_classifier.datasets import (Dataset, DatasetError, check_compatible, load_dataset,
                                           save_dataset)
 
@@ -581,3 +581,22 @@ def test_atomic_write_file_mode(tmp_path):
     atomic_write_bytes(tmp_path / 'new.bin', b'y')
     assert stat.S_IMODE(os.stat(tmp_path / 'new.bin').st_mode) == 0o604
     assert (tmp_path / 'new.bin').read_bytes() == b'y'
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    import os
+    import time
+    target = tmp_path / 'online.npz'
+    atomic_write_bytes(target, b'model')
+    old = time.time() - 3600
+    leftover = tmp_path / '.online.npz.k2j4_x.tmp'    # as atomic_write names its temporaries
+    in_progress = tmp_path / '.online.npz.a8b9c0.tmp'  # another writer, right now
+    other = tmp_path / '.other.npz.zzz.tmp'            # another destination's
+    for path in (leftover, in_progress, other):
+        path.write_bytes(b'partial')
+    os.utime(leftover, (old, old))
+    os.utime(other, (old, old))
+    assert remove_stale_temporaries(target) == [leftover]
+    assert not leftover.exists() and in_progress.exists() and other.exists()
+    assert target.read_bytes() == b'model'
+    assert remove_stale_temporaries(tmp_path / 'missing.npz') == []

@@ -82,9 +82,17 @@ def set_blas_threads(threads: int) -> None:
     BLAS.limit(limits=threads, user_api='blas')
 
 
+#: Pause before each side's timer starts. PyTorch's OpenMP workers (its libgomp) keep
+#: spinning for some milliseconds after each parallel region; on a two-core machine that
+#: takes a core from whatever is timed next: the (64, 1024, 16) products' first step right
+#: after a torch epoch took 8.9 ms instead of 4.6 ms (5.4 ms after a 10 ms pause).
+SETTLE_S = 0.05
+
+
 def interleaved_best(sides: dict, repeats: int) -> dict:
-    """Best wall time of each callable, the sides taking turns (one warm-up each). A side is
-    a callable, or (BLAS threads, callable): the threads are set before its timer starts."""
+    """Best wall time of each callable, the sides taking turns (one warm-up each), each timer
+    starting after a pause of SETTLE_S (no side inherits another's spinning threads). A side
+    is a callable, or (BLAS threads, callable): the threads are set before its timer starts."""
     sides = {name: side if isinstance(side, tuple) else (None, side)
              for name, side in sides.items()}
     for threads, fn in sides.values():
@@ -96,6 +104,7 @@ def interleaved_best(sides: dict, repeats: int) -> dict:
         for name, (threads, fn) in sides.items():
             if threads is not None:
                 set_blas_threads(threads)
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
@@ -155,29 +164,45 @@ def numpy_trainer(model, X, Y, threads: int, batch=BATCH):
     return threads, run
 
 
-def gemms_alone(d, h, c, n, dtype, threads: int):
-    """The matrix products of one of our SGD steps, with preallocated outputs: forward
-    X W1, A1 W2, A2 W3; backward A2^T G3, G3 W3^T, A1^T G2, G2 W2^T, X^T G1 (the data's own
-    gradient G1 W1^T is not computed by our step, so not here either)."""
-    rng = np.random.default_rng(0)
+def gemms_alone(model, X, Y, threads: int):
+    """The matrix products of one of our SGD steps, exactly as the step calls them: the
+    (A, B, out) of every ``np.matmul`` of a real ``model.single_step_sgd`` on the first batch
+    of (X, Y) are recorded, and the products are replayed on those operands: forward X W1,
+    A1 W2, A2 W3; backward A2^T G3, G3 W3^T, A1^T G2, G2 W2^T, X^T G1 (the data's own
+    gradient G1 W1^T is not computed by the step, so not here either). Same shapes, same
+    strides (the transposed views stay transposed views of the same operand), and the values
+    the step multiplied (ReLU outputs mostly zeros, small gradients), snapshotted at the call.
+    An array the step reads twice is one array here; each output goes to its own buffer of
+    the step's layout, so that replaying does not overwrite the inputs' values. ``model`` is
+    used up (one warm-up step builds its workspace, one step is recorded)."""
+    xb, yb = X[:BATCH], Y[:BATCH]
+    model.single_step_sgd(xb, yb)  # builds the workspace; the next step is the recorded one
+    snapshots: dict = {}
 
-    def r(*shape):
-        return rng.standard_normal(shape).astype(dtype)
-    X, W1, W2, W3 = r(n, d), r(d, h), r(h, h), r(h, c)
-    A1, A2, G1, G2, G3 = r(n, h), r(n, h), r(n, h), r(n, h), r(n, c)
-    Z1, Z2, Z3 = r(n, h), r(n, h), r(n, c)
-    gW1, gW2, gW3, gA1, gA2 = r(d, h), r(h, h), r(h, c), r(n, h), r(n, h)
-    mm = np.matmul
+    def same_layout(a: np.ndarray, copy: bool) -> np.ndarray:
+        base = a if a.flags.c_contiguous else a.T  # A^T is a view of a C-ordered A
+        key = (base.__array_interface__['data'][0], base.shape, copy)
+        if key not in snapshots:
+            snapshots[key] = base.copy() if copy else np.empty_like(base)
+        twin = snapshots[key] if base is a else snapshots[key].T
+        assert twin.shape == a.shape and twin.strides == a.strides, (a.shape, a.strides)
+        return twin
+    products = []
+    matmul = np.matmul
+
+    def recording(a, b, out=None, **kwargs):
+        assert out is not None and not kwargs, 'the step writes every product into a buffer'
+        products.append((same_layout(a, True), same_layout(b, True), same_layout(out, False)))
+        return matmul(a, b, out=out)
+    np.matmul = recording  # the step looks np.matmul up on every call
+    try:
+        model.single_step_sgd(xb, yb)
+    finally:
+        np.matmul = matmul
 
     def step():
-        mm(X, W1, out=Z1)
-        mm(A1, W2, out=Z2)
-        mm(A2, W3, out=Z3)
-        mm(A2.T, G3, out=gW3)
-        mm(G3, W3.T, out=gA2)
-        mm(A1.T, G2, out=gW2)
-        mm(G2, W2.T, out=gA1)
-        mm(X.T, G1, out=gW1)
+        for a, b, out in products:
+            matmul(a, b, out=out)
 
     def run(steps):
         def loop():
@@ -206,7 +231,8 @@ def training_targets(repeats: int) -> dict:
             threads = blas_threads_for(BATCH, h)
             ours = MLP(d, h, c, dtype=dtype, rng=0)
             ref = ReferenceMLP(d, h, c, rng=0, dtype=dtype)
-            products = gemms_alone(d, h, c, BATCH, dtype, threads)(batches)
+            products = gemms_alone(MLP(d, h, c, dtype=dtype, rng=0), X, Y,
+                                   threads)(batches)
             best = interleaved_best({
                 'ours': numpy_trainer(ours, X, Y, threads),
                 'ref': numpy_trainer(ref, X, Y, threads),

@@ -19,6 +19,7 @@ import array
 import importlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -158,6 +159,64 @@ def spin_until_shutdown(node: Any, executor: Any = None) -> None:
     except (RuntimeError, _rclpy.RCLError):
         if node.context.ok():
             raise
+
+
+#: Longest wait of one EventsExecutor ``spin_once`` (s): how soon a shutdown is noticed.
+EVENTS_SPIN_TIMEOUT_S = 0.5
+
+
+class _EventsExecutorLoop:
+    """rclpy's EventsExecutor, spun with ``spin_once`` in a loop.
+
+    In this rclpy (9.1) ``EventsExecutor.spin()`` neither fires timers nor returns at shutdown,
+    while ``spin_once`` works and releases the GIL while it waits (so other threads run). Each
+    ``spin_once`` runs one callback; ``spin`` returns once the context is shut down.
+    """
+
+    def __init__(self, executor: Any) -> None:
+        self._executor = executor
+
+    def add_node(self, node: Any) -> None:
+        self._executor.add_node(node)
+
+    def spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+        spin_once, context = self._executor.spin_once, self._executor.context
+        try:
+            while context.ok():
+                spin_once(EVENTS_SPIN_TIMEOUT_S)
+        except ExternalShutdownException:  # shut down while waiting: the normal end
+            if context.ok():
+                raise
+
+    def shutdown(self) -> None:
+        self._executor.shutdown()
+
+
+def event_driven_executor(context: Any = None, *, message_info: bool = False) -> Any:
+    """An executor for a node that takes many small messages; ``spin()`` runs it until shutdown.
+
+    The wait-set executors rebuild and scan a wait set of every entity (subscriptions, their
+    QoS event handlers, timers, services, guard conditions) for each callback they run: with
+    over a thousand messages a second that bookkeeping costs far more CPU than the callbacks.
+    rclpy's EventsExecutor is told by the middleware what is ready and runs the callbacks in
+    arrival order. It is experimental: this falls back to the SingleThreadedExecutor when the
+    module is missing, when a subscription callback takes a MessageInfo (``message_info``: the
+    EventsExecutor of rclpy 9.1 fails on those with "SystemError: null argument to internal
+    routine"), or when ``OBSTACLE_CLASSIFIER_EXECUTOR=single``.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    if context is None:
+        context = rclpy.get_default_context()
+    if not message_info and os.environ.get('OBSTACLE_CLASSIFIER_EXECUTOR', 'events') != 'single':
+        try:
+            from rclpy.experimental.events_executor import EventsExecutor
+        except ImportError:
+            pass
+        else:
+            return _EventsExecutorLoop(EventsExecutor(context=context))
+    return SingleThreadedExecutor(context=context)
 
 
 def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[str]] = None,

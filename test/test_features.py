@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from obstacle_classifier.features import (AGGREGATIONS, FeatureConfig, FeatureConfigError,
                                           FeaturePipeline, InputSpec, default_config_path,
                                           extract_values, load_default_config, message_stamp_ns,
-                                          prepare_values, replay)
+                                          prepare_values, replay, value_extractor)
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -265,6 +265,68 @@ def test_extract_reads_dotted_fields_and_sequences():
         'aggregations': ['mean'], 'policy': 'skip', 'stamp_source': 'receive'}).input('wheels')
     message = SimpleNamespace(data=array.array('f', [1.0, 2.0, 3.0, 4.5]))
     np.testing.assert_array_equal(extract_values(message, array_spec), [1.0, 2.0, 3.0, 4.5])
+
+
+def _same(a, b) -> bool:
+    """Bit for bit: same dtype, shape and bytes (NaN payloads included)."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_value_extractor_is_extract_values_bit_for_bit():
+    """The node's per-input extractor gives exactly what extract_values gives, for plain
+    floats and ints, +-inf (mapped or not), NaN, and values that are no plain float / int
+    (bool, NumPy scalars, strings: the general path decides), and raises what it raises."""
+    config = load_default_config()
+    specs = {spec.name: spec for spec in config.inputs}
+    odd = [0.1, -0.0, 3, True, math.inf, -math.inf, math.nan, np.float32(0.1), np.float64(2.5),
+           np.int64(7), 1e308, 5e-324, 2 ** 60 + 1]
+
+    def imu(value):
+        return SimpleNamespace(
+            linear_acceleration=SimpleNamespace(x=value, y=-0.25, z=9.81),
+            angular_velocity=SimpleNamespace(x=0.0, y=0.0, z=value))
+
+    for name, make in (('range_front', range_msg), ('speed', lambda v: SimpleNamespace(data=v)),
+                       ('noise', lambda v: SimpleNamespace(data=v)), ('imu', imu)):
+        spec = specs[name]
+        extract = value_extractor(spec)
+        for value in odd:
+            msg = make(value)
+            assert _same(extract(msg), extract_values(msg, spec)), (name, value)
+        for bad in ('4.0', None, [1.0]):
+            msg = make(bad)
+            try:
+                expected = extract_values(msg, spec)
+            except Exception as exc:  # noqa: B902 -- the same exception type either way
+                with pytest.raises(type(exc)):
+                    extract(msg)
+            else:
+                assert _same(extract(msg), expected), (name, bad)
+        with pytest.raises(AttributeError):
+            extract(SimpleNamespace())
+    # Array inputs go through extract_values itself.
+    scan = scan_msg([1.0, math.inf, 2.0, 0.5, 3.0, 4.0, 5.0, 6.0, 7.0])
+    lidar = specs['lidar']
+    assert _same(value_extractor(lidar)(scan), extract_values(scan, lidar))
+
+
+def test_pipeline_add_takes_extracted_arrays_as_any_array_like():
+    """``add`` with the float64 array extraction returns, with a list, or with float32 values:
+    the same buffered readings and the same features."""
+    config = load_default_config()
+    spec = config.input('imu')
+    ticks = []
+    for convert in (lambda v: v, list, lambda v: v.astype(np.float32).astype(np.float64),
+                    lambda v: v.reshape(1, -1)):
+        pipeline = FeaturePipeline(config)
+        for k in range(10):
+            values = np.array([0.1 * k, -0.2, 9.8 + k / 7, 0.01 * k])
+            assert pipeline.add('imu', S + k * 10 * MS, convert(values)) is None
+        buffer = pipeline._by_name['imu']
+        ticks.append(buffer.values[:, buffer.start:buffer.end].copy())
+    assert _same(ticks[0], ticks[1]) and _same(ticks[0], ticks[3])
+    assert ticks[2].shape == ticks[0].shape
+    assert spec.dim == 4
 
 
 def test_message_stamp_ns():

@@ -1,6 +1,7 @@
 """The pure parts of the ROS glue, without spinning: message types, QoS, time, message building
 (round trips through CDR and ``features.extract_values``), and the output wire formats."""
 import math
+import time
 
 import numpy as np
 import pytest
@@ -223,3 +224,53 @@ def test_diagnostic_status_formats_values():
     assert status.level == DiagnosticStatus.WARN and status.hardware_id == 'hw'
     assert {kv.key: kv.value for kv in status.values} == {
         'rate_hz': '19.9877', 'stale': 'true', 'age_s': 'inf', 'classes': 'a, b', 'count': '3'}
+
+
+def test_event_driven_executor_runs_timers_and_messages_and_returns_at_shutdown(
+        ros_domain_id, monkeypatch):
+    """The executor the classifier node spins: timers (ROS and steady clock) and subscriptions
+    run, a thread keeps running alongside, spin() returns once the context is shut down; a
+    MessageInfo callback or the environment switch falls back to the wait-set executor."""
+    import threading
+
+    rclpy = ros_helpers.import_rclpy()
+    from rclpy.clock import Clock, ClockType
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    context = Context()
+    rclpy.init(args=[], context=context, domain_id=ros_domain_id)
+    try:
+        assert isinstance(ros_io.event_driven_executor(context, message_info=True),
+                          SingleThreadedExecutor)
+        with monkeypatch.context() as patch:
+            patch.setenv('OBSTACLE_CLASSIFIER_EXECUTOR', 'single')
+            assert isinstance(ros_io.event_driven_executor(context), SingleThreadedExecutor)
+        node = Node(f'executor_test_{ros_domain_id}', context=context)
+        counts = {'timer': 0, 'steady': 0, 'message': 0, 'thread': 0}
+        publisher = node.create_publisher(String, 'executor_test', 10)
+        node.create_subscription(
+            String, 'executor_test',
+            lambda msg: counts.__setitem__('message', counts['message'] + 1), 10)
+        node.create_timer(0.01, lambda: (counts.__setitem__('timer', counts['timer'] + 1),
+                                         publisher.publish(String(data='x'))))
+        node.create_timer(0.05, lambda: counts.__setitem__('steady', counts['steady'] + 1),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+        def other_thread():
+            counts['thread'] += 1  # runs while the executor waits (the GIL is released)
+            context.try_shutdown()
+        threading.Timer(1.0, other_thread).start()
+        executor = ros_io.event_driven_executor(context)
+        executor.add_node(node)
+        started = time.monotonic()
+        ros_io.spin_until_shutdown(node, executor)
+        elapsed = time.monotonic() - started
+        executor.shutdown()
+        node.destroy_node()
+    finally:
+        context.try_shutdown()
+    assert elapsed < 1.0 + 2 * ros_io.EVENTS_SPIN_TIMEOUT_S + 1.0
+    assert counts['thread'] == 1
+    assert counts['timer'] >= 50 and counts['steady'] >= 10 and counts['message'] >= 30, counts

@@ -4,7 +4,8 @@ Thin glue around the shared :class:`~obstacle_classifier.features.FeaturePipelin
 :class:`~obstacle_classifier.model.ObstacleModel`:
 
 * one subscription per input of the feature config; each message goes through
-  ``extract_values`` and ``FeaturePipeline.add`` (which validates it) and nothing else;
+  ``extract_values`` (set up once per input: ``value_extractor``) and ``FeaturePipeline.add``
+  (which validates it) and nothing else;
 * a timer at ``rate_hz`` on the node's clock (so it follows ``/clock`` with ``use_sim_time``):
   ``pipeline.tick(now)`` -> ``model.predict_proba`` -> ``model.decide`` -> publish;
 * ``/diagnostics`` at 1 Hz on a steady clock (it keeps reporting while sim time is paused).
@@ -19,7 +20,9 @@ Topics (relative names resolve in the node's namespace):
                                     a consumer can tell "nothing there" (status ok, no labels)
                                     from "cannot tell" (status skipped / no_model: labels and
                                     probabilities empty).
-``obstacle_probabilities``          std_msgs/Float32MultiArray, class order; only on 'ok' ticks.
+``obstacle_probabilities``          std_msgs/Float32MultiArray, class order; only on 'ok' ticks
+                                    (and, like ``obstacle_features``, only built while it has a
+                                    subscriber: these topics are volatile).
 ``obstacle_classes``                std_msgs/String, JSON list of class names; transient-local
                                     (published when a model is loaded).
 ``/diagnostics``                    diagnostic_msgs/DiagnosticArray at 1 Hz.
@@ -43,6 +46,7 @@ reading one reference. Checkpoints (atomic, guarded by a held-out slice) go to
 from __future__ import annotations
 
 import array
+import bisect
 import math
 import os
 import sys
@@ -69,15 +73,17 @@ from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
 from obstacle_classifier import paths
+from obstacle_classifier.atomic import remove_stale_temporaries
 from obstacle_classifier.features import (REJECTION_REASONS, FeatureConfig, FeaturePipeline,
-                                          InputSpec, InputStats, extract_values,
-                                          message_stamp_ns)
+                                          InputSpec, InputStats, message_stamp_ns,
+                                          value_extractor)
 from obstacle_classifier.model import ModelFileError, ObstacleModel
 from obstacle_classifier.nn.optim import OPTIMIZERS
 from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_label_names,
                                                  parse_multi_hot)
 from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
-                                        encode_features, encode_obstacles, input_qos,
+                                        encode_features, encode_obstacles,
+                                        event_driven_executor, input_qos,
                                         message_class, output_qos, publish_unless_shut_down,
                                         run_node, spin_until_shutdown, stamp_to_ns)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
@@ -93,6 +99,10 @@ REJECTION_WARN_PERIOD_S = 5.0
 #: Reasons the node itself refuses a reading for, before the pipeline sees it.
 NODE_REJECTION_REASONS = ('no_stamp', 'malformed')
 _PROCESSING_HISTORY = 1024  # per-tick processing times kept for the p50 / p99 in diagnostics
+#: Upper edges (us) of the processing-time histogram in diagnostics: counts since start-up, so a
+#: consumer gets exact fractions over any span of reports (one more bucket counts the rest).
+PROCESSING_HISTOGRAM_EDGES_US = (25, 50, 75, 100, 125, 150, 200, 300, 500, 1000, 2000, 5000,
+                                 10000)
 LABEL_FORMATS = ('names', 'multi_hot')
 TRAINING_PERIOD_S = 0.1  # one training round (steps_per_second / 10 steps, a snapshot) per period
 MAX_LABEL_DELAY_RANGE_S = (0.001, 1.0)
@@ -149,7 +159,8 @@ class _OnlineTraining:
     like the tick; ``train_round`` runs in a dedicated training thread (started by :meth:`start`,
     one round every ``TRAINING_PERIOD_S`` on the steady clock). ``self._lock`` serialises the
     trainer between the two and is never taken by the tick. A plain thread rather than a
-    MultiThreadedExecutor: the tick then keeps the cheap single-threaded executor.
+    MultiThreadedExecutor: the tick then keeps the cheap event-driven executor (see
+    :func:`~obstacle_classifier.ros_io.event_driven_executor`).
     """
 
     def __init__(self, node: 'ClassifierNode') -> None:
@@ -171,6 +182,10 @@ class _OnlineTraining:
         self.checkpoint_period_ns = int(float(value('checkpoint_period_s')) * 1e9)
         path = value('checkpoint_path')
         self.checkpoint_path = os.path.expanduser(path) if path else ''
+        if self.checkpoint_path and os.path.isdir(os.path.dirname(self.checkpoint_path) or '.'):
+            for leftover in remove_stale_temporaries(self.checkpoint_path):
+                node.get_logger().warning(f'removed {leftover}: a checkpoint write cut short '
+                                          '(kill -9 or power loss) before this start')
         self._step_credit = 0.0
         self._last_checkpoint_ns = time.monotonic_ns()
         self._lock = threading.Lock()
@@ -406,11 +421,19 @@ class ClassifierNode(Node):
 
         # Statistics, reset at every diagnostics report unless noted.
         self._last_tick_ns: Optional[int] = None
+        # The tick before, for counting missed ticks; None after a rate change or time jump.
+        self._previous_tick_ns: Optional[int] = None
         self._stale_inputs: tuple[str, ...] = tuple(self._inputs)  # nothing received yet
-        self._ticks = self._ticks_skipped = self._time_jumps = self._inference_errors = 0
-        self._period_ticks = self._period_skipped = 0
+        self._ticks = self._ticks_skipped = self._ticks_missed = 0
+        self._time_jumps = self._inference_errors = 0
+        self._period_ticks = self._period_skipped = self._period_missed = 0
         self._period_processing_ns = self._period_processing_max_ns = 0
         self._processing_ns = np.zeros(_PROCESSING_HISTORY, dtype=np.int64)
+        self._histogram_edges_ns = [edge * 1000 for edge in PROCESSING_HISTOGRAM_EDGES_US]
+        self._processing_histogram = [0] * (len(PROCESSING_HISTOGRAM_EDGES_US) + 1)
+        # Single-example inference writes into this (model, (c,) probabilities) pair; a new
+        # model (reload, training snapshot) gets a new one at its first tick.
+        self._inference_out: tuple[Optional[ObstacleModel], np.ndarray] = (None, np.empty(0))
         self._incompatible_subscribers = 0
         self._report_steady_ns = time.monotonic_ns()
         self._report_node_ns = self._node_clock.now().nanoseconds
@@ -566,6 +589,7 @@ class ClassifierNode(Node):
                 if self._sim_ticker is not None:
                     self._sim_ticker = SimTimeTicker(self._tick_period_ns())
                 self._tick_timer = self._create_tick_timer()
+                self._previous_tick_ns = None
                 self.get_logger().info(f'rate now {self._rate_hz:g} Hz')
 
     # -- model ---------------------------------------------------------------------------------
@@ -650,6 +674,7 @@ class ClassifierNode(Node):
         spec = state.spec
         name = spec.name
         add = self._pipeline.add
+        extract = value_extractor(spec)  # extract_values(msg, spec), set up once
         now = self._node_clock.now
         from_header = spec.stamp_source == 'header'
 
@@ -667,7 +692,7 @@ class ClassifierNode(Node):
                 stamp_ns = max(receive_ns, state.last_receive_stamp_ns + 1)
                 state.last_receive_stamp_ns = stamp_ns
             try:
-                values = extract_values(msg, spec)
+                values = extract(msg)
             except (ValueError, TypeError, AttributeError):
                 self._reject(state, 'malformed')  # e.g. an empty scan
                 return
@@ -732,9 +757,10 @@ class ClassifierNode(Node):
                                  clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _on_timer(self) -> None:
+        started = time.perf_counter_ns()
         now_ns = self._node_clock.now().nanoseconds
         if now_ns > 0:  # 0: sim time before the first /clock message
-            self._tick(now_ns)
+            self._tick(now_ns, started)
 
     def _on_clock(self, msg: ClockMessage, info: MessageInfo) -> None:
         clock_ns = stamp_to_ns(msg.clock)
@@ -742,7 +768,7 @@ class ClassifierNode(Node):
             info['source_timestamp'], clock_ns, time.monotonic_ns())
         if jumped_back and self._last_tick_ns is not None:
             self._on_time_jump(clock_ns)
-            self._last_tick_ns = None
+            self._last_tick_ns = self._previous_tick_ns = None
         self._run_events(events)
 
     def _run_overdue_ticks(self) -> None:
@@ -758,12 +784,25 @@ class ClassifierNode(Node):
                 on_message, msg = event.payload
                 on_message(msg, event.bag_ns)
 
-    def _tick(self, now_ns: int) -> None:
-        """One tick at ``now_ns`` (node-clock ns): features, prediction, publication."""
-        started = time.perf_counter_ns()
+    def _tick(self, now_ns: int, started: Optional[int] = None) -> None:
+        """One tick at ``now_ns`` (node-clock ns): features, prediction, publication.
+
+        Its processing time (diagnostics) runs from ``started`` (the timer callback's first
+        ``perf_counter_ns``) or from here, to after the last publication and bookkeeping."""
+        if started is None:
+            started = time.perf_counter_ns()
         if self._last_tick_ns is not None and now_ns < self._last_tick_ns:
             self._on_time_jump(now_ns)
-        self._last_tick_ns = now_ns
+            self._previous_tick_ns = None
+        previous = self._previous_tick_ns
+        if previous is not None:
+            # Ticks that should have come between the last one and this one (a late timer
+            # fires once, not once per period missed): counted from the node clock's own gap.
+            missed = int((now_ns - previous) / self._tick_period_ns() + 0.5) - 1
+            if missed > 0:
+                self._ticks_missed += missed
+                self._period_missed += missed
+        self._last_tick_ns = self._previous_tick_ns = now_ns
         result = self._pipeline.tick(now_ns)
         model = self._model
         labels: list[str] = []
@@ -776,7 +815,18 @@ class ClassifierNode(Node):
         else:
             try:
                 x = model.normalise(result.features)
-                p = model.network.predict_proba(x)
+                owner, p = self._inference_out
+                if owner is not model:
+                    p = np.empty(model.n_classes, dtype=model.network.dtype)
+                    self._inference_out = (model, p)
+                # Bit for bit predict_proba(x), into a preallocated array. Logits that overflow
+                # give probabilities of exactly 0 or 1, a valid answer; only a NaN (inf - inf
+                # inside the network) means the model cannot answer for these features.
+                with np.errstate(over='ignore', invalid='ignore'):
+                    p = model.network.predict_proba_into(x, p)
+                if not math.isfinite(p.sum()):
+                    raise FloatingPointError('the model gave NaN probabilities (its activations '
+                                             'overflow on these features)')
             except (ValueError, FloatingPointError) as exc:
                 self._inference_errors += 1
                 self.get_logger().error(f'inference failed: {exc}', throttle_duration_sec=5.0)
@@ -792,10 +842,13 @@ class ClassifierNode(Node):
         text = encode_obstacles(now_ns, labels, probabilities, result.stale_inputs, status)
         if not publish_unless_shut_down(self, self._obstacles_pub, String(data=text)):
             return
-        if status == 'ok':
-            self._probabilities_msg.data = array.array('f', p.astype(np.float32).tobytes())
+        # Per-tick topics are volatile: a sample nobody has matched is lost anyway, so the
+        # optional ones are only built and sent while someone subscribes.
+        if status == 'ok' and self._probabilities_pub.get_subscription_count():
+            self._probabilities_msg.data = array.array(
+                'f', (p if p.dtype == np.float32 else p.astype(np.float32)).tobytes())
             publish_unless_shut_down(self, self._probabilities_pub, self._probabilities_msg)
-        if self._features_pub is not None:
+        if self._features_pub is not None and self._features_pub.get_subscription_count():
             publish_unless_shut_down(self, self._features_pub, String(
                 data=encode_features(now_ns, result.features)))
 
@@ -807,6 +860,7 @@ class ClassifierNode(Node):
             self._period_skipped += 1
         elapsed = time.perf_counter_ns() - started
         self._processing_ns[self._ticks % _PROCESSING_HISTORY] = elapsed
+        self._processing_histogram[bisect.bisect_left(self._histogram_edges_ns, elapsed)] += 1
         self._ticks += 1
         self._period_ticks += 1
         self._period_processing_ns += elapsed
@@ -845,7 +899,7 @@ class ClassifierNode(Node):
         publish_unless_shut_down(self, self._diagnostics_pub, array_msg)
 
         self._report_steady_ns, self._report_node_ns = steady_ns, node_ns
-        self._period_ticks = self._period_skipped = 0
+        self._period_ticks = self._period_skipped = self._period_missed = 0
         self._period_processing_ns = self._period_processing_max_ns = 0
         for state in self._inputs.values():
             state.received_at_report = state.received
@@ -856,14 +910,21 @@ class ClassifierNode(Node):
     def spin(self) -> None:
         """Spin until shutdown. With online training the training thread runs alongside, and
         a clean exit (SIGINT) stops it and writes a last checkpoint."""
-        if self._training is None:
-            spin_until_shutdown(self)
-            return
-        self._training.start()
+        # With sim time the /clock and input callbacks take a MessageInfo (see sim_ticks).
+        executor = event_driven_executor(self.context,
+                                         message_info=self._sim_ticker is not None)
+        executor.add_node(self)
         try:
-            spin_until_shutdown(self)
+            if self._training is None:
+                spin_until_shutdown(self, executor)
+                return
+            self._training.start()
+            try:
+                spin_until_shutdown(self, executor)
+            finally:
+                self._training.finish()
         finally:
-            self._training.finish()
+            executor.shutdown()
 
     def _model_status(self, hardware_id: str) -> DiagnosticStatus:
         model = self._model
@@ -893,13 +954,15 @@ class ClassifierNode(Node):
         values = {
             'rate_hz': self._rate_hz,
             'ticks': ticks, 'ticks_expected': round(expected, 1),
-            'ticks_missed': max(0, int(round(expected)) - ticks),
+            'ticks_missed': self._period_missed, 'ticks_missed_total': self._ticks_missed,
             'ticks_without_prediction': skipped,
             'ticks_total': self._ticks, 'ticks_without_prediction_total': self._ticks_skipped,
             'processing_mean_us': mean_us,
             'processing_max_us': self._period_processing_max_ns / 1e3,
             f'processing_p50_us_last_{_PROCESSING_HISTORY}': p50,
             f'processing_p99_us_last_{_PROCESSING_HISTORY}': p99,
+            'processing_histogram_le_us': PROCESSING_HISTOGRAM_EDGES_US,
+            'processing_histogram_counts': self._processing_histogram,
             'time_jumps_back': self._time_jumps,
             'inference_errors': self._inference_errors,
             'incompatible_subscribers': self._incompatible_subscribers,

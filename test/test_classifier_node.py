@@ -619,6 +619,41 @@ def test_without_a_model_the_node_stays_up_reports_error_and_detects_nothing(
                                   since=len(observer.diagnostics))
 
 
+def test_a_model_that_overflows_answers_or_skips_the_tick_and_never_crashes(
+        ros, ros_processes, tmp_path):
+    # Class 'balanced': a.last * 1e308 - a.max * 1e308, 0 for a steady a <= 1 but inf - inf =
+    # NaN above (no probability to give: the tick is skipped and counted). Class 'saturated':
+    # a.last * 1e308, p = 1 (an overflow to +inf too is a valid answer).
+    namespace = ros_helpers.unique_name('overflow')
+    config = write_config(tmp_path / 'features.yaml',
+                          [scalar_input('a', aggregations=['last', 'max'])])
+    path = tmp_path / 'model.npz'
+    linear_model(path, ['a.last', 'a.max'], ['balanced', 'saturated'],
+                 weights=[[1e308, 1e308], [-1e308, 0.0]])
+    observer = Observer(ros, namespace)
+    value = [0.5]
+    feeder = Feeder(ros, period=0.05)
+    feeder.add('a', Float64, f'/{namespace}/in/a', RELIABLE_10, lambda: float64(value[0]))
+    classifier = start_classifier(ros_processes, namespace, feature_config=config,
+                                  model_path=path)
+    observer.wait_for_output(lambda r: r.status == 'ok')
+    value[0] = 2.0
+    since = time.time_ns()
+    skipped = observer.wait_for_output(lambda r: r.status == 'skipped', since_ns=since,
+                                       timeout=10.0)
+    assert skipped.stale_inputs == () and skipped.labels == () and not skipped.probabilities
+    observer.wait_for_diagnostics(
+        lambda d: int(d['obstacle_classifier: output'].values['inference_errors']) > 0,
+        since=len(observer.diagnostics))
+    value[0] = 0.5
+    back = observer.wait_for_output(  # once 2.0 has left the 0.5 s window of a.max
+        lambda r: r.status == 'ok' and r.probabilities['balanced'] == 0.5,
+        since_ns=time.time_ns(), timeout=10.0)
+    assert back.probabilities['saturated'] == 1.0 and 'saturated' in back.labels
+    assert classifier.is_running() and 'NaN probabilities' in classifier.stderr()
+    assert 'Traceback' not in classifier.stderr()
+
+
 def test_with_sim_time_ticks_follow_clock_and_a_jump_back_resets_the_buffers(
         ros, ros_processes, tmp_path):
     namespace = ros_helpers.unique_name('simtime')

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,46 +52,31 @@ def _rss_bytes(pid: int) -> int:
     raise RuntimeError(f'no VmRSS for pid {pid}')
 
 
-def _start(module: str, args: list[str], log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, '-m', module, '--ros-args',
-                             '-r', f'__ns:=/{NAMESPACE}', *args],
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'), stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def main() -> int:
     args = _parse()
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 101))
+    sys.path.insert(0, str(REPO / 'test'))
+    import ros_helpers  # ProcessLauncher: process groups, captured logs, never leaked
+    ros_helpers.configure_ros_environment()
     os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
-    with warnings.catch_warnings():  # rclpy's vendored lark imports deprecated sre_* modules
-        warnings.simplefilter('ignore', DeprecationWarning)
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from std_msgs.msg import String
+    rclpy = ros_helpers.import_rclpy()
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from std_msgs.msg import String
 
-        from obstacle_classifier import paths
-        from obstacle_classifier.model import ObstacleModel
+    from obstacle_classifier import paths
+    from obstacle_classifier.model import ObstacleModel
 
     classes = ObstacleModel.load(paths.config_path('default_model.npz')).class_names
     rng = np.random.default_rng(0)
     label_texts = [','.join(name for name in classes if rng.random() < 0.2) for _ in range(997)]
-    log = tempfile.NamedTemporaryFile(prefix='bench_flood_', suffix='.log', delete=False)
-    simulator = _start('obstacle_classifier.simulator_node',
-                       ['-r', 'obstacle_labels:=simulator_truth_unused'], log)
-    classifier = _start('obstacle_classifier.classifier_node',
-                        ['-p', 'train.enabled:=true'], log)
+    log_dir = Path(tempfile.mkdtemp(prefix='bench_flood_'))
+    launcher = ros_helpers.ProcessLauncher(log_dir, python=sys.executable, cwd=REPO)
+    namespace = ['--ros-args', '-r', f'__ns:=/{NAMESPACE}']
+    launcher.start_module('simulator', 'obstacle_classifier.simulator_node',
+                          namespace + ['-r', 'obstacle_labels:=simulator_truth_unused'])
+    classifier = launcher.start_module('classifier', 'obstacle_classifier.classifier_node',
+                                       namespace + ['-p', 'train.enabled:=true'])
     rclpy.init(args=[])
     try:
         node = Node('bench_label_flood')
@@ -119,10 +101,10 @@ def main() -> int:
         deadline = time.monotonic() + 60.0
         while not training and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
-            if classifier.poll() is not None:
-                raise RuntimeError(f'the classifier exited; see {log.name}')
+            if not classifier.is_running():
+                raise RuntimeError(f'the classifier exited; see {log_dir}')
         if not training:
-            raise RuntimeError(f'no training diagnostics in 60 s; see {log.name}')
+            raise RuntimeError(f'no training diagnostics in 60 s; see {log_dir}')
         node.create_timer(burst / args.label_rate_hz, flood)
 
         samples: list[tuple[float, int]] = []  # (seconds since the end of the warm-up, RSS)
@@ -138,19 +120,18 @@ def main() -> int:
             if now >= next_sample:
                 samples.append((now - start, _rss_bytes(classifier.pid)))
                 next_sample += 1.0
-            if classifier.poll() is not None:
-                raise RuntimeError(f'the classifier exited; see {log.name}')
+            if not classifier.is_running():
+                raise RuntimeError(f'the classifier exited; see {log_dir}')
         sent_total, last = sent[0], dict(training[-1])
     finally:
-        _stop(classifier)
-        _stop(simulator)
+        launcher.stop_all(timeout=20.0)
         rclpy.try_shutdown()
 
     measured = [(t, rss) for t, rss in samples if t >= 0]
     first_sent, first = sent_at_start
     window_s = 60.0 * args.minutes
     print(f'label flood: {(sent_total - first_sent) / window_s:.0f} labels/s published for '
-          f'{args.minutes:g} min after a {args.warmup:g} s warm-up (log: {log.name})')
+          f'{args.minutes:g} min after a {args.warmup:g} s warm-up (logs: {log_dir})')
     print(f"node: {int(last['labels_received']) - int(first['labels_received'])} labels "
           f"received, {int(last['examples']) - int(first['examples'])} paired into examples, "
           f"{int(last['labels_rejected']) - int(first['labels_rejected'])} rejected; "

@@ -48,6 +48,16 @@ def _bag_contents(path: Path, topic: str) -> tuple[list[int], list]:
     return times, messages
 
 
+def play_while_spinning(bag: Path, ros, ros_processes) -> None:
+    """``bag play`` (after 3 s for discovery) to the end, taking the node's output meanwhile
+    (its queues are finite)."""
+    player = ros_processes.start_module(
+        'player', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--delay', '3'],
+        extra_env=STRICT_WARNINGS)
+    assert ros.spin_until(lambda: player.poll() is not None, timeout=60), player.report()
+    assert player.wait(5) == 0, player.report()
+
+
 def test_play_publishes_the_recorded_messages_and_bag_time_on_clock(bag, ros, ros_processes):
     clock = ros.collect(Clock, '/clock')
     speeds = ros.collect(Float64, '/sensors/speed', qos_profile_sensor_data)
@@ -182,12 +192,7 @@ def test_features_of_the_live_node_under_bag_play_equal_bag_extraction_bit_for_b
          '-p', 'publish_features:=true'], extra_env=STRICT_WARNINGS)
     assert ros.wait_for_subscribers('/sensors/scan', 1, timeout=60), classifier.report()
     assert ros.wait_for_publishers('/obstacle_features', 1, timeout=60), classifier.report()
-    player = ros_processes.start_module(
-        'player', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--delay', '3'],
-        extra_env=STRICT_WARNINGS)
-    # Keep taking the node's output while the bag plays (its queues are finite).
-    assert ros.spin_until(lambda: player.poll() is not None, timeout=60), player.report()
-    assert player.wait(5) == 0, player.report()
+    play_while_spinning(bag, ros, ros_processes)
     ros.spin_until(lambda: len(features) >= len(extraction.stamps_ns), timeout=5)
 
     live = dict(decode_features(msg) for msg in features)
@@ -281,11 +286,7 @@ def test_a_bag_recorded_from_live_topics_replays_into_the_node_with_the_same_det
         ['--ros-args', '-p', 'use_sim_time:=true', '-r', 'obstacles:=/replay/obstacles'],
         extra_env=STRICT_WARNINGS)
     assert ros.wait_for_publishers('/replay/obstacles', 1, timeout=60), classifier.report()
-    player = ros_processes.start_module(
-        'player', 'obstacle_classifier.cli', ['bag', 'play', str(recorded), '--delay', '3'],
-        extra_env=STRICT_WARNINGS)
-    assert ros.spin_until(lambda: player.poll() is not None, timeout=60), player.report()
-    assert player.wait(5) == 0, player.report()
+    play_while_spinning(recorded, ros, ros_processes)
     ros.spin_for(1.0)
 
     with Reader(recorded) as reader:
@@ -293,8 +294,8 @@ def test_a_bag_recorded_from_live_topics_replays_into_the_node_with_the_same_det
     replayed = {report.stamp_ns: report for report in map(decode_obstacles, replay_reports)}
     compared = [stamp for stamp in rows if stamp < end_ns]
     missing = [stamp for stamp in compared if stamp not in replayed]
-    assert not missing, (f'{len(missing)} of {len(compared)} ticks not replayed, '
-                         f'{len(replay_reports)} reports' + classifier.report() + player.report())
+    assert not missing, (f'{len(missing)} of {len(compared)} ticks not replayed '
+                         f'({len(replay_reports)} reports)\n{classifier.report()}')
     names = model.class_names
     for stamp in compared:
         wanted = tuple(name for name, hit in zip(names, expected[rows[stamp]]) if hit)

@@ -182,7 +182,7 @@ class _OnlineTraining:
         self.checkpoint_period_ns = int(float(value('checkpoint_period_s')) * 1e9)
         path = value('checkpoint_path')
         self.checkpoint_path = os.path.expanduser(path) if path else ''
-        if self.checkpoint_path and os.path.isdir(os.path.dirname(self.checkpoint_path) or '.'):
+        if self.checkpoint_path:
             for leftover in remove_stale_temporaries(self.checkpoint_path):
                 node.get_logger().warning(f'removed {leftover}: a checkpoint write cut short '
                                           '(kill -9 or power loss) before this start')
@@ -365,6 +365,7 @@ class ClassifierNode(Node):
         self._config = FeatureConfig.from_yaml(config_file)
         self._pipeline = FeaturePipeline(self._config)
         self._rate_hz = float(self.get_parameter('rate_hz').value)
+        self._tick_period_ns = int(round(1e9 / self._rate_hz))
         self._threshold = self._threshold_from(self.get_parameter('threshold').value)
 
         self._model: Optional[ObstacleModel] = None
@@ -391,7 +392,7 @@ class ClassifierNode(Node):
         # ready the executor serves the /clock message (published first) first.
         self._sim_ticker: Optional[SimTimeTicker] = None
         if self.get_parameter('use_sim_time').value:
-            self._sim_ticker = SimTimeTicker(self._tick_period_ns())
+            self._sim_ticker = SimTimeTicker(self._tick_period_ns)
             self._clock_subscription = self.create_subscription(
                 ClockMessage, '/clock', self._on_clock, QoSProfile(
                     depth=CLOCK_QUEUE_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT))
@@ -420,9 +421,8 @@ class ClassifierNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         # Statistics, reset at every diagnostics report unless noted.
+        # The last tick, for time jumps and missed ticks; None after a rate change or jump.
         self._last_tick_ns: Optional[int] = None
-        # The tick before, for counting missed ticks; None after a rate change or time jump.
-        self._previous_tick_ns: Optional[int] = None
         self._stale_inputs: tuple[str, ...] = tuple(self._inputs)  # nothing received yet
         self._ticks = self._ticks_skipped = self._ticks_missed = 0
         self._time_jumps = self._inference_errors = 0
@@ -585,11 +585,12 @@ class ClassifierNode(Node):
                 self._pending_model = None
             elif parameter.name == 'rate_hz':
                 self._rate_hz = float(parameter.value)
+                self._tick_period_ns = int(round(1e9 / self._rate_hz))
                 self.destroy_timer(self._tick_timer)
                 if self._sim_ticker is not None:
-                    self._sim_ticker = SimTimeTicker(self._tick_period_ns())
+                    self._sim_ticker = SimTimeTicker(self._tick_period_ns)
                 self._tick_timer = self._create_tick_timer()
-                self._previous_tick_ns = None
+                self._last_tick_ns = None  # the old period's gaps are not missed ticks
                 self.get_logger().info(f'rate now {self._rate_hz:g} Hz')
 
     # -- model ---------------------------------------------------------------------------------
@@ -745,9 +746,6 @@ class ClassifierNode(Node):
 
     # -- the tick ------------------------------------------------------------------------------
 
-    def _tick_period_ns(self) -> int:
-        return int(round(1e9 / self._rate_hz))
-
     def _create_tick_timer(self):
         """Wall time: ticks on a timer at rate_hz. Sim time: ticks come from /clock (see
         _on_clock); a steady timer only runs the ones nothing followed (end of a bag)."""
@@ -768,7 +766,7 @@ class ClassifierNode(Node):
             info['source_timestamp'], clock_ns, time.monotonic_ns())
         if jumped_back and self._last_tick_ns is not None:
             self._on_time_jump(clock_ns)
-            self._last_tick_ns = self._previous_tick_ns = None
+            self._last_tick_ns = None
         self._run_events(events)
 
     def _run_overdue_ticks(self) -> None:
@@ -791,18 +789,17 @@ class ClassifierNode(Node):
         ``perf_counter_ns``) or from here, to after the last publication and bookkeeping."""
         if started is None:
             started = time.perf_counter_ns()
-        if self._last_tick_ns is not None and now_ns < self._last_tick_ns:
+        last = self._last_tick_ns
+        if last is not None and now_ns < last:
             self._on_time_jump(now_ns)
-            self._previous_tick_ns = None
-        previous = self._previous_tick_ns
-        if previous is not None:
+        elif last is not None:
             # Ticks that should have come between the last one and this one (a late timer
             # fires once, not once per period missed): counted from the node clock's own gap.
-            missed = int((now_ns - previous) / self._tick_period_ns() + 0.5) - 1
+            missed = int((now_ns - last) / self._tick_period_ns + 0.5) - 1
             if missed > 0:
                 self._ticks_missed += missed
                 self._period_missed += missed
-        self._last_tick_ns = self._previous_tick_ns = now_ns
+        self._last_tick_ns = now_ns
         result = self._pipeline.tick(now_ns)
         model = self._model
         labels: list[str] = []

@@ -513,7 +513,7 @@ def value_extractor(spec: InputSpec) -> Callable[[object], np.ndarray]:
     """
     readable = MSG_TYPES.get(spec.msg_type, {})
     if spec.sectors is not None or any(readable.get(path) != _SCALAR for path in spec.fields):
-        return functools.partial(_extract_values_of, spec)
+        return lambda msg: extract_values(msg, spec)
     getters = tuple(operator.attrgetter(path) for path in spec.fields)
     posinf = spec.posinf_value
     inf = math.inf
@@ -529,10 +529,6 @@ def value_extractor(spec: InputSpec) -> Callable[[object], np.ndarray]:
         return np.array(values, dtype=np.float64)
 
     return extract
-
-
-def _extract_values_of(spec: InputSpec, msg: object) -> np.ndarray:
-    return extract_values(msg, spec)
 
 
 def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,

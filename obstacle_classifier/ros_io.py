@@ -424,9 +424,8 @@ def encode_obstacles(stamp_ns: int, labels: Sequence[str], probabilities: Mappin
     Formatted by hand (names JSON-quoted once and cached): it runs on every tick, and this is
     several times faster than ``json.dumps`` of the equivalent dict, with the same result.
     """
-    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
     probs = ','.join(f'{_quoted(name)}:{float(p):.4f}' for name, p in probabilities.items())
-    return (f'{{"stamp":{{"sec":{sec},"nanosec":{nanosec}}},'
+    return (f'{{{_stamp_json(stamp_ns)},'
             f'"labels":[{",".join(map(_quoted, labels))}],'
             f'"probabilities":{{{probs}}},'
             f'"stale_inputs":[{",".join(map(_quoted, stale_inputs))}],'
@@ -439,9 +438,21 @@ def encode_features(stamp_ns: int, features: Optional[np.ndarray]) -> str:
     ``features`` float64 (d,) or None (a skipped tick: ``null``). Each value is written as
     Python's shortest round-trip repr, so :func:`decode_features` gives back the same bits.
     """
-    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
     values = 'null' if features is None else f'[{",".join(map(repr, features.tolist()))}]'
-    return f'{{"stamp":{{"sec":{sec},"nanosec":{nanosec}}},"features":{values}}}'
+    return f'{{{_stamp_json(stamp_ns)},"features":{values}}}'
+
+
+def _stamp_json(stamp_ns: int) -> str:
+    """The ``"stamp": {"sec", "nanosec"}`` member of the per-tick JSON outputs."""
+    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+    return f'"stamp":{{"sec":{sec},"nanosec":{nanosec}}}'
+
+
+def _stamp_from_json(obj: Mapping[str, Any]) -> int:
+    """Inverse of :func:`_stamp_json`, from the decoded object (KeyError, TypeError,
+    ValueError if it is not one)."""
+    stamp = obj['stamp']
+    return int(stamp['sec']) * NS_PER_S + int(stamp['nanosec'])
 
 
 def decode_features(data: Any) -> tuple[int, Optional[np.ndarray]]:
@@ -450,7 +461,7 @@ def decode_features(data: Any) -> tuple[int, Optional[np.ndarray]]:
     text = data.data if hasattr(data, 'data') else data
     try:
         obj = json.loads(text)
-        stamp_ns = int(obj['stamp']['sec']) * NS_PER_S + int(obj['stamp']['nanosec'])
+        stamp_ns = _stamp_from_json(obj)
         values = obj['features']
         features = None if values is None else np.array(values, dtype=np.float64)
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
@@ -467,9 +478,8 @@ def decode_obstacles(data: Any) -> ObstacleReport:
     text = data.data if hasattr(data, 'data') else data
     try:
         obj = json.loads(text)
-        stamp = obj['stamp']
         report = ObstacleReport(
-            stamp_ns=int(stamp['sec']) * NS_PER_S + int(stamp['nanosec']),
+            stamp_ns=_stamp_from_json(obj),
             labels=tuple(str(name) for name in obj['labels']),
             probabilities={str(k): float(v) for k, v in obj['probabilities'].items()},
             stale_inputs=tuple(str(name) for name in obj['stale_inputs']),

@@ -79,8 +79,9 @@ class SimTimeTicker:
         self.events_dropped = 0
         self._clock: collections.deque[tuple[int, int]] = collections.deque(
             maxlen=CLOCK_HISTORY)  # (source_ns, bag_ns), in arrival (= publication) order
-        # Waiting, sorted by (source_ns, arrival number): [source_ns, arrival, steady_ns queued,
-        # tick_ns, payload, needs_bag_time]. Short (a few entries): a plain list is fastest.
+        # Waiting, sorted by (source_ns, arrival number), unique, so tuple order never looks
+        # further: (source_ns, arrival, steady_ns queued, tick_ns, payload, needs_bag_time).
+        # Short (a few entries): a plain list is fastest.
         self._queue: list[tuple[int, int, int, Optional[int], Any, bool]] = []
         self._arrivals = 0
         self._next_tick: Optional[int] = None
@@ -143,7 +144,7 @@ class SimTimeTicker:
                  needs_bag_time: bool) -> None:
         self._arrivals += 1
         bisect.insort(self._queue, (source_ns, self._arrivals, steady_ns, tick_ns, payload,
-                                    needs_bag_time), key=_order)
+                                    needs_bag_time))
 
     def _release(self) -> list[Event]:
         """The queue's head entries with a /clock published after them, in order."""
@@ -164,7 +165,3 @@ class SimTimeTicker:
             if clock_source <= source_ns:
                 return clock_ns
         return None
-
-
-def _order(entry: tuple) -> tuple[int, int]:
-    return entry[0], entry[1]

@@ -33,7 +33,7 @@ import numpy as np
 from .model import ObstacleModel
 from .nn import BCEWithLogitsLoss, Network
 from .nn.optim import OPTIMIZERS
-from .training import Trainer
+from .training import Trainer, balanced_weights
 
 __all__ = ['LABEL_REJECTION_REASONS', 'CheckpointDecision', 'OnlineTrainer', 'ReplayBuffer',
            'TickRing', 'TrainingStats', 'balanced_weights', 'parse_label_names',
@@ -283,16 +283,6 @@ class CheckpointDecision:
     reason: str
     held_out_loss: float = math.nan
     reference_loss: float = math.nan
-
-
-def balanced_weights(positives: np.ndarray, count: int, max_weight: float) -> np.ndarray:
-    """(c,) positive-class weights n_neg / n_pos from per-class positive counts (c,) among
-    ``count`` rows, clipped to [1, max_weight]; 1 for a class with no positives yet. The rule
-    of :func:`~obstacle_classifier.training.balanced_pos_weight`, from counts."""
-    positives = np.asarray(positives, dtype=np.float64)
-    weights = np.divide(count - positives, positives, out=np.ones_like(positives),
-                        where=positives > 0)
-    return np.clip(weights, 1.0, max_weight)
 
 
 class OnlineTrainer:

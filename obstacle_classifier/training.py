@@ -123,9 +123,14 @@ def fit_normalisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def balanced_pos_weight(Y: np.ndarray, max_weight: float) -> np.ndarray:
     """(c,) positive-class weights n_neg / n_pos, clipped to [1, max_weight] (1 if no
     positives), so rare obstacles count as much as common ones."""
-    positives = Y.sum(axis=0, dtype=np.float64)
-    negatives = len(Y) - positives
-    weights = np.divide(negatives, positives, out=np.ones_like(positives),
+    return balanced_weights(Y.sum(axis=0, dtype=np.float64), len(Y), max_weight)
+
+
+def balanced_weights(positives: np.ndarray, count: int, max_weight: float) -> np.ndarray:
+    """(c,) positive-class weights n_neg / n_pos from per-class positive counts (c,) among
+    ``count`` rows, clipped to [1, max_weight]; 1 for a class with no positives (yet)."""
+    positives = np.asarray(positives, dtype=np.float64)
+    weights = np.divide(count - positives, positives, out=np.ones_like(positives),
                         where=positives > 0)
     return np.clip(weights, 1.0, max_weight)
 

@@ -200,25 +200,13 @@ class Network:
 
     # -- fast paths: preallocated buffers, the layers' arithmetic unchanged ------------------
     def _fused_chain(self) -> Optional[tuple[list[Linear], list[_Rectifier]]]:
-        """(linears, rectifiers) if the layers are Linear, (rectifier, Linear)*, Sigmoid, all
-        with a bias, one float dtype and in training mode; otherwise None (take the layer
-        loop). Checked on every call: a caller may swap a layer or switch modes at any time."""
-        layers = self.layers
-        if len(layers) < 2 or len(layers) % 2 or type(layers[-1]) is not Sigmoid:
+        """:func:`_layer_chain` of the layers if they are all in training mode, else None
+        (take the layer loop). Checked on every call: a caller may swap a layer or switch
+        modes at any time."""
+        chain = _layer_chain(self.layers)
+        if chain is None or not all(layer.training for layer in self.layers):
             return None
-        linears = layers[0:-1:2]
-        rectifiers = layers[1:-1:2]
-        dtype = linears[0].W.dtype
-        if dtype not in (np.float32, np.float64):
-            return None
-        for linear in linears:
-            if type(linear) is not Linear or linear.b is None or linear.W.dtype != dtype \
-                    or linear.b.dtype != dtype or not linear.training:
-                return None
-        for rectifier in rectifiers:
-            if not isinstance(rectifier, _Rectifier) or not rectifier.training:
-                return None
-        return (linears, rectifiers) if layers[-1].training else None
+        return chain
 
     def _fused_sgd_step(self, X: np.ndarray, Y: np.ndarray, lr: float, linears: list[Linear],
                         rectifiers: list[_Rectifier]) -> None:
@@ -232,9 +220,7 @@ class Network:
 
         - the sigmoid's output gradient and the log-loss gradient share ``(1 - P) * P``
           (computed once instead of twice);
-        - the sigmoid's ``times e where z < 0`` is ``times exp(min(z, 0))``: that is e itself
-          where z < 0 (``-|z|`` is then z, bit for bit) and exactly 1 elsewhere, so both
-          exponentials are one ``np.exp`` call on a (2, n, c) buffer and no masked loop runs;
+        - the sigmoid is :func:`_sigmoid_into` (one ``np.exp`` call, no masked loop);
         - Python scalars (1, eps, 1/n, -1, 0) are (n, c) arrays of their value in the dtype:
           NumPy casts a Python float to the array's dtype anyway, and a scalar operand costs a
           conversion per call;
@@ -287,21 +273,8 @@ class Network:
                     multiply(Z, gain, out=Z)
             A = Z
 
-        # sigmoid(): P = 1 / (1 + exp(-|z|)) times exp(min(z, 0)) (see above)
-        logits, P, exps, e, e_neg = A, work.P, work.exps, work.exps[0], work.exps[1]
-        np.copysign(logits, work.minus_one, out=e)
-        np.minimum(logits, work.zero, out=e_neg)
-        quiet = None if underflow_ignored() else np.errstate(under='ignore')
-        if quiet is not None:  # exp and r * e may underflow: silenced as in sigmoid()
-            quiet.__enter__()
-        try:
-            np.exp(exps, out=exps)
-            add(e, work.one, out=P)
-            np.reciprocal(P, out=P)
-            multiply(P, e_neg, out=P)
-        finally:
-            if quiet is not None:
-                quiet.__exit__(None, None, None)
+        P = _sigmoid_into(A, work.exps, work.e, work.e_neg, work.minus_one, work.zero,
+                          work.one, work.P)
 
         # get_grad_log_loss then Sigmoid.backward: (1 - P) P (P - Y) / ((1 - P) P + eps) / n
         shared, denom, grad = work.shared, work.denom, work.grad_logits
@@ -357,22 +330,15 @@ class Network:
         instead of four per layer. A copy or unpickled network has separate arrays again, and
         so does a network whose arrays were replaced: the step then updates layer by layer.
         """
-        linears = self.linears
-        params = [p for linear in linears for p in linear.params]
+        slots = [(layer, name) for layer in self.linears for name in ('W', 'b')
+                 if getattr(layer, name) is not None]
+        params = [getattr(layer, name) for layer, name in slots]
         if not params or len({p.dtype for p in params}) != 1:
             return
-        flat = np.empty(sum(p.size for p in params), params[0].dtype)
-        views, offset = [], 0
-        for layer in linears:
-            for name in ('W', 'b'):
-                param = getattr(layer, name)
-                if param is None:
-                    continue
-                view = flat[offset:offset + param.size].reshape(param.shape)
-                view[...] = param
-                setattr(layer, name, view)
-                views.append(view)
-                offset += param.size
+        flat, views = _flat_views([p.shape for p in params], params[0].dtype)
+        for (layer, name), param, view in zip(slots, params, views):
+            view[...] = param
+            setattr(layer, name, view)
         self.__dict__['_packed'] = (flat, views)
 
     def _packed_parameters(self, linears: list[Linear]) -> Optional[np.ndarray]:
@@ -414,7 +380,7 @@ class Network:
         infer = self.__dict__.get('_inference')
         if infer is not None and infer.matches(self.layers):
             return infer
-        chain = _inference_chain(self.layers)
+        chain = _layer_chain(self.layers)  # the mode does not matter: inference keeps nothing
         if chain is None:
             return None
         infer = self.__dict__['_inference'] = _SingleInference(self.layers, *chain)
@@ -511,16 +477,12 @@ class _TrainingWorkspace:
         self.grad_hidden_bits = [grad.view(bits) for grad in self.grad_hidden]
         # parameter gradients: views of one flat array in the order W1, b1, W2, b2, ... (the
         # layout of _pack_parameters, so that one call can update every parameter)
-        shapes = [shape for linear in linears for shape in (linear.W.shape, linear.b.shape)]
-        self.flat_grad = np.empty(sum(int(np.prod(shape)) for shape in shapes), dtype)
-        views, offset = [], 0
-        for shape in shapes:
-            size = int(np.prod(shape))
-            views.append(self.flat_grad[offset:offset + size].reshape(shape))
-            offset += size
+        self.flat_grad, views = _flat_views(
+            [shape for linear in linears for shape in (linear.W.shape, linear.b.shape)], dtype)
         self.grad_W, self.grad_b = views[0::2], views[1::2]
         self.P = np.empty((n, c), dtype)  # probabilities
         self.exps = np.empty((2, n, c), dtype)  # exp(-|z|); exp(min(z, 0))
+        self.e, self.e_neg = self.exps  # views of the two
         # the scalars of sigmoid() and get_grad_log_loss as (n, c) arrays in the dtype
         self.one, self.zero, self.minus_one, self.eps, self.inverse_n = (
             np.full((n, c), value, dtype) for value in (1.0, 0.0, -1.0, 1e-8, 1.0 / n))
@@ -541,9 +503,53 @@ class _TrainingWorkspace:
         return sum(a.nbytes for a in arrays)
 
 
-def _inference_chain(layers: list[Layer]) -> Optional[tuple[list[Linear], list[_Rectifier]]]:
-    """(linears, rectifiers) for Linear, (rectifier, Linear)*, Sigmoid with biases and one
-    float dtype (training mode does not matter: inference keeps nothing); else None."""
+def _flat_views(shapes: Sequence[tuple[int, ...]], dtype: np.dtype
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One flat uninitialised array and C-ordered views of it with ``shapes``, back to back
+    (so that one NumPy call can work on all of them)."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    flat = np.empty(sum(sizes), dtype)
+    views, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(flat[offset:offset + size].reshape(shape))
+        offset += size
+    return flat, views
+
+
+def _sigmoid_into(logits: np.ndarray, exps: np.ndarray, e: np.ndarray, e_neg: np.ndarray,
+                  minus_one: np.ndarray, zero: np.ndarray, one: np.ndarray,
+                  out: np.ndarray) -> np.ndarray:
+    """:func:`~obstacle_classifier.nn.functional.sigmoid` of ``logits`` written into ``out``,
+    bit for bit, in preallocated buffers, and returns ``out``.
+
+    ``1 / (1 + exp(-|z|))`` times ``exp(min(z, 0))``: that factor is exp(-|z|) itself where
+    z < 0 (``-|z|`` is then z, bit for bit) and exactly 1 elsewhere, so both exponentials are
+    one ``np.exp`` call on ``exps`` (2, *logits.shape), whose two halves are ``e`` and
+    ``e_neg``, and no masked loop runs. ``minus_one``, ``zero``, ``one``: arrays of those
+    values in logits' shape and dtype (a scalar operand costs a conversion per call).
+    """
+    np.copysign(logits, minus_one, out=e)
+    np.minimum(logits, zero, out=e_neg)
+    # exp and the last product may underflow (to 0 or a subnormal, the right answer): silenced
+    # as in sigmoid(), but without an errstate when NumPy already ignores it (it costs a call)
+    quiet = None if underflow_ignored() else np.errstate(under='ignore')
+    if quiet is not None:
+        quiet.__enter__()
+    try:
+        np.exp(exps, out=exps)
+        np.add(e, one, out=out)
+        np.reciprocal(out, out=out)
+        np.multiply(out, e_neg, out=out)
+    finally:
+        if quiet is not None:
+            quiet.__exit__(None, None, None)
+    return out
+
+
+def _layer_chain(layers: list[Layer]) -> Optional[tuple[list[Linear], list[_Rectifier]]]:
+    """(linears, rectifiers) if ``layers`` are Linear, (rectifier, Linear)*, Sigmoid, every
+    Linear with a bias and all in one float dtype: the chain the fast paths support; else
+    None."""
     if len(layers) < 2 or len(layers) % 2 or type(layers[-1]) is not Sigmoid:
         return None
     linears, rectifiers = layers[0:-1:2], layers[1:-1:2]
@@ -571,10 +577,8 @@ class _SingleInference:
     (a fraction of a microsecond each), so the pass is written to make as few calls as
     possible; each shortcut is exact: ``np.dot`` with ``out=`` on the (1, k) row runs the same
     BLAS product as ``@`` at half the call cost (a test compares them); the select multiplies
-    the float's bits by the 0/1 mask (as :func:`select`); and the sigmoid's ``times e where
-    z < 0`` is ``times exp(min(z, 0))``, which is e itself for z < 0 (``-|z|`` is then z, bit
-    for bit) and exactly 1 otherwise, so both exponentials are one ``np.exp`` call on a (2, c)
-    buffer and no masked loop is needed.
+    the float's bits by the 0/1 mask (as :func:`select`); and the sigmoid is
+    :func:`_sigmoid_into`.
     """
 
     def __init__(self, layers: list[Layer], linears: list[Linear],
@@ -638,24 +642,8 @@ class _SingleInference:
             logits = self.buffers[-1]
             dot(row, self.last_W, logits)
             add(logits, self.last_b, logits)
-            # sigmoid(): 1 / (1 + exp(-|z|)), times exp(-|z|) where z < 0 (see the class doc)
-            exps, e, e_neg = self.exps, self.e, self.e_neg
-            probs = out[None]  # (1, c), the caller's memory
-            np.copysign(logits, self.minus_one, e)
-            np.minimum(logits, self.zero, out=e_neg)
-            # exp and the last product may underflow (to 0 or a subnormal, the right answer):
-            # silenced as in sigmoid(), but without an errstate when NumPy already ignores it
-            quiet = None if underflow_ignored() else np.errstate(under='ignore')
-            if quiet is not None:
-                quiet.__enter__()
-            try:
-                np.exp(exps, exps)
-                add(e, self.one, probs)
-                np.reciprocal(probs, probs)
-                multiply(probs, e_neg, probs)
-            finally:
-                if quiet is not None:
-                    quiet.__exit__(None, None, None)
+            _sigmoid_into(logits, self.exps, self.e, self.e_neg, self.minus_one, self.zero,
+                          self.one, out[None])  # (1, c), the caller's memory
             return True
         finally:
             self.lock.release()

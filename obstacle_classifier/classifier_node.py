@@ -3,9 +3,10 @@
 Thin glue around the shared :class:`~obstacle_classifier.features.FeaturePipeline` and an
 :class:`~obstacle_classifier.model.ObstacleModel`:
 
-* one subscription per input of the feature config; each message goes through
-  ``extract_values`` (set up once per input: ``value_extractor``) and ``FeaturePipeline.add``
-  (which validates it) and nothing else;
+* one subscription per input of the feature config, taking serialized messages: each one goes
+  through :func:`~obstacle_classifier.cdr.cdr_reader` (the header stamp and the config's
+  fields read from the CDR bytes, exactly ``extract_values`` of the deserialised message) and
+  ``FeaturePipeline.add`` (which validates it) and nothing else;
 * a timer at ``rate_hz`` on the node's clock (so it follows ``/clock`` with ``use_sim_time``):
   ``pipeline.tick(now)`` -> ``model.predict_proba`` -> ``model.decide`` -> publish;
 * ``/diagnostics`` at 1 Hz on a steady clock (it keeps reporting while sim time is paused).
@@ -75,8 +76,7 @@ from std_srvs.srv import Trigger
 from obstacle_classifier import paths
 from obstacle_classifier.atomic import remove_stale_temporaries
 from obstacle_classifier.features import (REJECTION_REASONS, FeatureConfig, FeaturePipeline,
-                                          InputSpec, InputStats, message_stamp_ns,
-                                          value_extractor)
+                                          InputSpec, InputStats)
 from obstacle_classifier.model import ModelFileError, ObstacleModel
 from obstacle_classifier.nn.optim import OPTIMIZERS
 from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_label_names,
@@ -85,7 +85,8 @@ from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_c
                                         encode_features, encode_obstacles,
                                         event_driven_executor, input_qos,
                                         message_class, output_qos, publish_unless_shut_down,
-                                        run_node, spin_until_shutdown, stamp_to_ns)
+                                        run_node, serialized_reader, spin_until_shutdown,
+                                        stamp_to_ns)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
 
 NODE_NAME = 'obstacle_classifier'
@@ -664,9 +665,11 @@ class ClassifierNode(Node):
             incompatible_type=lambda event: self._on_incompatible_type(state, event))
         # qos_overrides.<topic>.subscription.* parameters let a params file change the QoS of
         # one input (e.g. reliability) without editing the feature config.
+        # raw=True: the callback gets the serialized message and reads only the fields it
+        # needs (serialized_reader), instead of rclpy building a message object per reading.
         subscription = self.create_subscription(
             msg_class, spec.topic, self._make_callback(state), input_qos(spec),
-            event_callbacks=events,
+            event_callbacks=events, raw=True,
             qos_overriding_options=QoSOverridingOptions.with_default_policies())
         state.topic = subscription.topic_name
         return state
@@ -675,14 +678,19 @@ class ClassifierNode(Node):
         spec = state.spec
         name = spec.name
         add = self._pipeline.add
-        extract = value_extractor(spec)  # extract_values(msg, spec), set up once
+        read = serialized_reader(spec)  # serialized message -> (header stamp, values)
         now = self._node_clock.now
         from_header = spec.stamp_source == 'header'
 
-        def on_message(msg: Any, receive_ns: Optional[int] = None) -> None:
+        def on_message(data: bytes, receive_ns: Optional[int] = None) -> None:
             state.received += 1
+            try:
+                header_stamp_ns, values = read(data)
+            except (ValueError, RuntimeError):
+                self._reject(state, 'malformed')  # e.g. truncated, or an empty scan
+                return
             if from_header:
-                stamp_ns = message_stamp_ns(msg)
+                stamp_ns = header_stamp_ns
                 if stamp_ns is None:  # a zero stamp would fake freshness
                     self._reject(state, 'no_stamp')
                     return
@@ -692,11 +700,6 @@ class ClassifierNode(Node):
                 # Several messages can arrive within one sim-time step: keep stamps increasing.
                 stamp_ns = max(receive_ns, state.last_receive_stamp_ns + 1)
                 state.last_receive_stamp_ns = stamp_ns
-            try:
-                values = extract(msg)
-            except (ValueError, TypeError, AttributeError):
-                self._reject(state, 'malformed')  # e.g. an empty scan
-                return
             reason = add(name, stamp_ns, values)
             if reason is not None:
                 self._reject(state, reason)

@@ -31,7 +31,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import yaml
@@ -42,7 +42,6 @@ __all__ = [
     'AGGREGATIONS', 'MSG_TYPES', 'REJECTION_REASONS', 'FeatureConfig', 'FeatureConfigError',
     'FeaturePipeline', 'InputSpec', 'InputStats', 'TickResult', 'default_config_path',
     'extract_values', 'load_default_config', 'message_stamp_ns', 'prepare_values', 'replay',
-    'value_extractor',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -499,36 +498,6 @@ def extract_values(msg: object, spec: InputSpec) -> np.ndarray:
         return prepare_values(raw, spec)
     return prepare_values(raw, spec, angle_min=float(msg.angle_min),
                           angle_increment=float(msg.angle_increment))
-
-
-def value_extractor(spec: InputSpec) -> Callable[[object], np.ndarray]:
-    """``msg -> extract_values(msg, spec)``, with the per-message work of an input done once.
-
-    For an input of scalar fields only (every supported type but the arrays) the returned
-    function reads the fields with precompiled attribute getters and builds the value array in
-    one call; it gives exactly what :func:`extract_values` gives (the same float64 conversion
-    of each value and the same +inf mapping), and hands any value that is not a plain ``float``
-    or ``int`` to :func:`extract_values` itself. Other inputs get :func:`extract_values` as is.
-    The live node calls this per message; offline code may use either.
-    """
-    readable = MSG_TYPES.get(spec.msg_type, {})
-    if spec.sectors is not None or any(readable.get(path) != _SCALAR for path in spec.fields):
-        return lambda msg: extract_values(msg, spec)
-    getters = tuple(operator.attrgetter(path) for path in spec.fields)
-    posinf = spec.posinf_value
-    inf = math.inf
-
-    def extract(msg: object) -> np.ndarray:
-        values = [get(msg) for get in getters]
-        for value in values:
-            kind = type(value)
-            if kind is not float and kind is not int:
-                return extract_values(msg, spec)
-        if posinf is not None:
-            values = [posinf if value == inf else value for value in values]
-        return np.array(values, dtype=np.float64)
-
-    return extract
 
 
 def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,

@@ -4,6 +4,7 @@ What lives here is the mapping between the package's plain-Python world and ROS 
 nothing else (the feature logic is :mod:`obstacle_classifier.features`):
 
 * message types by name (``'sensor_msgs/msg/Range'`` -> class) and the QoS of an input;
+* reading an input from its serialized message (:func:`serialized_reader`);
 * building a sensor message from raw values (what the simulator publishes): the inverse of
   :func:`~obstacle_classifier.features.extract_values`;
 * the wire formats of the outputs: the ``obstacles`` JSON, the ``obstacle_labels`` truth string
@@ -31,15 +32,18 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.serialization import deserialize_message
 from std_msgs.msg import MultiArrayDimension, String
 
-from obstacle_classifier.features import MSG_TYPES, InputSpec
+from obstacle_classifier.cdr import Reading, UnsupportedEncapsulation, cdr_reader
+from obstacle_classifier.features import (MSG_TYPES, InputSpec, extract_values,
+                                          message_stamp_ns)
 
 __all__ = [
     'OBSTACLES_STATUSES', 'ObstacleReport', 'RangeInfo', 'ScanGeometry', 'SensorMessageBuilder',
     'classes_qos', 'decode_classes', 'decode_features', 'decode_labels', 'decode_obstacles',
     'diagnostic_status', 'encode_classes', 'encode_features', 'encode_labels', 'encode_obstacles',
-    'input_qos', 'message_class',
+    'input_qos', 'message_class', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'stamp_to_ns',
 ]
 
@@ -77,6 +81,27 @@ def message_class(msg_type: str) -> type:
         return getattr(module, name)
     except AttributeError:
         raise ValueError(f'message type {msg_type!r}: {package}.msg has no {name!r}') from None
+
+
+def serialized_reader(spec: InputSpec) -> Callable[[bytes], Reading]:
+    """``data -> (header stamp ns or None, values (k,))`` for serialized messages of ``spec``.
+
+    Plain CDR (what ROS 2 publishes) is read by :func:`~obstacle_classifier.cdr.cdr_reader`;
+    any other encapsulation is deserialised by rclpy and read by ``extract_values``, which gives
+    the same result. Bytes that are no such message raise ValueError (CdrError, or what
+    ``extract_values`` raises, e.g. for an empty scan) or RuntimeError (rclpy's RMWError).
+    """
+    read = cdr_reader(spec)
+    msg_class = message_class(spec.msg_type)
+
+    def read_serialized(data: bytes) -> Reading:
+        try:
+            return read(data)
+        except UnsupportedEncapsulation:
+            msg = deserialize_message(data, msg_class)
+            return message_stamp_ns(msg), extract_values(msg, spec)
+
+    return read_serialized
 
 
 def input_qos(spec: InputSpec) -> QoSProfile:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from obstacle_classifier.features import (AGGREGATIONS, FeatureConfig, FeatureConfigError,
                                           FeaturePipeline, InputSpec, default_config_path,
                                           extract_values, load_default_config, message_stamp_ns,
-                                          prepare_values, replay, value_extractor)
+                                          prepare_values, replay)
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -270,44 +270,6 @@ def test_extract_reads_dotted_fields_and_sequences():
 def _same(a, b) -> bool:
     """Bit for bit: same dtype, shape and bytes (NaN payloads included)."""
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-
-def test_value_extractor_is_extract_values_bit_for_bit():
-    """The node's per-input extractor gives exactly what extract_values gives, for plain
-    floats and ints, +-inf (mapped or not), NaN, and values that are no plain float / int
-    (bool, NumPy scalars, strings: the general path decides), and raises what it raises."""
-    config = load_default_config()
-    specs = {spec.name: spec for spec in config.inputs}
-    odd = [0.1, -0.0, 3, True, math.inf, -math.inf, math.nan, np.float32(0.1), np.float64(2.5),
-           np.int64(7), 1e308, 5e-324, 2 ** 60 + 1]
-
-    def imu(value):
-        return SimpleNamespace(
-            linear_acceleration=SimpleNamespace(x=value, y=-0.25, z=9.81),
-            angular_velocity=SimpleNamespace(x=0.0, y=0.0, z=value))
-
-    for name, make in (('range_front', range_msg), ('speed', lambda v: SimpleNamespace(data=v)),
-                       ('noise', lambda v: SimpleNamespace(data=v)), ('imu', imu)):
-        spec = specs[name]
-        extract = value_extractor(spec)
-        for value in odd:
-            msg = make(value)
-            assert _same(extract(msg), extract_values(msg, spec)), (name, value)
-        for bad in ('4.0', None, [1.0]):
-            msg = make(bad)
-            try:
-                expected = extract_values(msg, spec)
-            except Exception as exc:  # noqa: B902 -- the same exception type either way
-                with pytest.raises(type(exc)):
-                    extract(msg)
-            else:
-                assert _same(extract(msg), expected), (name, bad)
-        with pytest.raises(AttributeError):
-            extract(SimpleNamespace())
-    # Array inputs go through extract_values itself.
-    scan = scan_msg([1.0, math.inf, 2.0, 0.5, 3.0, 4.0, 5.0, 6.0, 7.0])
-    lidar = specs['lidar']
-    assert _same(value_extractor(lidar)(scan), extract_values(scan, lidar))
 
 
 def test_pipeline_add_takes_extracted_arrays_as_any_array_like():

@@ -529,20 +529,30 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
     if angle_min is None or angle_increment is None:
         raise ValueError(f'input {spec.name!r} reduces a scan to sectors: angle_min and '
                          'angle_increment are required')
-    membership = _sector_membership(values.shape[0], float(angle_min), float(angle_increment),
-                                    spec.sectors, spec.sector_span_deg)
+    beams, starts, occupied = _sector_beams(values.shape[0], float(angle_min),
+                                            float(angle_increment), spec.sectors,
+                                            spec.sector_span_deg)
     low, high = spec.valid_range
     usable = (values >= low) & (values <= high)  # False for NaN and for +-inf
-    masked = np.where(membership & usable, values, np.inf)
-    sector_min = np.minimum.reduce(masked, axis=1)
-    sector_min[sector_min == np.inf] = np.nan
+    masked = np.where(usable, values, np.inf)
+    sector_min = np.full(spec.sectors, np.inf)
+    if beams.shape[0]:
+        # min is exact, so the order of the beams in a sector does not matter
+        sector_min[occupied] = np.minimum.reduceat(masked.take(beams), starts)
+    sector_min[sector_min == np.inf] = np.nan  # no usable beam (or none at all) in the sector
     return sector_min
 
 
 @functools.lru_cache(maxsize=32)
-def _sector_membership(n_beams: int, angle_min: float, angle_increment: float, sectors: int,
-                       span_deg: tuple[float, float] | None) -> np.ndarray:
-    """Boolean (sectors, n_beams): the beams in each sector (cached per scan geometry)."""
+def _sector_beams(n_beams: int, angle_min: float, angle_increment: float, sectors: int,
+                  span_deg: tuple[float, float] | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The beams of each sector, for ``np.minimum.reduceat`` (cached per scan geometry).
+
+    Returns ``beams`` (m,): the indices of the m beams inside the span, sector by sector;
+    ``starts`` (k,): where each of the k sectors holding a beam begins in ``beams``; and
+    ``occupied`` (k,): those sectors' numbers.
+    """
     angles = angle_min + angle_increment * np.arange(n_beams, dtype=np.float64)
     if span_deg is None:
         low, high = float(np.min(angles)), float(np.max(angles))
@@ -559,9 +569,12 @@ def _sector_membership(n_beams: int, angle_min: float, angle_increment: float, s
         index[~inside] = -1
     else:  # a single beam: it is the whole span
         index = np.zeros(n_beams, dtype=np.int64)
-    membership = index[np.newaxis, :] == np.arange(sectors)[:, np.newaxis]
-    membership.flags.writeable = False
-    return membership
+    beams = np.flatnonzero(index >= 0)
+    beams = beams[np.argsort(index[beams], kind='stable')]
+    occupied, starts = np.unique(index[beams], return_index=True)
+    for array in (beams, starts, occupied):
+        array.flags.writeable = False
+    return beams, starts, occupied
 
 
 def message_stamp_ns(msg: object) -> int | None:

@@ -350,6 +350,44 @@ def test_laserscan_sector_span_ignores_beams_outside():
     np.testing.assert_array_equal(values, [5.0, 2.0])
 
 
+@settings(max_examples=150, deadline=None)
+@given(beams=st.integers(1, 400), angle_min=st.floats(-3.25, 0.5, width=32),
+       increment=st.floats(-0.015625, 0.046875, width=32) | st.just(0.0),
+       sectors=st.integers(1, 30),
+       span=st.none() | st.tuples(st.floats(-180, 0), st.floats(0.5, 180)),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_sector_minima_equal_a_beam_by_beam_reduction(beams, angle_min, increment, sectors,
+                                                      span, seed):
+    """Each sector's value is the min of its usable beams (NaN if none), the beam's sector
+    following the rule in prepare_values' docstring, computed one beam at a time."""
+    extra = {'sector_span_deg': list(span)} if span else {}
+    spec = make_config(lidar_input(sectors=sectors, dim=sectors, **extra)).input('lidar')
+    rng = np.random.default_rng(seed)
+    ranges = rng.uniform(-1.0, 15.0, beams).astype(np.float32)
+    ranges[rng.random(beams) < 0.1] = np.inf
+    ranges[rng.random(beams) < 0.05] = np.nan
+    got = prepare_values(ranges, spec, angle_min=angle_min, angle_increment=increment)
+
+    angles = [angle_min + increment * i for i in range(beams)]
+    low, high = ((min(angles), max(angles)) if span is None
+                 else (math.radians(span[0]), math.radians(span[1])))
+    tolerance = 1e-6
+    minima = [math.inf] * sectors
+    for angle, value in zip(angles, ranges.tolist()):
+        value = 12.0 if value == math.inf else value  # posinf_value
+        if high > low:
+            if not low - tolerance <= angle <= high + tolerance:
+                continue
+            sector = min(max(math.floor((angle - low) * (sectors / (high - low)) + tolerance),
+                             0), sectors - 1)
+        else:
+            sector = 0
+        if 0.05 <= value <= 12.0:
+            minima[sector] = min(minima[sector], value)
+    expected = [math.nan if value == math.inf else value for value in minima]
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_prepare_values_is_the_shared_path():
     spec = make_config(lidar_input()).input('lidar')
     beams = np.array([5.0, 3.0, 1.0, 2.0, np.inf, 7.5, 9.0, np.inf, 2.0], dtype=np.float32)

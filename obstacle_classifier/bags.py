@@ -4,12 +4,13 @@ Bags are read and written with the ``rosbags`` library (sqlite3 ``.db3`` or MCAP
 parsed by hand. Messages in a bag written here are real CDR from rclpy's ``serialize_message``,
 so ``rosbags`` and rclpy both deserialise them.
 
-Extraction runs the SAME feature pipeline as the node (:func:`features.extract_values`,
-:meth:`FeaturePipeline.add`, :func:`features.replay`): readings in bag (receive) order, stamped
-like the node stamps them (header stamp for ``stamp_source: header``, bag time otherwise), ticks
-on the absolute ``rate_hz`` grid of bag time. Labels come from the ``obstacle_labels`` topic
-(std_msgs/String, comma-separated class names, as the simulator node publishes them): a tick takes
-the newest label received at or before it, if that label is at most ``label_max_age_s`` old.
+Extraction runs the SAME feature pipeline as the node (:func:`cdr.cdr_reader` on the recorded
+bytes, :meth:`FeaturePipeline.add`, :func:`features.replay`): readings in bag (receive) order,
+stamped like the node stamps them (header stamp for ``stamp_source: header``, bag time
+otherwise), ticks on the absolute ``rate_hz`` grid of bag time. Labels come from the
+``obstacle_labels`` topic (std_msgs/String, comma-separated class names, as the simulator node
+publishes them): a tick takes the newest label received at or before it, if that label is at
+most ``label_max_age_s`` old.
 """
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from obstacle_classifier.cdr import CdrError, UnsupportedEncapsulation, cdr_reader
 from obstacle_classifier.datasets import Dataset
-from obstacle_classifier.features import (FeatureConfig, FeaturePipeline, extract_values,
-                                          load_default_config, message_stamp_ns, replay)
+from obstacle_classifier.features import (FeatureConfig, FeaturePipeline, InputSpec,
+                                          extract_values, load_default_config, message_stamp_ns,
+                                          replay)
 
 __all__ = [
     'BAG_STORAGES', 'LABELS_TOPIC', 'BagError', 'BagExtraction', 'BagInfo', 'TopicSummary',
@@ -294,33 +297,53 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
         def refuse(name: str, reason: str) -> None:
             extra_rejections[name][reason] = extra_rejections[name].get(reason, 0) + 1
 
+        def decode(raw: bytes, connection: Any, timestamp: int) -> Any:
+            try:
+                return typestore.deserialize_cdr(raw, connection.msgtype)
+            except Exception as exc:  # any decoding failure is bad data
+                raise BagError(f'{bag}: message on {connection.topic} at {timestamp} ns '
+                               f'does not decode as {connection.msgtype} '
+                               f'({type(exc).__name__}: {exc})') from exc
+
+        def read_input(raw: bytes, connection: Any, timestamp: int,
+                       spec: InputSpec) -> tuple[Optional[int], np.ndarray]:
+            # The node's own reader of serialized messages; rosbags for other encodings.
+            try:
+                return readers[spec.name](raw)
+            except UnsupportedEncapsulation:
+                msg = decode(raw, connection, timestamp)
+                return message_stamp_ns(msg), extract_values(msg, spec)
+            except CdrError as exc:
+                decode(raw, connection, timestamp)  # raises BagError with rosbags' reason
+                raise BagError(f'{bag}: message on {connection.topic} at {timestamp} ns '
+                               f'does not decode as {connection.msgtype} ({exc})') from exc
+
+        readers = {spec.name: cdr_reader(spec) for spec in config.inputs}
+
         def readings() -> Iterator[tuple[int, str, int, Any]]:
             for connection, timestamp, raw in _iterate(bag, reader, wanted):
-                try:
-                    msg = typestore.deserialize_cdr(raw, connection.msgtype)
-                except Exception as exc:  # any decoding failure is bad data
-                    raise BagError(f'{bag}: message on {connection.topic} at {timestamp} ns '
-                                   f'does not decode as {connection.msgtype} '
-                                   f'({type(exc).__name__}: {exc})') from exc
                 if connection.topic == label_key:
+                    msg = decode(raw, connection, timestamp)
                     label_times.append(timestamp)
                     label_rows.append(_label_row(bag, msg.data, class_index, timestamp))
                     continue
                 spec = specs_by_topic[connection.topic]
                 readings_count[spec.name] += 1
+                try:
+                    header_stamp_ns, values = read_input(raw, connection, timestamp, spec)
+                except BagError:
+                    raise
+                except (ValueError, TypeError, AttributeError):
+                    refuse(spec.name, 'malformed')  # e.g. an empty scan
+                    continue
                 if spec.stamp_source == 'header':
-                    stamp_ns = message_stamp_ns(msg)
+                    stamp_ns = header_stamp_ns
                     if stamp_ns is None:
                         refuse(spec.name, 'no_stamp')
                         continue
                 else:  # like the node: arrival time, kept strictly increasing
                     stamp_ns = max(timestamp, last_receive_stamp[spec.name] + 1)
                     last_receive_stamp[spec.name] = stamp_ns
-                try:
-                    values = extract_values(msg, spec)
-                except (ValueError, TypeError, AttributeError):
-                    refuse(spec.name, 'malformed')
-                    continue
                 yield timestamp, spec.name, stamp_ns, values
 
         results: list[tuple[int, Optional[np.ndarray]]] = []

@@ -43,16 +43,18 @@ def simulated_bags(tmp_path_factory) -> dict[str, Path]:
 
 
 def _write_bag(path: Path, messages: list[tuple[str, str, int, object]],
-               storage: str = 'sqlite3') -> Path:
-    """Write (topic, msgtype, time_ns, message) tuples with rosbags' own serialiser."""
+               storage: str = 'sqlite3', encode=None) -> Path:
+    """Write (topic, msgtype, time_ns, message) tuples with rosbags' own serialiser (or with
+    ``encode(message, msgtype) -> bytes``)."""
     from rosbags.rosbag2 import StoragePlugin
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+    encode = encode or TYPESTORE.serialize_cdr
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         connections = {}
         for topic, msgtype, time_ns, msg in messages:
             if topic not in connections:
                 connections[topic] = writer.add_connection(topic, msgtype, typestore=TYPESTORE)
-            writer.write(connections[topic], time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+            writer.write(connections[topic], time_ns, encode(msg, msgtype))
     return path
 
 
@@ -228,6 +230,24 @@ def test_not_a_directory_and_no_such_bag_are_named(tmp_path):
     plain.write_bytes(b'')
     with pytest.raises(BagError, match='not a bag directory'):
         bag_info(plain)
+
+
+def test_inputs_are_read_from_their_cdr_bytes_in_either_byte_order(tmp_path):
+    """Extraction reads the recorded bytes with the node's reader: big-endian CDR gives the
+    same data set; bytes that end too early are refused with the topic and time."""
+    messages = _speed_messages(100 * SECOND, 2.0)
+    little = extract_bag(_write_bag(tmp_path / 'le', messages), SPEED_CONFIG,
+                         require_labels=False)
+    big = extract_bag(_write_bag(tmp_path / 'be', messages, encode=lambda msg, msgtype: (
+        TYPESTORE.serialize_cdr(msg, msgtype, little_endian=False))), SPEED_CONFIG,
+        require_labels=False)
+    assert little.dataset.n > 0
+    np.testing.assert_array_equal(big.dataset.X, little.dataset.X)
+    cut = messages[30][2]
+    truncated = _write_bag(tmp_path / 'cut', messages, encode=lambda msg, msgtype: (
+        TYPESTORE.serialize_cdr(msg, msgtype)[:8 if msg is messages[30][3] else None]))
+    with pytest.raises(BagError, match=f'/sensors/speed at {cut} ns does not decode'):
+        extract_bag(truncated, SPEED_CONFIG, require_labels=False)
 
 
 def test_unknown_message_type_is_skipped_and_counted(tmp_path):

@@ -86,7 +86,7 @@ from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_c
                                         event_driven_executor, input_qos,
                                         message_class, output_qos, publish_unless_shut_down,
                                         run_node, serialized_reader, spin_until_shutdown,
-                                        stamp_to_ns)
+                                        stamp_to_ns, timer_callback)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
 
 NODE_NAME = 'obstacle_classifier'
@@ -753,8 +753,8 @@ class ClassifierNode(Node):
         """Wall time: ticks on a timer at rate_hz. Sim time: ticks come from /clock (see
         _on_clock); a steady timer only runs the ones nothing followed (end of a bag)."""
         if self._sim_ticker is None:
-            return self.create_timer(1.0 / self._rate_hz, self._on_timer)
-        return self.create_timer(SIM_TICK_CHECK_PERIOD_S, self._run_overdue_ticks,
+            return self.create_timer(1.0 / self._rate_hz, timer_callback(self._on_timer))
+        return self.create_timer(SIM_TICK_CHECK_PERIOD_S, timer_callback(self._run_overdue_ticks),
                                  clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _on_timer(self) -> None:

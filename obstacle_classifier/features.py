@@ -533,13 +533,15 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
                                             float(angle_increment), spec.sectors,
                                             spec.sector_span_deg)
     low, high = spec.valid_range
-    usable = (values >= low) & (values <= high)  # False for NaN and for +-inf
-    masked = np.where(usable, values, np.inf)
-    sector_min = np.full(spec.sectors, np.inf)
+    # Unusable beams become NaN, which fmin skips: a sector of NaN only (no usable beam) stays
+    # NaN. Written into a copy: ``values`` may be the caller's array.
+    masked = values.take(beams)
+    masked[(masked < low) | (masked > high)] = np.nan  # NaN compares False: it stays NaN
+    if occupied.shape[0] == spec.sectors:
+        return np.fmin.reduceat(masked, starts)
+    sector_min = np.full(spec.sectors, np.nan)  # a sector without beams has no value
     if beams.shape[0]:
-        # min is exact, so the order of the beams in a sector does not matter
-        sector_min[occupied] = np.minimum.reduceat(masked.take(beams), starts)
-    sector_min[sector_min == np.inf] = np.nan  # no usable beam (or none at all) in the sector
+        sector_min[occupied] = np.fmin.reduceat(masked, starts)
     return sector_min
 
 

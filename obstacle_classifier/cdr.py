@@ -38,6 +38,7 @@ _NS_PER_S = 1_000_000_000
 _ENCAPSULATION_HEADER = 4
 #: representation identifier (first two bytes) -> struct byte order
 _BYTE_ORDERS = {b'\x00\x00': '>', b'\x00\x01': '<'}  # CDR_BE, CDR_LE
+_UINT32 = {order: struct.Struct(order + 'I') for order in _BYTE_ORDERS.values()}
 
 # Member kinds: a struct format character of a fixed-size primitive, or one of these.
 _STRING = 'string'
@@ -156,7 +157,7 @@ def _read_members(steps: tuple[tuple[str, object], ...], data: Buffer) -> list:
     order = encapsulation_byte_order(data)
     offset = _ENCAPSULATION_HEADER
     values: list = []
-    uint32 = struct.Struct(order + 'I')
+    uint32 = _UINT32[order]
     try:
         for kind, detail in steps:
             if kind == 'fixed':

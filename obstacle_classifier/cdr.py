@@ -109,14 +109,19 @@ class _FixedRun:
     def unpack(self, order: str, data: Buffer, offset: int) -> tuple[tuple, int]:
         """The wanted members' values and the offset after the run (offsets count from the
         start of ``data``, which includes the encapsulation header)."""
-        key = (order, (offset - _ENCAPSULATION_HEADER) % 8)
-        layout = self._structs.get(key)
-        if layout is None:
-            layout = self._structs[key] = self._compile(*key)
+        layout = self.compile(order, (offset - _ENCAPSULATION_HEADER) % 8)
         values = layout.unpack_from(data, offset)
         return values, offset + layout.size
 
-    def _compile(self, order: str, start: int) -> struct.Struct:
+    def compile(self, order: str, start: int) -> struct.Struct:
+        """The run's struct for byte order ``order`` starting at ``start`` modulo 8 into the
+        payload (built once per pair)."""
+        layout = self._structs.get((order, start))
+        if layout is None:
+            layout = self._structs[order, start] = self._build(order, start)
+        return layout
+
+    def _build(self, order: str, start: int) -> struct.Struct:
         position = start
         fmt = [order]
         for index, kind in enumerate(self.kinds):
@@ -189,6 +194,35 @@ def _read_members(steps: tuple[tuple[str, object], ...], data: Buffer) -> list:
     return values
 
 
+def _little_endian_reader(steps: tuple[tuple[str, object], ...]
+                          ) -> Optional[Callable[[Buffer], Sequence]]:
+    """A shortcut of :func:`_read_members` for little-endian messages of the common shapes:
+    fixed members only (std_msgs scalars), or fixed members, one string and fixed members (a
+    header, then scalars: Range, Imu). None for other programs. Raises struct.error for bytes
+    that end too early."""
+    shape = [kind for kind, _ in steps]
+    if shape == ['fixed']:
+        layout = steps[0][1].compile('<', 0)
+
+        def fixed_only(data: Buffer) -> Sequence:
+            return layout.unpack_from(data, _ENCAPSULATION_HEADER)
+        return fixed_only
+    if shape != ['fixed', _STRING, 'fixed']:
+        return None
+    head = steps[0][1].compile('<', 0)
+    # the head, padding to 4, then the string's length: one struct at the payload's start
+    head_and_length = struct.Struct(head.format + 'x' * (-head.size % 4) + 'I')
+    text_start = _ENCAPSULATION_HEADER + head_and_length.size
+    tails = [steps[2][1].compile('<', start) for start in range(8)]
+
+    def header_and_fixed(data: Buffer) -> Sequence:
+        *members, length = head_and_length.unpack_from(data, _ENCAPSULATION_HEADER)
+        offset = text_start + length
+        members.extend(tails[(offset - _ENCAPSULATION_HEADER) % 8].unpack_from(data, offset))
+        return members
+    return header_and_fixed
+
+
 def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     """``data -> (stamp_ns, values)`` for serialized messages of ``spec.msg_type``.
 
@@ -219,8 +253,17 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     posinf = spec.posinf_value
     inf = math.inf
 
+    little_endian = _little_endian_reader(steps)
+
     def read(data: Buffer) -> Reading:
-        members = _read_members(steps, data)
+        if little_endian is not None and data[:2] == b'\x00\x01':
+            try:
+                members = little_endian(data)
+            except struct.error as exc:
+                encapsulation_byte_order(data)  # too short for its own header: unsupported
+                raise CdrError(f'message of {len(data)} bytes is truncated: {exc}') from exc
+        else:
+            members = _read_members(steps, data)
         stamp_ns = None
         if has_header:
             stamp_ns = members[0] * _NS_PER_S + members[1] or None

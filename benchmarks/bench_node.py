@@ -21,6 +21,10 @@ and the node's diagnostics, and reports, over ``--duration`` seconds after a war
 * CPU% of the node process (user + system time of all its threads from /proc/<pid>/stat;
   100% = one core), and how much of it the main (executor) thread takes.
 
+Before either it times one ``FeaturePipeline.tick`` in this process right after idling 0, 1, 3
+and 10 ms: on this machine code that wakes from an idle gap of milliseconds runs several times
+slower than in a hot loop, and the node's ticks wake from such gaps (the inputs come in bursts).
+
 Then, under the same driver, it runs ``benchmarks/floor_node.py`` for as long: a node with the
 classifier's subscriptions, QoS and executor that drops every message unread and publishes a
 report of the same size per tick. Its CPU and per-tick time (exact, from its own record) are the
@@ -133,6 +137,31 @@ def _model_path(args, config) -> Path:
     return path
 
 
+def _idle_penalty(config, readings, repeats: int = 150) -> str:
+    """CPU time of one ``FeaturePipeline.tick`` (the default config, windows full of simulated
+    readings) right after the thread slept for 0, 1, 3 and 10 ms: how much slower code runs
+    when it wakes from an idle gap on this machine. Medians, thread CPU time."""
+    from obstacle_classifier.features import FeaturePipeline
+    pipeline = FeaturePipeline(config)
+    stamp = S
+    figures = []
+    for sleep_ms in (0, 1, 3, 10):
+        samples = []
+        for k in range(repeats):
+            stamp += S // 100
+            for name, values in readings.items():
+                for back in (1, 0):  # two readings per input and tick, as at 200 Hz
+                    pipeline.add(name, stamp - back * S // 200, values[k % len(values)])
+            if sleep_ms:
+                time.sleep(sleep_ms / 1000)
+            start = time.thread_time_ns()
+            pipeline.tick(stamp)
+            samples.append(time.thread_time_ns() - start)
+        figures.append(f'{sleep_ms} ms idle {np.median(samples[repeats // 3:]) / 1e3:.0f} us')
+    return ('  machine: one pipeline.tick takes (CPU time, median) after '
+            + ', '.join(figures))
+
+
 def _percentiles(values_ns, label: str) -> str:
     values = np.asarray(values_ns, dtype=np.float64) / 1e6
     if values.size == 0:
@@ -176,6 +205,7 @@ def main() -> int:
                                                 range_info=range_info, scan_geometry=geometry)
                 for spec in config.inputs}
 
+    idle_penalty = _idle_penalty(config, readings)
     rclpy.init(args=[])
     try:
         node = Node('bench_node_driver')
@@ -232,6 +262,7 @@ def main() -> int:
         rclpy.try_shutdown()
 
     node_figures = _report(args, config, model, classifier)
+    print(idle_penalty)
     floor_figures = _report_floor(args, floor) if floor is not None else None
     _report_p4(args, config, node_figures, floor_figures)
     return 0

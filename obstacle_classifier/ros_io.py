@@ -17,6 +17,7 @@ Importing this module imports rclpy's QoS and the message packages it maps, noth
 from __future__ import annotations
 
 import array
+import gc
 import importlib
 import inspect
 import json
@@ -44,6 +45,7 @@ __all__ = [
     'OBSTACLES_STATUSES', 'ObstacleReport', 'RangeInfo', 'ScanGeometry', 'SensorMessageBuilder',
     'classes_qos', 'decode_classes', 'decode_features', 'decode_labels', 'decode_obstacles',
     'diagnostic_status', 'encode_classes', 'encode_features', 'encode_labels', 'encode_obstacles',
+    'freeze_startup_heap',
     'input_qos', 'message_class', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'stamp_to_ns', 'timer_callback',
 ]
@@ -259,6 +261,21 @@ def event_driven_executor(context: Any = None, *, message_info: bool = False) ->
     return SingleThreadedExecutor(context=context)
 
 
+def freeze_startup_heap() -> int:
+    """Collect, then move every object alive now out of the garbage collector's reach.
+
+    A running node holds some 40,000 objects from start-up (modules, message types, the model);
+    a full collection traverses them all, 4-11 ms here, long enough to make a 100 Hz tick late
+    whenever one lands on it. Frozen (``gc.freeze``), they are skipped and a full collection
+    takes microseconds. They are still freed by reference counting; only reference cycles among
+    them would never be collected, and start-up leaves none that is garbage later. Returns the
+    number of objects frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[str]] = None,
              spin: Callable[[Any], None] = spin_until_shutdown) -> int:
     """The executables' main: init, build the node, spin until SIGINT / SIGTERM, shut down.
@@ -279,6 +296,7 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
             except (FeatureConfigError, ParameterException, ValueError) as exc:
                 get_logger(node_name).fatal(f'cannot start: {exc}')
                 return 1
+            freeze_startup_heap()
             spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

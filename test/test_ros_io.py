@@ -119,43 +119,44 @@ def simulated_readings():
     return config, by_input
 
 
-def test_simulated_readings_survive_message_and_cdr_round_trip(simulated_readings):
+def _published(simulated_readings, count: int = 20):
+    """(spec, message as the simulator publishes it, the values the node must read from it, its
+    stamp) for the first ``count`` readings of every input."""
     config, by_input = simulated_readings
     for spec in config.inputs:
         builder = ros_io.SensorMessageBuilder(spec, frame_id=f'{spec.name}_link',
                                               range_info=RANGE, scan_geometry=SCAN)
         geometry = ({'angle_min': LIDAR_ANGLE_MIN, 'angle_increment': LIDAR_ANGLE_INCREMENT}
                     if spec.sectors else {})
-        for reading in by_input[spec.name][:20]:
-            msg = _cdr_round_trip(builder.build(reading.values, 10 * S + reading.stamp_ns))
-            expected = prepare_values(reading.values, spec, **geometry)
-            got = extract_values(msg, spec)
-            # Exact: the simulator already rounds float32 fields to float32.
-            np.testing.assert_array_equal(got, expected, err_msg=spec.name)
-            if hasattr(msg, 'header'):
-                assert message_stamp_ns(msg) == 10 * S + reading.stamp_ns
-                assert msg.header.frame_id == f'{spec.name}_link'
+        for reading in by_input[spec.name][:count]:
+            stamp_ns = 10 * S + reading.stamp_ns
+            yield (spec, builder.build(reading.values, stamp_ns),
+                   prepare_values(reading.values, spec, **geometry), stamp_ns)
+
+
+def test_simulated_readings_survive_message_and_cdr_round_trip(simulated_readings):
+    for spec, msg, expected, stamp_ns in _published(simulated_readings):
+        msg = _cdr_round_trip(msg)
+        # Exact: the simulator already rounds float32 fields to float32.
+        np.testing.assert_array_equal(extract_values(msg, spec), expected, err_msg=spec.name)
+        if hasattr(msg, 'header'):
+            assert message_stamp_ns(msg) == stamp_ns
+            assert msg.header.frame_id == f'{spec.name}_link'
 
 
 def test_serialized_reader_reads_what_the_simulator_publishes(simulated_readings):
     """What the node does with each message: the same stamp and values as the simulator's
     reading, from the CDR bytes; other encapsulations through rclpy give the same."""
-    config, by_input = simulated_readings
-    for spec in config.inputs:
-        builder = ros_io.SensorMessageBuilder(spec, frame_id=f'{spec.name}_link',
-                                              range_info=RANGE, scan_geometry=SCAN)
-        geometry = ({'angle_min': LIDAR_ANGLE_MIN, 'angle_increment': LIDAR_ANGLE_INCREMENT}
-                    if spec.sectors else {})
+    last = {}
+    for spec, msg, expected, stamp_ns in _published(simulated_readings):
         read = ros_io.serialized_reader(spec)
-        for reading in by_input[spec.name][:20]:
-            data = bytes(serialize_message(builder.build(reading.values,
-                                                         10 * S + reading.stamp_ns)))
-            expected = prepare_values(reading.values, spec, **geometry)
-            stamp = 10 * S + reading.stamp_ns if spec.stamp_source == 'header' else None
-            for encoded in (data, b'\x00\x07' + data[2:]):  # plain CDR, then as PLAIN_CDR2
-                stamp_ns, values = read(encoded)
-                np.testing.assert_array_equal(values, expected, err_msg=spec.name)
-                assert stamp_ns == stamp
+        data = bytes(serialize_message(msg))
+        for encoded in (data, b'\x00\x07' + data[2:]):  # plain CDR, then as PLAIN_CDR2
+            got_stamp_ns, values = read(encoded)
+            np.testing.assert_array_equal(values, expected, err_msg=spec.name)
+            assert got_stamp_ns == (stamp_ns if spec.stamp_source == 'header' else None)
+        last[spec.name] = read, data
+    for read, data in last.values():
         with pytest.raises((ValueError, RuntimeError)):
             read(data[:len(data) // 2])  # every input of the config needs its last half
         with pytest.raises(RuntimeError):  # rclpy's RMWError: not a message at all

@@ -549,7 +549,7 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
 def _sector_beams(n_beams: int, angle_min: float, angle_increment: float, sectors: int,
                   span_deg: tuple[float, float] | None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The beams of each sector, for ``np.minimum.reduceat`` (cached per scan geometry).
+    """The beams of each sector, for ``np.fmin.reduceat`` (cached per scan geometry).
 
     Returns ``beams`` (m,): the indices of the m beams inside the span, sector by sector;
     ``starts`` (k,): where each of the k sectors holding a beam begins in ``beams``; and

@@ -253,11 +253,11 @@ def test_diagnostic_status_formats_values():
         'rate_hz': '19.9877', 'stale': 'true', 'age_s': 'inf', 'classes': 'a, b', 'count': '3'}
 
 
-def test_freezing_the_startup_heap_takes_it_out_of_full_collections():
+def test_freezing_the_imported_heap_takes_it_out_of_full_collections():
     import gc
     try:
         tracked = len(gc.get_objects())
-        frozen = ros_io.freeze_startup_heap()
+        frozen = ros_io.freeze_imported_heap()
         assert frozen == gc.get_freeze_count() > 1000  # this test process's modules at least
         # what a full collection still traverses: only what was made since (nearly nothing)
         assert len(gc.get_objects()) < tracked / 100

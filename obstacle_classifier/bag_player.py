@@ -275,13 +275,15 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     from obstacle_classifier.bags import BagError, new_bag_directory
+    from obstacle_classifier.ros_io import sigint_shuts_down
     bag = new_bag_directory(path, options.storage)
     plugin = StoragePlugin.MCAP if options.storage == 'mcap' else StoragePlugin.SQLITE3
     stats = RecordStats(recorded={topic: 0 for topic in options.topics})
     try:
         with Writer(bag, version=9, storage_plugin=plugin) as writer:
             try:
-                with rclpy.init(args=ros_args if ros_args is not None else []):
+                with sigint_shuts_down(), \
+                        rclpy.init(args=ros_args if ros_args is not None else []):
                     node = rclpy.create_node('obstacle_classifier_bag_recorder')
                     executor = SingleThreadedExecutor()
                     executor.add_node(node)

@@ -17,6 +17,7 @@ Importing this module imports rclpy's QoS and the message packages it maps, noth
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import importlib
 import inspect
@@ -24,9 +25,10 @@ import json
 import math
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -47,7 +49,8 @@ __all__ = [
     'diagnostic_status', 'encode_classes', 'encode_features', 'encode_labels', 'encode_obstacles',
     'freeze_imported_heap',
     'input_qos', 'message_class', 'serialized_reader',
-    'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'stamp_to_ns', 'timer_callback',
+    'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down', 'stamp_to_ns',
+    'timer_callback',
 ]
 
 NS_PER_S = 1_000_000_000
@@ -277,9 +280,35 @@ def freeze_imported_heap() -> int:
     return gc.get_freeze_count()
 
 
+@contextlib.contextmanager
+def sigint_shuts_down() -> Iterator[None]:
+    """Within: SIGINT shuts the default context down and raises nothing. Enter before
+    ``rclpy.init``.
+
+    rclpy's own handler shuts the context down and then runs the Python-level one; Python's
+    default raises KeyboardInterrupt inside whatever callback is running, which rclpy reports
+    as a failed callback (and a callback cut short may leave its work half done, e.g. a bag
+    write). This one only makes sure of the shutdown: spinning and loops that check the
+    context end normally. SIGTERM needs nothing: its Python-level default does nothing.
+    """
+    import rclpy
+
+    def shut_down(signum: int, frame: Any) -> None:
+        rclpy.try_shutdown()
+
+    previous = signal.signal(signal.SIGINT, shut_down)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[str]] = None,
              spin: Callable[[Any], None] = spin_until_shutdown) -> int:
     """The executables' main: init, build the node, spin until SIGINT / SIGTERM, shut down.
+
+    A signal shuts the context down and the spin returns; it never raises KeyboardInterrupt
+    into a running callback.
 
     Returns the exit status: 0 after a clean shutdown, 1 when the node cannot be built from its
     configuration (a bad feature config or parameter), which is logged as fatal with the reason.
@@ -291,7 +320,7 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
 
     from obstacle_classifier.features import FeatureConfigError
     try:
-        with rclpy.init(args=args):
+        with sigint_shuts_down(), rclpy.init(args=args):
             freeze_imported_heap()
             try:
                 node = make_node()

@@ -2,6 +2,7 @@
 (round trips through CDR and ``features.extract_values``), and the output wire formats."""
 import inspect
 import math
+import os
 import time
 
 import numpy as np
@@ -263,6 +264,59 @@ def test_freezing_the_imported_heap_takes_it_out_of_full_collections():
         assert len(gc.get_objects()) < tracked / 100
     finally:
         gc.unfreeze()  # back to normal for the rest of the test session
+
+
+BUSY_NODE = """
+import sys, time
+from rclpy.node import Node
+from obstacle_classifier.ros_io import event_driven_executor, run_node, spin_until_shutdown
+
+
+def busy():  # a callback that is running Python code nearly all the time
+    print('busy', flush=True)
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end:
+        pass
+
+
+def make():
+    node = Node('busy_{pid}')
+    node.create_timer(0.001, busy)
+    return node
+
+
+def spin(node):
+    executor = event_driven_executor(node.context)
+    executor.add_node(node)
+    spin_until_shutdown(node, executor)
+
+
+sys.exit(run_node(make, 'busy', spin=spin))
+"""
+
+
+@pytest.mark.parametrize('signal_name', ['SIGINT', 'SIGTERM'])
+def test_a_signal_during_a_callback_ends_the_node_cleanly(signal_name):
+    """SIGINT / SIGTERM shut the node down and it exits 0, also when the signal lands inside a
+    Python callback: no KeyboardInterrupt is raised into it (rclpy would log that as a failed
+    callback, with a deprecated call that is an error under strict warnings)."""
+    import signal
+    import subprocess
+    import sys
+    process = subprocess.Popen(
+        [sys.executable, '-c', BUSY_NODE.replace('{pid}', str(os.getpid()))],
+        env=ros_helpers.ros_subprocess_env(ros_helpers.STRICT_WARNINGS_ENV),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == 'busy'  # inside the callback now
+        process.send_signal(getattr(signal, signal_name))
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert 'Exception in' not in stderr and 'KeyboardInterrupt' not in stderr, stderr
 
 
 def test_timer_callback_calls_through_and_has_its_signature_ready():

@@ -1,6 +1,7 @@
 """Benchmark of the live classifier node: latency, processing time, missed ticks, CPU. Not a test.
 
-    .venv/bin/python benchmarks/bench_node.py [--duration 20] [--rate-hz 100] [--input-rate-hz 200]
+    .venv/bin/python benchmarks/bench_node.py [--duration 20] [--repeats 3] [--rate-hz 100]
+        [--input-rate-hz 200]
 
 The classifier node runs as its own process (``python -m obstacle_classifier.classifier_node``,
 ``rate_hz`` = ``--rate-hz``) with the default feature config and a model (the shipped default,
@@ -31,8 +32,10 @@ report of the same size per tick. Its CPU and per-tick time (exact, from its own
 floor that rclpy and the middleware set on this machine before any work of the classifier's
 (``--no-floor`` skips it).
 
-It ends with the P4 summary of issue 7: PASS / FAIL against p99 processing <= 200 us, no missed
-tick, node CPU < 10% of one core, each with the floor's figure, and the end-to-end latency
+The two sides alternate ``--repeats`` times (default 3); each side's full report is that of its
+run with the least CPU. It ends with the P4 summary of issue 7: PASS / FAIL against p99
+processing <= 200 us and node CPU < 10% of one core (each from the node's best run, as the issue
+asks, with the floor's figure) and no missed tick (over all runs), and the end-to-end latency
 p50 / p99.
 
 Both processes share the machine: on 2 cores the publisher here competes with the node, and
@@ -41,6 +44,8 @@ anything else running preempts it (the processing time is wall time, so it shows
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -67,6 +72,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument('--input-rate-hz', type=float, default=200.0,
                         help='publish rate of every input')
     parser.add_argument('--model', type=Path, default=None, help='model file')
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='runs of each side, alternating; P4 takes the best (default 3)')
     parser.add_argument('--no-floor', action='store_true',
                         help='skip the floor run (benchmarks/floor_node.py)')
     parser.add_argument('--profile', type=Path, default=None,
@@ -248,24 +255,50 @@ def main() -> int:
         ros_args = ['--ros-args', '-r', f'__ns:=/{NAMESPACE}', '-p', f'rate_hz:={args.rate_hz}']
         profile = ('-m', 'cProfile', '-o', str(args.profile)) if args.profile else ()
         run = _Run(executor, outputs, batches, diagnostics, args)
-        classifier = run.measure(
-            [sys.executable, *profile, '-m', 'obstacle_classifier.classifier_node', *ros_args,
-             '-p', f'model_path:={model}'])
-        floor = None
-        if not args.no_floor:
-            with tempfile.TemporaryDirectory(prefix='bench_node_floor_') as scratch:
-                record = Path(scratch) / 'ticks.npy'
-                floor = run.measure([sys.executable, str(Path(__file__).parent / 'floor_node.py'),
-                                     '--record', str(record), *ros_args])
-                floor.ticks = np.load(record)
+        classifiers, floors = [], []
+        for _ in range(args.repeats):  # the two sides alternate
+            classifiers.append(run.measure(
+                [sys.executable, *profile, '-m', 'obstacle_classifier.classifier_node',
+                 *ros_args, '-p', f'model_path:={model}']))
+            if not args.no_floor:
+                with tempfile.TemporaryDirectory(prefix='bench_node_floor_') as scratch:
+                    record = Path(scratch) / 'ticks.npy'
+                    floors.append(run.measure(
+                        [sys.executable, str(Path(__file__).parent / 'floor_node.py'),
+                         '--record', str(record), *ros_args]))
+                    floors[-1].ticks = np.load(record)
     finally:
         rclpy.try_shutdown()
 
-    node_figures = _report(args, config, model, classifier)
+    # Each side's full report is printed for its repetition with the least CPU.
+    node_reports = [_captured(_report, args, config, model, c) for c in classifiers]
+    floor_reports = [_captured(_report_floor, args, f) for f in floors]
+    if args.repeats > 1:
+        for index, (node_figures, _) in enumerate(node_reports):
+            floor_text = ''
+            if floor_reports:
+                floor_figures = floor_reports[index][0]
+                floor_text = (f' | floor: CPU {floor_figures.cpu_percent:.1f}%, p99 '
+                              f'{floor_figures.p99_us:.0f} us')
+            print(f'repetition {index + 1}: node CPU {node_figures.cpu_percent:.1f}%, p99 '
+                  f'{node_figures.p99}, missed {node_figures.missed}{floor_text}')
+    node_figures, text = min(node_reports, key=lambda report: report[0].cpu_percent)
+    print(text, end='')
     print(idle_penalty)
-    floor_figures = _report_floor(args, floor) if floor is not None else None
-    _report_p4(args, config, node_figures, floor_figures)
+    floor_figures = None
+    if floor_reports:
+        floor_figures, text = min(floor_reports, key=lambda report: report[0].cpu_percent)
+        print(text, end='')
+    _report_p4(args, config, [figures for figures, _ in node_reports], floor_figures)
     return 0
+
+
+def _captured(report, *args) -> tuple[SimpleNamespace, str]:
+    """(figures, printed text) of one report function call."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        figures = report(*args)
+    return figures, text.getvalue()
 
 
 class _Run:
@@ -419,15 +452,20 @@ def _report_floor(args, run) -> SimpleNamespace:
                            cpu_percent=cpu_percent, missed=missed)
 
 
-def _report_p4(args, config, node, floor) -> None:
+def _report_p4(args, config, repetitions, floor) -> None:
+    """The P4 verdicts: processing and CPU from the node's best repetition (as the issue asks),
+    missed ticks summed over all of them; the floor's best repetition alongside."""
     def verdict(ok):
         return 'PASS' if ok else 'FAIL'
 
     def floor_note(text):
         return f'; floor {text}' if floor is not None else ''
+    runs = f'best of {len(repetitions)} runs' if len(repetitions) > 1 else 'one run'
     print(f'P4 (issue 7): node at {args.rate_hz:g} Hz, {len(config.inputs)} inputs at '
-          f'{args.input_rate_hz:g} Hz, {args.duration:g} s')
-    if node.share is not None:
+          f'{args.input_rate_hz:g} Hz, {args.duration:g} s per run, {runs}')
+    timed = [node for node in repetitions if node.share is not None]
+    if timed:
+        node = min(timed, key=lambda figures: figures.share)
         floor_text = (f'p99 {floor.p99_us:.0f} us, {100 * floor.over / max(floor.ticks, 1):.2f}%'
                       ' over' if floor is not None else '')
         print(f'  p99 processing per tick <= {P4_PROCESSING_P99_US:g} us: '
@@ -435,10 +473,15 @@ def _report_p4(args, config, node, floor) -> None:
               f'ticks = {100 * node.share:.2f}% over{floor_note(floor_text)})')
     else:
         print('  p99 processing per tick: FAIL (no histogram from the node)')
-    print(f'  no missed ticks over {args.duration:g} s: {verdict(node.missed == 0)} '
-          f'({node.missed} missed of {node.grid_points} grid points)')
+    missed = sum(node.missed for node in repetitions)
+    grid_points = sum(node.grid_points for node in repetitions)
+    print(f'  no missed ticks over {args.duration * len(repetitions):g} s: '
+          f'{verdict(missed == 0)} ({missed} missed of {grid_points} grid points, all runs)')
+    node = min(repetitions, key=lambda figures: figures.cpu_percent)
+    spread = (f', runs {min(n.cpu_percent for n in repetitions):.1f}-'
+              f'{max(n.cpu_percent for n in repetitions):.1f}%' if len(repetitions) > 1 else '')
     print(f'  node CPU < {P4_CPU_PERCENT:g}% of one core: '
-          f'{verdict(node.cpu_percent < P4_CPU_PERCENT)} ({node.cpu_percent:.1f}%'
+          f'{verdict(node.cpu_percent < P4_CPU_PERCENT)} ({node.cpu_percent:.2f}%{spread}'
           + floor_note(f'{floor.cpu_percent:.1f}%' if floor is not None else '') + ')')
     e2e_ms = np.asarray(node.e2e_ns, dtype=np.float64) / 1e6
     if e2e_ms.size:

@@ -101,7 +101,7 @@ def test_layouts_are_the_message_definitions(msg_type):
     assert set(MSG_TYPES[msg_type]) <= readable
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(radiation=st.integers(0, 255), fov=FLOAT32, low=FLOAT32, high=FLOAT32, value=FLOAT32,
        posinf=st.none() | st.just(4.0), **STAMPS)
 def test_range(radiation, fov, low, high, value, posinf, frame_id, sec, nanosec):
@@ -114,7 +114,7 @@ def test_range(radiation, fov, low, high, value, posinf, frame_id, sec, nanosec)
         assert_reads_like_extract_values(data, 'sensor_msgs/msg/Range', spec)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(values=st.lists(FLOAT64, min_size=10, max_size=10), **STAMPS)
 def test_imu_members_after_the_covariances(values, frame_id, sec, nanosec):
     from sensor_msgs.msg import Imu
@@ -133,7 +133,7 @@ def test_imu_members_after_the_covariances(values, frame_id, sec, nanosec):
         assert_reads_like_extract_values(data, 'sensor_msgs/msg/Imu', spec)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(ranges=st.lists(FLOAT32, max_size=40), intensities=st.lists(FLOAT32, max_size=5),
        angle_min=FLOAT32, **STAMPS)
 def test_laser_scan_sequences(ranges, intensities, angle_min, frame_id, sec, nanosec):
@@ -146,7 +146,7 @@ def test_laser_scan_sequences(ranges, intensities, angle_min, frame_id, sec, nan
         assert_reads_like_extract_values(data, 'sensor_msgs/msg/LaserScan', spec)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(beams=st.integers(1, 400), angle_min=st.floats(-3.0, 0.0, width=32),
        seed=st.integers(0, 2 ** 32 - 1), **STAMPS)
 def test_laser_scan_sectors(beams, angle_min, seed, frame_id, sec, nanosec):
@@ -164,7 +164,7 @@ def test_laser_scan_sectors(beams, angle_min, seed, frame_id, sec, nanosec):
         assert_reads_like_extract_values(data, 'sensor_msgs/msg/LaserScan', spec)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(value32=FLOAT32, value64=FLOAT64,
        dims=st.lists(st.tuples(FRAME_IDS, st.integers(0, 2 ** 32 - 1),
                                st.integers(0, 2 ** 32 - 1)), max_size=3),

@@ -33,6 +33,7 @@ from rclpy.event_handler import (PublisherEventCallbacks,  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,  # noqa: E402
                        qos_profile_sensor_data)
+from rclpy.serialization import serialize_message  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Range  # noqa: E402
 from std_msgs.msg import Float32MultiArray, Float64, String  # noqa: E402
@@ -428,8 +429,13 @@ def test_bad_readings_are_rejected_counted_and_never_reach_the_network(
     def ranges():
         old = ns_to_stamp(time.time_ns() - S)
         good = a_range(good_range)
+        # Serialized bytes go out as they are: a message cut short, and a good one in another
+        # CDR encapsulation (PLAIN_CDR2), which the node has rclpy deserialise.
+        cut = bytes(serialize_message(a_range(good_range)))[:20]
+        cdr2 = bytes(serialize_message(a_range(good_range)))
         return [good, a_range(math.nan), a_range(-1.0), a_range(math.inf), a_range(4.5),
-                a_range(2.0, stamp=ns_to_stamp(0)), a_range(2.0, stamp=old)]
+                a_range(2.0, stamp=ns_to_stamp(0)), a_range(2.0, stamp=old), cut,
+                b'\x00\x07' + cdr2[2:]]
 
     observer = Observer(ros, namespace)
     feeder = Feeder(ros, period=0.05)
@@ -459,7 +465,10 @@ def test_bad_readings_are_rejected_counted_and_never_reach_the_network(
     assert int(rng['rejected_out_of_range']) >= 2 * cycles
     assert int(rng['rejected_no_stamp']) >= cycles
     assert int(rng['rejected_out_of_order']) >= cycles
-    assert int(vec['accepted']) >= cycles and int(rng['accepted']) >= cycles
+    assert int(rng['rejected_malformed']) >= cycles
+    # per cycle one cut message refused, two good ones (one of them PLAIN_CDR2) accepted
+    assert int(rng['accepted']) >= 2 * int(rng['rejected_malformed']) - 2
+    assert int(vec['accepted']) >= cycles
     for name in ('vec', 'rng'):
         status = statuses[f'obstacle_classifier: input {name}']
         assert status.level == 1 and 'rejected' in status.message

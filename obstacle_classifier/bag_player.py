@@ -282,8 +282,10 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     try:
         with Writer(bag, version=9, storage_plugin=plugin) as writer:
             try:
-                with sigint_shuts_down(), \
+                with sigint_shuts_down() as interrupted, \
                         rclpy.init(args=ros_args if ros_args is not None else []):
+                    if interrupted():
+                        raise ExternalShutdownException()
                     node = rclpy.create_node('obstacle_classifier_bag_recorder')
                     executor = SingleThreadedExecutor()
                     executor.add_node(node)

@@ -281,24 +281,31 @@ def freeze_imported_heap() -> int:
 
 
 @contextlib.contextmanager
-def sigint_shuts_down() -> Iterator[None]:
-    """Within: SIGINT shuts the default context down and raises nothing. Enter before
-    ``rclpy.init``.
+def sigint_shuts_down() -> Iterator[Callable[[], bool]]:
+    """Within: SIGINT raises no KeyboardInterrupt into a running callback; rclpy's own handler
+    still shuts the context down. Enter before ``rclpy.init``; yields ``interrupted()``, true
+    once a SIGINT has come (check it after ``rclpy.init``: one may come before rclpy's handler
+    is in place).
 
-    rclpy's own handler shuts the context down and then runs the Python-level one; Python's
-    default raises KeyboardInterrupt inside whatever callback is running, which rclpy reports
-    as a failed callback (and a callback cut short may leave its work half done, e.g. a bag
-    write). This one only makes sure of the shutdown: spinning and loops that check the
-    context end normally. SIGTERM needs nothing: its Python-level default does nothing.
+    rclpy's handler (installed by ``rclpy.init``) has a thread of its own shut the context down
+    and then runs the Python-level handler that was installed before it. Python's default raises
+    KeyboardInterrupt inside whatever callback is running, which rclpy reports as a failed
+    callback, and a callback cut short may leave its work half done (e.g. a bag write). This
+    handler does nothing the first time (it must not touch rclpy: the shutdown is under way in
+    that other thread) and raises KeyboardInterrupt from the second SIGINT on, so that a
+    shutdown that hangs can still be interrupted. SIGTERM needs nothing: Python installs no
+    handler of its own for it.
     """
-    import rclpy
+    count = [0]
 
-    def shut_down(signum: int, frame: Any) -> None:
-        rclpy.try_shutdown()
+    def on_sigint(signum: int, frame: Any) -> None:
+        count[0] += 1
+        if count[0] > 1:
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, shut_down)
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield
+        yield lambda: count[0] > 0
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -307,8 +314,8 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
              spin: Callable[[Any], None] = spin_until_shutdown) -> int:
     """The executables' main: init, build the node, spin until SIGINT / SIGTERM, shut down.
 
-    A signal shuts the context down and the spin returns; it never raises KeyboardInterrupt
-    into a running callback.
+    A signal shuts the context down and the spin returns; the first SIGINT never raises
+    KeyboardInterrupt into a running callback (see :func:`sigint_shuts_down`).
 
     Returns the exit status: 0 after a clean shutdown, 1 when the node cannot be built from its
     configuration (a bad feature config or parameter), which is logged as fatal with the reason.
@@ -320,7 +327,9 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
 
     from obstacle_classifier.features import FeatureConfigError
     try:
-        with sigint_shuts_down(), rclpy.init(args=args):
+        with sigint_shuts_down() as interrupted, rclpy.init(args=args):
+            if interrupted():
+                return 0
             freeze_imported_heap()
             try:
                 node = make_node()

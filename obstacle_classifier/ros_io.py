@@ -332,11 +332,14 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
                 return 0
             freeze_imported_heap()
             try:
-                node = make_node()
-            except (FeatureConfigError, ParameterException, ValueError) as exc:
-                get_logger(node_name).fatal(f'cannot start: {exc}')
-                return 1
-            spin(node)
+                try:
+                    node = make_node()
+                except (FeatureConfigError, ParameterException, ValueError) as exc:
+                    get_logger(node_name).fatal(f'cannot start: {exc}')
+                    return 1
+                spin(node)
+            finally:
+                gc.unfreeze()  # only the spinning needs it: tear down as Python usually does
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     return 0

@@ -83,7 +83,7 @@ from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_
                                                  parse_multi_hot)
 from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
                                         encode_features, encode_obstacles,
-                                        event_driven_executor, input_qos,
+                                        event_driven_executor, has_subscribers, input_qos,
                                         message_class, output_qos, publish_unless_shut_down,
                                         run_node, serialized_reader, spin_until_shutdown,
                                         stamp_to_ns, timer_callback)
@@ -844,11 +844,11 @@ class ClassifierNode(Node):
             return
         # Per-tick topics are volatile: a sample nobody has matched is lost anyway, so the
         # optional ones are only built and sent while someone subscribes.
-        if status == 'ok' and self._probabilities_pub.get_subscription_count():
+        if status == 'ok' and has_subscribers(self, self._probabilities_pub):
             self._probabilities_msg.data = array.array(
                 'f', (p if p.dtype == np.float32 else p.astype(np.float32)).tobytes())
             publish_unless_shut_down(self, self._probabilities_pub, self._probabilities_msg)
-        if self._features_pub is not None and self._features_pub.get_subscription_count():
+        if self._features_pub is not None and has_subscribers(self, self._features_pub):
             publish_unless_shut_down(self, self._features_pub, String(
                 data=encode_features(now_ns, result.features)))
 

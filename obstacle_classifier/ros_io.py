@@ -47,9 +47,10 @@ __all__ = [
     'OBSTACLES_STATUSES', 'ObstacleReport', 'RangeInfo', 'ScanGeometry', 'SensorMessageBuilder',
     'classes_qos', 'decode_classes', 'decode_features', 'decode_labels', 'decode_obstacles',
     'diagnostic_status', 'encode_classes', 'encode_features', 'encode_labels', 'encode_obstacles',
-    'freeze_imported_heap',
+    'freeze_imported_heap', 'has_subscribers',
     'input_qos', 'message_class', 'serialized_reader',
-    'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down', 'stamp_to_ns',
+    'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down',
+    'stamp_to_ns',
     'timer_callback',
 ]
 
@@ -164,13 +165,26 @@ def publish_unless_shut_down(node: Any, publisher: Any, msg: Any) -> bool:
     is already running can find its publisher invalid. That race is the normal end of a node,
     not an error; any other failure to publish is raised.
     """
+    return _unless_shut_down(node, publisher.publish, msg)[0]
+
+
+def has_subscribers(node: Any, publisher: Any) -> bool:
+    """Whether ``publisher`` has a matched subscription; False, and nothing raised, once the
+    context is shut down (the race of :func:`publish_unless_shut_down`)."""
+    done, count = _unless_shut_down(node, publisher.get_subscription_count)
+    return done and count > 0
+
+
+def _unless_shut_down(node: Any, call: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    """(True, ``call(*args)``), or (False, None) if the call failed because the context was
+    shut down meanwhile (rclpy says so with RCLError, or InvalidHandle once it has destroyed the
+    entity); any other failure is raised."""
     try:
-        publisher.publish(msg)
-    except _rclpy.RCLError:
+        return True, call(*args)
+    except (_rclpy.RCLError, _rclpy.InvalidHandle):
         if node.context.ok():
             raise
-        return False
-    return True
+        return False, None
 
 
 def timer_callback(callback: Callable[[], None]) -> Callable[[], None]:

@@ -329,6 +329,28 @@ def test_timer_callback_calls_through_and_has_its_signature_ready():
     assert calls == ['tick']
 
 
+def test_publishing_and_counting_subscribers_after_shutdown_raise_nothing(ros_domain_id):
+    """A callback still running when SIGINT shuts the context down must not fail on its
+    publisher: publish_unless_shut_down and has_subscribers answer False instead."""
+    rclpy = ros_helpers.import_rclpy()
+    from rclpy.context import Context
+    from rclpy.node import Node
+
+    context = Context()
+    rclpy.init(args=[], context=context, domain_id=ros_domain_id)
+    try:
+        node = Node(f'shutdown_test_{ros_domain_id}', context=context)
+        publisher = node.create_publisher(String, 'shutdown_test', 10)
+        node.create_subscription(String, 'shutdown_test', lambda msg: None, 10)
+        assert ros_io.has_subscribers(node, publisher)  # its own subscription, same node
+        assert ros_io.publish_unless_shut_down(node, publisher, String(data='x'))
+        context.try_shutdown()
+        assert ros_io.has_subscribers(node, publisher) is False
+        assert ros_io.publish_unless_shut_down(node, publisher, String(data='x')) is False
+    finally:
+        context.try_shutdown()
+
+
 def test_event_driven_executor_runs_timers_and_messages_and_returns_at_shutdown(
         ros_domain_id, monkeypatch):
     """The executor the classifier node spins: timers (ROS and steady clock) and subscriptions

@@ -33,21 +33,19 @@ def main() -> int:
     args, ros_args = parser.parse_known_args()
     with warnings.catch_warnings():  # rclpy's vendored lark imports deprecated sre_* modules
         warnings.simplefilter('ignore', DeprecationWarning)
-        import rclpy
         from rclpy.node import Node
         from std_msgs.msg import String
 
         from obstacle_classifier.features import load_default_config
-        from obstacle_classifier.ros_io import (encode_obstacles, event_driven_executor,
-                                                input_qos, message_class, output_qos,
-                                                publish_unless_shut_down, spin_until_shutdown,
-                                                timer_callback)
+        from obstacle_classifier.ros_io import (encode_obstacles, input_qos, message_class,
+                                                output_qos, publish_unless_shut_down, run_node,
+                                                spin_on_events, timer_callback)
 
     record = np.zeros((MAX_TICKS, 2), dtype=np.int64)
     count = [0]
     probabilities = {name: 0.0123 * (k + 1) for k, name in enumerate(CLASSES)}
-    rclpy.init(args=[sys.argv[0], *ros_args])
-    try:
+
+    def make_node() -> Node:
         node = Node('obstacle_classifier_floor')
         rate_hz = node.declare_parameter('rate_hz', 100.0).value
         for spec in load_default_config().inputs:
@@ -66,15 +64,13 @@ def main() -> int:
             count[0] += 1
 
         node.create_timer(1.0 / rate_hz, timer_callback(tick))
-        executor = event_driven_executor()
-        executor.add_node(node)
-        spin_until_shutdown(node, executor)
-    except KeyboardInterrupt:
-        pass
+        return node
+
+    try:  # started and stopped as the classifier node is: run_node, the same executor
+        return run_node(make_node, 'obstacle_classifier_floor', [sys.argv[0], *ros_args],
+                        spin=spin_on_events)
     finally:
-        rclpy.try_shutdown()
         np.save(args.record, record[:min(count[0], MAX_TICKS)])
-    return 0
 
 
 if __name__ == '__main__':

@@ -82,11 +82,10 @@ from obstacle_classifier.nn.optim import OPTIMIZERS
 from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_label_names,
                                                  parse_multi_hot)
 from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
-                                        encode_features, encode_obstacles,
-                                        event_driven_executor, has_subscribers, input_qos,
-                                        message_class, output_qos, publish_unless_shut_down,
-                                        run_node, serialized_reader, spin_until_shutdown,
-                                        stamp_to_ns, timer_callback)
+                                        encode_features, encode_obstacles, has_subscribers,
+                                        input_qos, message_class, output_qos,
+                                        publish_unless_shut_down, run_node, serialized_reader,
+                                        spin_on_events, stamp_to_ns, timer_callback)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
 
 NODE_NAME = 'obstacle_classifier'
@@ -911,20 +910,15 @@ class ClassifierNode(Node):
         """Spin until shutdown. With online training the training thread runs alongside, and
         a clean exit (SIGINT) stops it and writes a last checkpoint."""
         # With sim time the /clock and input callbacks take a MessageInfo (see sim_ticks).
-        executor = event_driven_executor(self.context,
-                                         message_info=self._sim_ticker is not None)
-        executor.add_node(self)
+        message_info = self._sim_ticker is not None
+        if self._training is None:
+            spin_on_events(self, message_info=message_info)
+            return
+        self._training.start()
         try:
-            if self._training is None:
-                spin_until_shutdown(self, executor)
-                return
-            self._training.start()
-            try:
-                spin_until_shutdown(self, executor)
-            finally:
-                self._training.finish()
+            spin_on_events(self, message_info=message_info)
         finally:
-            executor.shutdown()
+            self._training.finish()
 
     def _model_status(self, hardware_id: str) -> DiagnosticStatus:
         model = self._model

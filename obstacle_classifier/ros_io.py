@@ -50,7 +50,7 @@ __all__ = [
     'freeze_imported_heap', 'has_subscribers',
     'input_qos', 'message_class', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down',
-    'stamp_to_ns',
+    'spin_on_events', 'stamp_to_ns',
     'timer_callback',
 ]
 
@@ -276,6 +276,17 @@ def event_driven_executor(context: Any = None, *, message_info: bool = False) ->
         else:
             return _EventsExecutorLoop(EventsExecutor(context=context))
     return SingleThreadedExecutor(context=context)
+
+
+def spin_on_events(node: Any, *, message_info: bool = False) -> None:
+    """Spin ``node`` on :func:`event_driven_executor` until shutdown, then shut the executor
+    down. ``message_info``: some subscription callback takes a MessageInfo."""
+    executor = event_driven_executor(node.context, message_info=message_info)
+    executor.add_node(node)
+    try:
+        spin_until_shutdown(node, executor)
+    finally:
+        executor.shutdown()
 
 
 def freeze_imported_heap() -> int:

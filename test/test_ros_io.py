@@ -269,7 +269,7 @@ def test_freezing_the_imported_heap_takes_it_out_of_full_collections():
 BUSY_NODE = """
 import sys, time
 from rclpy.node import Node
-from obstacle_classifier.ros_io import event_driven_executor, run_node, spin_until_shutdown
+from obstacle_classifier.ros_io import run_node, spin_on_events
 
 
 def busy():  # a callback that is running Python code nearly all the time
@@ -285,13 +285,7 @@ def make():
     return node
 
 
-def spin(node):
-    executor = event_driven_executor(node.context)
-    executor.add_node(node)
-    spin_until_shutdown(node, executor)
-
-
-sys.exit(run_node(make, 'busy', spin=spin))
+sys.exit(run_node(make, 'busy', spin=spin_on_events))
 """
 
 

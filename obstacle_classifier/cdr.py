@@ -37,7 +37,8 @@ Reading = tuple[Optional[int], np.ndarray]
 _NS_PER_S = 1_000_000_000
 _ENCAPSULATION_HEADER = 4
 #: representation identifier (first two bytes) -> struct byte order
-_BYTE_ORDERS = {b'\x00\x00': '>', b'\x00\x01': '<'}  # CDR_BE, CDR_LE
+_CDR_BE, _CDR_LE = b'\x00\x00', b'\x00\x01'
+_BYTE_ORDERS = {_CDR_BE: '>', _CDR_LE: '<'}
 _UINT32 = {order: struct.Struct(order + 'I') for order in _BYTE_ORDERS.values()}
 
 # Member kinds: a struct format character of a fixed-size primitive, or one of these.
@@ -256,7 +257,7 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     little_endian = _little_endian_reader(steps)
 
     def read(data: Buffer) -> Reading:
-        if little_endian is not None and data[:2] == b'\x00\x01':
+        if little_endian is not None and data[:2] == _CDR_LE:
             try:
                 members = little_endian(data)
             except struct.error as exc:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from proc_stats import rss_bytes  # benchmarks/, the script's own directory
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -42,14 +43,6 @@ def _parse() -> argparse.Namespace:
                         help='seconds of flooding before measuring (the buffer fills)')
     parser.add_argument('--label-rate-hz', type=float, default=1000.0)
     return parser.parse_args()
-
-
-def _rss_bytes(pid: int) -> int:
-    with open(f'/proc/{pid}/status') as status:
-        for line in status:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f'no VmRSS for pid {pid}')
 
 
 def main() -> int:
@@ -118,7 +111,7 @@ def main() -> int:
             if now >= start and sent_at_start is None:
                 sent_at_start = (sent[0], dict(training[-1]))
             if now >= next_sample:
-                samples.append((now - start, _rss_bytes(classifier.pid)))
+                samples.append((now - start, rss_bytes(classifier.pid)))
                 next_sample += 1.0
             if not classifier.is_running():
                 raise RuntimeError(f'the classifier exited; see {log_dir}')

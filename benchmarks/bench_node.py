@@ -20,7 +20,8 @@ and the node's diagnostics, and reports, over ``--duration`` seconds after a war
 * ticks missed: output stamps are placed on the ``rate_hz`` grid (its phase taken from the
   stamps); a grid point in the window without an output is a missed tick;
 * CPU% of the node process (user + system time of all its threads from /proc/<pid>/stat;
-  100% = one core), and how much of it the main (executor) thread takes.
+  100% = one core), and how much of it the main (executor) thread takes;
+* resident memory (VmRSS) of the node process at the start and the end of the window.
 
 Before either it times one ``FeaturePipeline.tick`` in this process right after idling 0, 1, 3
 and 10 ms: on this machine code that wakes from an idle gap of milliseconds runs several times
@@ -57,6 +58,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from proc_stats import cpu_seconds, rss_bytes  # benchmarks/, the script's own directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -84,14 +86,6 @@ def _parse() -> argparse.Namespace:
 
 P4_PROCESSING_P99_US = 200.0
 P4_CPU_PERCENT = 10.0
-
-
-def _cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), or of its thread ``tid``."""
-    path = f'/proc/{pid}/stat' if tid is None else f'/proc/{pid}/task/{tid}/stat'
-    with open(path, 'rb') as stat:
-        fields = stat.read().rsplit(b')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')  # utime + stime
 
 
 def _missed_on_grid(stamps_ns: np.ndarray, begin_ns: int, end_ns: int, period_ns: int):
@@ -331,12 +325,14 @@ class _Run:
             self._spin_for(args.warmup)
             first_output, first_batch = len(self.outputs), len(self.batches)
             first_report = len(self.diagnostics)
-            cpu_start, wall_start = _cpu_seconds(process.pid), time.monotonic()
-            main_start = _cpu_seconds(process.pid, process.pid)
+            cpu_start, wall_start = cpu_seconds(process.pid), time.monotonic()
+            main_start = cpu_seconds(process.pid, process.pid)
+            rss_start = rss_bytes(process.pid)
             begin_ns = time.time_ns()
             self._spin_for(args.duration)
-            cpu = _cpu_seconds(process.pid) - cpu_start
-            main_cpu = _cpu_seconds(process.pid, process.pid) - main_start
+            cpu = cpu_seconds(process.pid) - cpu_start
+            main_cpu = cpu_seconds(process.pid, process.pid) - main_start
+            rss_end = rss_bytes(process.pid)
             wall = time.monotonic() - wall_start
             end_ns = time.time_ns()
             self._spin_for(0.3)  # let the last outputs arrive before stopping
@@ -352,7 +348,8 @@ class _Run:
             outputs=list(self.outputs), first_output=first_output,
             batches=list(self.batches), first_batch=first_batch,
             diagnostics=list(self.diagnostics), first_report=first_report,
-            begin_ns=begin_ns, end_ns=end_ns, wall=wall, cpu=cpu, main_cpu=main_cpu)
+            begin_ns=begin_ns, end_ns=end_ns, wall=wall, cpu=cpu, main_cpu=main_cpu,
+            rss_start=rss_start, rss_end=rss_end)
 
 
 def _report(args, config, model, run) -> SimpleNamespace:
@@ -414,6 +411,7 @@ def _report(args, config, model, run) -> SimpleNamespace:
           f'{100.0 * main_cpu / wall:.1f}%, other threads '
           f'{100.0 * (cpu - main_cpu) / wall:.1f}%)'
           + ('  [under cProfile]' if args.profile else ''))
+    print(_rss_line(run, 'node'))
 
     over = share = None
     if counts is not None and counts.sum():
@@ -448,8 +446,18 @@ def _report_floor(args, run) -> SimpleNamespace:
     print(f'  CPU of the floor process: {cpu_percent:.1f}% of one core (main thread '
           f'{100.0 * run.main_cpu / run.wall:.1f}%, other threads '
           f'{100.0 * (run.cpu - run.main_cpu) / run.wall:.1f}%)')
+    print(_rss_line(run, 'floor'))
     return SimpleNamespace(p50_us=p50, p99_us=p99, over=over, ticks=len(ticks),
                            cpu_percent=cpu_percent, missed=missed)
+
+
+def _rss_line(run, side: str) -> str:
+    """Resident memory at the start and the end of the measured window: a node that keeps
+    something per tick or per message grows here (6,000 ticks a minute at 100 Hz)."""
+    growth = run.rss_end - run.rss_start
+    return (f'  resident memory of the {side} process: {run.rss_start / 2**20:.2f} MB at the '
+            f'start of the window, {run.rss_end / 2**20:.2f} MB at its end ({growth / 1024:+.0f} '
+            f'KB over {run.wall:.0f} s)')
 
 
 def _report_p4(args, config, repetitions, floor) -> None:

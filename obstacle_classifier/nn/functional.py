@@ -11,23 +11,18 @@ from typing import Optional
 import numpy as np
 
 
-def sigmoid(x: np.ndarray, out: Optional[np.ndarray] = None,
-            scratch: Optional[np.ndarray] = None) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function ``1 / (1 + exp(-x))``, same shape and dtype as ``x``.
 
     Uses ``e = exp(-|x|)`` (in (0, 1], never overflows): ``1 / (1 + e)`` for ``x >= 0`` and
     ``e / (1 + e)`` for ``x < 0``. Exact 0 and 1 are reached only where the true value rounds
     to them. NaN stays NaN.
-
-    ``out`` (x's shape and dtype, not ``x`` itself) and ``scratch`` (likewise) let a caller
-    with preallocated buffers skip the allocations; the arithmetic is the same either way.
     """
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    if out is None:
-        out = np.empty_like(x)
-    e = np.empty_like(x) if scratch is None else scratch
+    out = np.empty_like(x)
+    e = np.empty_like(x)
     with np.errstate(under='ignore'):
         np.copysign(x, -1, out=e)  # -|x|, bit for bit
         np.exp(e, out=e)

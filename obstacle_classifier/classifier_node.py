@@ -909,16 +909,14 @@ class ClassifierNode(Node):
     def spin(self) -> None:
         """Spin until shutdown. With online training the training thread runs alongside, and
         a clean exit (SIGINT) stops it and writes a last checkpoint."""
-        # With sim time the /clock and input callbacks take a MessageInfo (see sim_ticks).
-        message_info = self._sim_ticker is not None
-        if self._training is None:
-            spin_on_events(self, message_info=message_info)
-            return
-        self._training.start()
+        if self._training is not None:
+            self._training.start()
         try:
-            spin_on_events(self, message_info=message_info)
+            # With sim time the /clock and input callbacks take a MessageInfo (see sim_ticks).
+            spin_on_events(self, message_info=self._sim_ticker is not None)
         finally:
-            self._training.finish()
+            if self._training is not None:
+                self._training.finish()
 
     def _model_status(self, hardware_id: str) -> DiagnosticStatus:
         model = self._model

@@ -344,6 +344,8 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
 
     Returns the exit status: 0 after a clean shutdown, 1 when the node cannot be built from its
     configuration (a bad feature config or parameter), which is logged as fatal with the reason.
+    A signal while the node is being built is a clean shutdown too: rclpy then refuses to
+    create entities on the shut-down context, and whatever that raises ends the build.
     """
     import rclpy
     from rclpy.exceptions import ParameterException
@@ -359,7 +361,12 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
             try:
                 try:
                     node = make_node()
-                except (FeatureConfigError, ParameterException, ValueError) as exc:
+                except Exception as exc:
+                    if not rclpy.ok():  # a signal came while the node was being built
+                        return 0
+                    if not isinstance(exc, (FeatureConfigError, ParameterException,
+                                            ValueError)):
+                        raise
                     get_logger(node_name).fatal(f'cannot start: {exc}')
                     return 1
                 spin(node)

@@ -288,21 +288,47 @@ def make():
 sys.exit(run_node(make, 'busy', spin=spin_on_events))
 """
 
+# A node still being built when the signal comes: rclpy refuses to create anything more on the
+# shut-down context (RCLError), which is a stop, not a failure to start.
+SLOW_TO_BUILD_NODE = """
+import sys, time
+import rclpy
+from rclpy.node import Node
+from std_srvs.srv import Trigger
+from obstacle_classifier.ros_io import run_node, spin_on_events
+
+
+def make():
+    node = Node('slow_{pid}')
+    print('building', flush=True)
+    while rclpy.ok():
+        time.sleep(0.005)
+    node.create_service(Trigger, '~/reload', lambda request, response: response)
+    return node
+
+
+sys.exit(run_node(make, 'slow', spin=spin_on_events))
+"""
+
 
 @pytest.mark.parametrize('signal_name', ['SIGINT', 'SIGTERM'])
-def test_a_signal_during_a_callback_ends_the_node_cleanly(signal_name):
+@pytest.mark.parametrize('script, moment', [(BUSY_NODE, 'busy'),
+                                            (SLOW_TO_BUILD_NODE, 'building')])
+def test_a_signal_during_a_callback_or_the_build_ends_the_node_cleanly(signal_name, script,
+                                                                       moment):
     """SIGINT / SIGTERM shut the node down and it exits 0, also when the signal lands inside a
     Python callback: no KeyboardInterrupt is raised into it (rclpy would log that as a failed
-    callback, with a deprecated call that is an error under strict warnings)."""
+    callback, with a deprecated call that is an error under strict warnings), and also while
+    the node is still being built."""
     import signal
     import subprocess
     import sys
     process = subprocess.Popen(
-        [sys.executable, '-c', BUSY_NODE.replace('{pid}', str(os.getpid()))],
+        [sys.executable, '-c', script.replace('{pid}', str(os.getpid()))],
         env=ros_helpers.ros_subprocess_env(ros_helpers.STRICT_WARNINGS_ENV),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert process.stdout.readline().strip() == 'busy'  # inside the callback now
+        assert process.stdout.readline().strip() == moment  # inside the callback / build now
         process.send_signal(getattr(signal, signal_name))
         stdout, stderr = process.communicate(timeout=20)
     finally:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from obstacle_classifier.nn import MLP, LinearClassifier, Linear, ReLU, ScaledReLU, Sigmoid
-from obstacle_classifier.nn.functional import (FLUSH_MIN_ELEMENTS, flush_subnormals_, select,
-                                               underflow_ignored)
+from obstacle_classifier.nn.functional import (FLUSH_MIN_ELEMENTS, batch_sum, flush_subnormals_,
+                                               select, underflow_ignored)
 
 DTYPES = [np.float32, np.float64]
 
@@ -304,3 +304,34 @@ def test_dot_with_out_equals_matmul_on_one_row(dtype):
             for _ in range(200):
                 row = (rng.standard_normal((1, k)) * scale).astype(dtype)
                 assert np.array_equal(np.dot(row, W, out), row @ W)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_dot_with_out_equals_matmul_on_batches_and_transposed_operands(dtype):
+    """The fused step uses np.dot(A, B, out) where the layers use A @ B: forward A W, and the
+    backward's A^T G and G W^T (transposed views, no copies)."""
+    rng = np.random.default_rng(16)
+    for n, k, m in ((100, 16, 64), (100, 64, 64), (100, 64, 8), (37, 200, 5), (1, 9, 4)):
+        A = rng.standard_normal((n, k)).astype(dtype)
+        W = rng.standard_normal((k, m)).astype(dtype)
+        G = rng.standard_normal((n, m)).astype(dtype)
+        assert np.array_equal(np.dot(A, W, np.empty((n, m), dtype)), A @ W)
+        assert np.array_equal(np.dot(A.T, G, np.empty((k, m), dtype)), A.T @ G)
+        assert np.array_equal(np.dot(G, W.T, np.empty((n, k), dtype)), G @ W.T)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_batch_sum_is_the_column_sum_into_out_or_new(dtype):
+    rng = np.random.default_rng(17)
+    for n, k in ((100, 8), (100, 64), (3, 1024), (1, 5), (0, 4)):
+        grad = (rng.standard_normal((n, k)) * 10).astype(dtype)
+        exact = grad.astype(np.float64).sum(axis=0)
+        got = batch_sum(grad)
+        assert got.dtype == dtype and got.shape == (k,)
+        tolerance = 4 * n * np.finfo(dtype).eps * np.abs(grad).sum(axis=0).max(initial=0)
+        np.testing.assert_allclose(got, exact, rtol=0, atol=tolerance)
+        out = np.full(k, np.nan, dtype)
+        assert batch_sum(grad, np.ones(n, dtype), out) is out
+        assert np.array_equal(out, got)  # a kept ones vector changes nothing
+    with np.errstate(invalid='ignore'):  # inf - inf warns here as in grad.sum(axis=0)
+        assert np.isnan(batch_sum(np.array([[np.inf], [-np.inf]], dtype))[0])

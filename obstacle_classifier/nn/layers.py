@@ -35,7 +35,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .functional import flush_subnormals_, select, sigmoid
+from .functional import batch_sum, flush_subnormals_, select, sigmoid
 
 RngLike = Union[None, int, np.random.Generator]
 
@@ -186,7 +186,7 @@ class Linear(Layer):
         self._X = None
         if self.b is None:
             return grad_in, grad_W
-        return grad_in, grad_W, grad_out.sum(axis=0)
+        return grad_in, grad_W, batch_sum(grad_out)
 
     def cached_arrays(self) -> tuple[np.ndarray, ...]:
         return () if self._X is None else (self._X,)
@@ -345,7 +345,7 @@ class Bias(Layer):
             raise self._missing_cache()
         grad_out = _check_grad(grad_out, (self._batch, self.h), self.b.dtype, self)
         self._batch = None
-        return grad_out, grad_out.sum(axis=0)
+        return grad_out, batch_sum(grad_out)
 
     def clear_cache(self) -> None:
         self._batch = None

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .functional import FLUSH_MIN_ELEMENTS, flush_subnormals_, sigmoid, underflow_ignored
+from .functional import (FLUSH_MIN_ELEMENTS, batch_sum, flush_subnormals_, sigmoid,
+                         underflow_ignored)
 from .layers import (Layer, Linear, ReLU, RngLike, ScaledReLU, Sigmoid, _as_batch, _Rectifier,
                      cached_nbytes)
 from .losses import get_grad_log_loss
@@ -228,7 +229,9 @@ class Network:
           outputs (``out > 0`` exactly where ``x > knee``), as 0/1 integers of the float's
           width, so that the select is a same-type integer multiply (with a bool operand
           NumPy casts in a buffered loop, 3-4x slower);
-        - ``np.add.reduce`` is what ``sum(axis=0)`` calls;
+        - the bias gradients are :func:`batch_sum`, as in the layers, on a kept ones vector;
+        - the matrix products are ``np.dot`` with ``out=``: the same BLAS call as the layers'
+          ``@`` on these 2-D operands, with less overhead per call;
         - the first layer's input gradient (dL/dX of the data) is not computed: nothing uses
           it;
         - when the parameters are packed (:meth:`_pack_parameters`) all of them are updated
@@ -257,13 +260,13 @@ class Network:
         work = self._training_workspace(n, dtype, linears)
         for layer in self.layers:
             layer.clear_cache()
-        matmul, add, multiply, subtract = np.matmul, np.add, np.multiply, np.subtract
+        dot, add, multiply, subtract = np.dot, np.add, np.multiply, np.subtract
 
         # forward: Z = A @ W + b in place, then the rectifier in place (Z is not kept)
         A = X
         for linear, rectifier, Z, Z_bits, mask in zip(linears, rectifiers + [None], work.outputs,
                                                       work.output_bits, work.masks):
-            matmul(A, linear.W, out=Z)
+            dot(A, linear.W, Z)
             add(Z, linear.b, out=Z)
             if rectifier is not None:
                 np.greater(Z, rectifier.knee, out=mask)  # 1 where x > knee, else 0
@@ -291,17 +294,17 @@ class Network:
 
         # backward, last layer first; updates at the end (packed) or after each layer
         packed = self._packed_parameters(linears)
-        reduce_sum = np.add.reduce
+        dot, ones = np.dot, work.ones
         outputs, grad_bits, masks = work.outputs, work.grad_hidden_bits, work.masks
         for index in range(len(linears) - 1, -1, -1):
             linear = linears[index]
             grad_W, grad_b = work.grad_W[index], work.grad_b[index]
             W = linear.W
-            matmul((outputs[index - 1] if index else X).T, grad, out=grad_W)
-            reduce_sum(grad, 0, None, grad_b)  # grad.sum(axis=0), the same call
+            dot((outputs[index - 1] if index else X).T, grad, grad_W)
+            batch_sum(grad, ones, grad_b)
             if index:
                 grad_in = work.grad_hidden[index - 1]
-                matmul(grad, W.T, out=grad_in)
+                dot(grad, W.T, grad_in)
                 if flush[index - 1] is not None:
                     flush_subnormals_(grad_in, *flush[index - 1])
             if packed is None:
@@ -481,6 +484,7 @@ class _TrainingWorkspace:
             [shape for linear in linears for shape in (linear.W.shape, linear.b.shape)], dtype)
         self.grad_W, self.grad_b = views[0::2], views[1::2]
         self.P = np.empty((n, c), dtype)  # probabilities
+        self.ones = np.ones(n, dtype)  # for the bias gradients (batch_sum)
         self.exps = np.empty((2, n, c), dtype)  # exp(-|z|); exp(min(z, 0))
         self.e, self.e_neg = self.exps  # views of the two
         # the scalars of sigmoid() and get_grad_log_loss as (n, c) arrays in the dtype
@@ -498,7 +502,8 @@ class _TrainingWorkspace:
     def nbytes(self) -> int:
         arrays = (self.outputs + self.masks[:-1] + self.grad_hidden
                   + [self.flat_grad, self.P, self.exps, self.one, self.zero, self.minus_one,
-                     self.eps, self.inverse_n, self.shared, self.denom, self.grad_logits]
+                     self.eps, self.inverse_n, self.ones, self.shared, self.denom,
+                     self.grad_logits]
                   + [a for pair in self.flush if pair is not None for a in pair])
         return sum(a.nbytes for a in arrays)
 

@@ -19,6 +19,11 @@ vs PyTorch; a table in the results file and a PNG plot next to it.
 BLAS threads are chosen per shape (one thread while the products are small, two above;
 threadpoolctl switches them before each side's timer starts, never inside it); the NumPy sides
 of one comparison get the same count; PyTorch always has the machine's two threads.
+
+OpenBLAS runs the kernel it picks for this CPU: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are dropped
+from the environment before NumPy loads (a workplace may pin an older kernel for old OpenBLAS
+builds; on this AVX-512 machine that is the AVX2 'Haswell' one, and the products run 1.3-2x
+slower). The report names the kernel; --keep-blas-coretype measures with the pinned one.
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument('--plot', default=None,
                         help='scaling PNG (default: scaling.png next to --results)')
     parser.add_argument('--quick', action='store_true', help='fewer repetitions (a smoke run)')
+    parser.add_argument('--keep-blas-coretype', action='store_true',
+                        help='keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE from the environment '
+                             '(default: drop them, so that OpenBLAS runs the CPU\'s own kernel)')
     return parser.parse_args()
 
 
@@ -44,6 +52,11 @@ ARGS = (_parse() if __name__ == '__main__'
 # BLAS reads its thread count at load time: set the most before NumPy is imported.
 for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ[_var] = str(ARGS.threads)
+# A kernel forced through the environment (some workplaces pin an older one for old OpenBLAS
+# builds) is not this hardware's limit: OpenBLAS reads both at load time, so they go first.
+FORCED_BLAS_ENV = {} if ARGS.keep_blas_coretype else {
+    var: os.environ.pop(var) for var in ('OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE')
+    if var in os.environ}
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -75,6 +88,20 @@ def blas_threads_for(n: int, h: int) -> int:
 #: Made once: building a controller scans every loaded library (about a millisecond with torch
 #: loaded), which inside a timed region would add ~50 us to each of 20 small steps.
 BLAS = ThreadpoolController()
+
+
+def blas_description() -> str:
+    """NumPy's BLAS, the kernel it runs and where that choice came from."""
+    info = [lib for lib in BLAS.info() if lib['user_api'] == 'blas']
+    if not info:
+        return 'none found by threadpoolctl'
+    lib = info[0]
+    text = (f"{lib['internal_api']} {lib['version']}, kernel {lib.get('architecture') or '?'}")
+    if FORCED_BLAS_ENV:
+        dropped = ', '.join(f'{var}={value}' for var, value in FORCED_BLAS_ENV.items())
+        return f'{text} (the CPU\'s own: {dropped} from the environment dropped for this run)'
+    forced = os.environ.get('OPENBLAS_CORETYPE')
+    return f'{text} (forced by OPENBLAS_CORETYPE={forced})' if forced else text
 
 
 def set_blas_threads(threads: int) -> None:
@@ -166,15 +193,16 @@ def numpy_trainer(model, X, Y, threads: int, batch=BATCH):
 
 def gemms_alone(model, X, Y, threads: int):
     """The matrix products of one of our SGD steps, exactly as the step calls them: the
-    (A, B, out) of every ``np.matmul`` of a real ``model.single_step_sgd`` on the first batch
+    (A, B, out) of every 2-D ``np.dot`` of a real ``model.single_step_sgd`` on the first batch
     of (X, Y) are recorded, and the products are replayed on those operands: forward X W1,
     A1 W2, A2 W3; backward A2^T G3, G3 W3^T, A1^T G2, G2 W2^T, X^T G1 (the data's own
-    gradient G1 W1^T is not computed by the step, so not here either). Same shapes, same
-    strides (the transposed views stay transposed views of the same operand), and the values
-    the step multiplied (ReLU outputs mostly zeros, small gradients), snapshotted at the call.
-    An array the step reads twice is one array here; each output goes to its own buffer of
-    the step's layout, so that replaying does not overwrite the inputs' values. ``model`` is
-    used up (one warm-up step builds its workspace, one step is recorded)."""
+    gradient G1 W1^T is not computed by the step, so not here either; nor are the bias
+    gradients, ones @ G, which are sums, not matrix products). Same shapes, same strides (the
+    transposed views stay transposed views of the same operand), and the values the step
+    multiplied (ReLU outputs mostly zeros, small gradients), snapshotted at the call. An array
+    the step reads twice is one array here; each output goes to its own buffer of the step's
+    layout, so that replaying does not overwrite the inputs' values. ``model`` is used up (one
+    warm-up step builds its workspace, one step is recorded)."""
     xb, yb = X[:BATCH], Y[:BATCH]
     model.single_step_sgd(xb, yb)  # builds the workspace; the next step is the recorded one
     snapshots: dict = {}
@@ -188,21 +216,24 @@ def gemms_alone(model, X, Y, threads: int):
         assert twin.shape == a.shape and twin.strides == a.strides, (a.shape, a.strides)
         return twin
     products = []
-    matmul = np.matmul
+    dot = np.dot
 
-    def recording(a, b, out=None, **kwargs):
-        assert out is not None and not kwargs, 'the step writes every product into a buffer'
-        products.append((same_layout(a, True), same_layout(b, True), same_layout(out, False)))
-        return matmul(a, b, out=out)
-    np.matmul = recording  # the step looks np.matmul up on every call
+    def recording(a, b, out=None):
+        if a.ndim == 2 and b.ndim == 2:
+            assert out is not None, 'the step writes every product into a buffer'
+            products.append((same_layout(a, True), same_layout(b, True),
+                             same_layout(out, False)))
+        return dot(a, b, out)
+    np.dot = recording  # the step looks np.dot up on every call
     try:
         model.single_step_sgd(xb, yb)
     finally:
-        np.matmul = matmul
+        np.dot = dot
+    assert len(products) == 8, f'recorded {len(products)} products, expected 8'
 
     def step():
         for a, b, out in products:
-            matmul(a, b, out=out)
+            dot(a, b, out)
 
     def run(steps):
         def loop():
@@ -224,7 +255,7 @@ def training_targets(repeats: int) -> dict:
         'products alone | ours/ref | ours/torch | ours/products |')
     say('|---|---|---|---|---|---|---|---|---|---|')
     results = {}
-    for (d, h, c), batches in (((16, 64, 8), 20), ((64, 1024, 16), 3)):
+    for (d, h, c), batches in (((16, 64, 8), 100), ((64, 1024, 16), 3)):
         for dtype in DTYPES:
             n = batches * BATCH
             X, Y = make_data(d, c, n, dtype)
@@ -594,6 +625,8 @@ def main() -> None:
         f'threads {ARGS.threads}; BLAS threads per shape as listed; load average at start '
         f'{os.getloadavg()[0]:.2f} (the machine is shared: figures are ratios measured side by '
         'side).')
+    say()
+    say(f'BLAS: {blas_description()}.')
     say()
     training = training_targets(repeats)
     float32_investigation(training)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import signal
 import subprocess
@@ -125,9 +126,14 @@ def _histogram_window(reports, begin_ns: int, end_ns: int):
     return edges, counts
 
 
+def _histogram_bucket(edges, counts, q: float) -> int:
+    """Index of the bucket holding quantile ``q`` (len(edges): above the last edge)."""
+    return int(np.searchsorted(np.cumsum(counts), q * counts.sum(), 'left'))
+
+
 def _histogram_quantile(edges, counts, q: float) -> str:
     """'<= edge' of the bucket holding quantile ``q``, or '> last edge'."""
-    index = int(np.searchsorted(np.cumsum(counts), q * counts.sum(), 'left'))
+    index = _histogram_bucket(edges, counts, q)
     return f'<= {edges[index]:g} us' if index < edges.size else f'> {edges[-1]:g} us'
 
 
@@ -144,7 +150,7 @@ def _publish_every(args, config) -> dict[str, int]:
         except ValueError:
             raise SystemExit(f'--input-rate {item}: the rate is not a number') from None
         ratio = args.input_rate_hz / hz if hz > 0 else 0.0
-        if hz < 0 or (hz > 0 and abs(ratio - round(ratio)) > 1e-9):
+        if not math.isfinite(hz) or hz < 0 or (hz > 0 and abs(ratio - round(ratio)) > 1e-9):
             raise SystemExit(f'--input-rate {item}: the rate must be 0 or --input-rate-hz '
                              f'({args.input_rate_hz:g}) divided by a whole number')
         every[name] = int(round(ratio))
@@ -462,7 +468,8 @@ def _report(args, model, run) -> SimpleNamespace:
     return SimpleNamespace(
         missed=missed, grid_points=grid_points, cpu_percent=cpu_percent, e2e_ns=e2e,
         over=over, share=share, ticks=int(counts.sum()) if counts is not None else 0,
-        p99=_histogram_quantile(edges, counts, 0.99) if share is not None else None)
+        p99=_histogram_quantile(edges, counts, 0.99) if share is not None else None,
+        p99_bucket=_histogram_bucket(edges, counts, 0.99) if share is not None else None)
 
 
 def _report_floor(args, run) -> SimpleNamespace:
@@ -512,7 +519,8 @@ def _report_p4(args, repetitions, floor) -> None:
           f'per run, {runs}')
     timed = [node for node in repetitions if node.share is not None]
     if timed:
-        node = min(timed, key=lambda figures: figures.share)
+        # the run with the fewest ticks over the limit; of equals, the lowest p99
+        node = min(timed, key=lambda figures: (figures.share, figures.p99_bucket))
         floor_text = (f'p99 {floor.p99_us:.0f} us, {100 * floor.over / max(floor.ticks, 1):.2f}%'
                       ' over' if floor is not None else '')
         print(f'  p99 processing per tick <= {P4_PROCESSING_P99_US:g} us: '

@@ -269,7 +269,7 @@ def training_targets(repeats: int) -> dict:
                 'ref': numpy_trainer(ref, X, Y, threads),
                 'torch': torch_trainer(d, h, c, dtype, X, Y),
                 'products': products,
-            }, repeats if h < 1024 else max(3, repeats // 2))
+            }, repeats)
             rate = {k: n / v for k, v in best.items()}
             results[(h, np.dtype(dtype).name)] = rate
             say(f'| {(d, h, c)} | {np.dtype(dtype).name} | {threads} | {rate["ours"]:,.0f} | '

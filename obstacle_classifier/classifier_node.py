@@ -813,31 +813,23 @@ class ClassifierNode(Node):
             status = 'skipped'
         else:
             try:
-                x = model.normalise(result.features)
                 owner, p = self._inference_out
                 if owner is not model:
                     p = np.empty(model.n_classes, dtype=model.network.dtype)
                     self._inference_out = (model, p)
-                # Bit for bit predict_proba(x), into a preallocated array. Logits that overflow
-                # give probabilities of exactly 0 or 1, a valid answer; only a NaN (inf - inf
-                # inside the network) means the model cannot answer for these features.
+                # Bit for bit predict_proba then decide, into a preallocated array. Logits that
+                # overflow give probabilities of exactly 0 or 1, a valid answer; only a NaN
+                # (inf - inf inside the network) means the model cannot answer for these
+                # features (FloatingPointError).
                 with np.errstate(over='ignore', invalid='ignore'):
-                    p = model.network.predict_proba_into(x, p)
-                if not math.isfinite(p.sum()):
-                    raise FloatingPointError('the model gave NaN probabilities (its activations '
-                                             'overflow on these features)')
+                    x, values, labels = model.predict_one(result.features, p, self._threshold)
             except (ValueError, FloatingPointError) as exc:
                 self._inference_errors += 1
                 self.get_logger().error(f'inference failed: {exc}', throttle_duration_sec=5.0)
-                p = None
-            if p is None:
                 status = 'skipped'
             else:
                 status = 'ok'
-                decisions = model.decide(p, self._threshold).tolist()
-                names = model.class_names
-                labels = [names[k] for k, hit in enumerate(decisions) if hit]
-                probabilities = dict(zip(names, p.tolist()))
+                probabilities = dict(zip(model.class_names, values))
         text = encode_obstacles(now_ns, labels, probabilities, result.stale_inputs, status)
         if not publish_unless_shut_down(self, self._obstacles_pub, String(data=text)):
             return

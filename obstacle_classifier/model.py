@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,44 @@ class ObstacleModel:
         (the model's per-class thresholds, or one global ``threshold`` overriding them)."""
         limit = self.thresholds if threshold is None else threshold
         return (np.asarray(probabilities) >= limit).astype(np.uint8)
+
+    def predict_one(self, features: np.ndarray, out: np.ndarray,
+                    threshold: Optional[float] = None
+                    ) -> tuple[np.ndarray, list[float], list[str]]:
+        """One feature vector's answer, for a node's tick: raw ``features`` (d,) float64 ->
+        (the normalised features (d,) in the network's dtype, a new array; the c probabilities
+        as Python floats; the names of the classes decided present).
+
+        ``out`` (c,), in the network's dtype, receives the probabilities
+        (``network.predict_proba_into``). The same answer as ``predict_proba`` then
+        ``decide`` on one vector (a test holds it) in a third of their NumPy calls: a
+        node wakes for each tick with its caches cold, where every NumPy call costs several
+        microseconds, so the checks and the decisions are done on Python floats. Raises
+        ValueError if the features are not (d,) or not finite (also when normalising overflows
+        them), FloatingPointError if the network gives NaN.
+        """
+        if type(features) is not np.ndarray or features.shape != (self.n_features,):
+            features = np.asarray(features, dtype=np.float64)
+            if features.shape != (self.n_features,):
+                raise ValueError(f'expected features of shape ({self.n_features},), got '
+                                 f'{features.shape}')
+        x = np.subtract(features, self.input_mean)
+        # (x - mean) / std in float64, then rounded to the network's dtype: as normalise()
+        x = np.divide(x, self.input_std, out=np.empty(x.shape, self.network.dtype))
+        if not math.isfinite(np.add.reduce(x)):  # NaN or inf anywhere (a sum propagates both)
+            raise ValueError('features contain NaN or Inf (or overflow when normalised); the '
+                             'feature pipeline must reject or fill such readings before '
+                             'inference')
+        probabilities = self.network.predict_proba_into(x, out).tolist()
+        limits = self.thresholds.tolist() if threshold is None else None
+        labels = []
+        for k, p in enumerate(probabilities):
+            if not 0.0 <= p <= 1.0:  # NaN: overflowing activations met (inf - inf)
+                raise FloatingPointError('the model gave NaN probabilities (its activations '
+                                         'overflow on these features)')
+            if p >= (threshold if limits is None else limits[k]):
+                labels.append(self.class_names[k])
+        return x, probabilities, labels
 
     def predict(self, X: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
         """Multi-hot uint8 decisions (n, c) or (c,)."""

@@ -72,6 +72,48 @@ def test_predict_normalises_and_applies_thresholds():
         model.predict_proba(np.array([np.nan, 0, 0, 0]))
 
 
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_predict_one_is_normalise_predict_proba_and_decide_on_one_vector(dtype):
+    model = _model(dtype)
+    rng = np.random.default_rng(2)
+    out = np.empty(3, dtype)
+    for k in range(300):
+        x = model.input_mean + model.input_std * rng.standard_normal(4) * (1 + k % 7)
+        expected = model.predict_proba(x)
+        for threshold in (None, 0.5, float(expected[k % 3])):  # the last: a tie, p == limit
+            normalised, probabilities, labels = model.predict_one(x, out, threshold)
+            assert np.array_equal(normalised, model.normalise(x))
+            assert normalised.dtype == dtype
+            assert np.array_equal(out, expected)
+            assert probabilities == expected.tolist()
+            decided = model.decide(expected, threshold)
+            assert labels == [name for name, hit in zip(CLASSES, decided) if hit]
+    kept, _, _ = model.predict_one(x, out)
+    model.predict_one(x + 1, out)
+    assert np.array_equal(kept, model.normalise(x))  # a new array each call
+
+
+def test_predict_one_refuses_bad_features_and_nan_probabilities():
+    model = _model()
+    out = np.empty(3)
+    with pytest.raises(ValueError, match=r'\(4,\).*\(3,\)'):
+        model.predict_one(np.zeros(3), out)
+    model.input_std[0] = 0.5  # so that the largest float overflows when normalised
+    for bad in (np.nan, np.inf, -np.inf, np.finfo(np.float64).max):
+        with pytest.raises(ValueError, match='NaN or Inf'), np.errstate(over='ignore'):
+            model.predict_one(np.array([bad, 0.0, 0.0, 0.0]), out)
+    assert model.predict_one([0.5, 0.2, 1.0, 60.0], out)[1] == \
+        model.predict_proba(np.array([0.5, 0.2, 1.0, 60.0])).tolist()  # a list is converted
+    hidden, last = model.network.layers[2], model.network.layers[4]
+    hidden.W[:] = 0.0  # every unit of the second hidden layer at 2 * 10, whatever the input
+    hidden.b[:] = 10.0
+    last.W[0::2] = np.inf  # then +inf and -inf terms meet in every logit: NaN
+    last.W[1::2] = -np.inf
+    with pytest.raises(FloatingPointError, match='NaN'), \
+            np.errstate(over='ignore', invalid='ignore'):
+        model.predict_one(np.ones(4) * 3, out)
+
+
 def test_feature_name_check_names_the_difference():
     model = _model()
     model.check_features(FEATURES)

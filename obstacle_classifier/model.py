@@ -133,9 +133,10 @@ class ObstacleModel:
 
         ``out`` (c,), in the network's dtype, receives the probabilities
         (``network.predict_proba_into``). The same answer as ``predict_proba`` then
-        ``decide`` on one vector (a test holds it) in a third of their NumPy calls: a
-        node wakes for each tick with its caches cold, where every NumPy call costs several
-        microseconds, so the checks and the decisions are done on Python floats. Raises
+        ``decide`` on one vector (a test holds it) with half of their NumPy calls around
+        the network's: a node wakes for each tick with its caches cold, where every NumPy
+        call costs several microseconds, so the checks and the decisions are done on Python
+        floats. Raises
         ValueError if the features are not (d,) or not finite (also when normalising overflows
         them), FloatingPointError if the network gives NaN.
         """

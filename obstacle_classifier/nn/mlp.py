@@ -294,7 +294,7 @@ class Network:
 
         # backward, last layer first; updates at the end (packed) or after each layer
         packed = self._packed_parameters(linears)
-        dot, ones = np.dot, work.ones
+        ones = work.ones
         outputs, grad_bits, masks = work.outputs, work.grad_hidden_bits, work.masks
         for index in range(len(linears) - 1, -1, -1):
             linear = linears[index]

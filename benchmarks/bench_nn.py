@@ -48,7 +48,8 @@ def _parse() -> argparse.Namespace:
 
 
 ARGS = (_parse() if __name__ == '__main__'
-        else argparse.Namespace(threads=2, results=None, plot=None, quick=True))
+        else argparse.Namespace(threads=2, results=None, plot=None, quick=True,
+                                keep_blas_coretype=True))
 # BLAS reads its thread count at load time: set the most before NumPy is imported.
 for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ[_var] = str(ARGS.threads)

@@ -103,16 +103,22 @@ class ObstacleModel:
         return len(self.class_names)
 
     def normalise(self, X: np.ndarray) -> np.ndarray:
-        """(n, d) or (d,) raw features -> normalised, in the network's dtype."""
+        """(n, d) or (d,) raw features -> ``(X - input_mean) / input_std``, computed in float64
+        and rounded to the network's dtype (a new array). ValueError if the shape is wrong or a
+        value is not finite, in the features or once normalised (an overflow)."""
         X = np.asarray(X)
         if X.shape[-1:] != (self.n_features,) or X.ndim not in (1, 2):
             raise ValueError(f'expected features of shape (n, {self.n_features}) or '
                              f'({self.n_features},), got {X.shape}')
-        if not np.all(np.isfinite(X)):
-            raise ValueError('features contain NaN or Inf; the feature pipeline must reject or '
-                             'fill such readings before inference')
-        Z = (X - self.input_mean) / self.input_std
-        return Z.astype(self.network.dtype, copy=False)
+        Z = np.subtract(X, self.input_mean)
+        Z = np.divide(Z, self.input_std, out=np.empty(Z.shape, self.network.dtype))
+        # One pass finds NaN and inf anywhere: a sum propagates both (normalised features are
+        # far too small for a sum of finite ones to overflow).
+        if not math.isfinite(np.add.reduce(Z, axis=None)):
+            raise ValueError('features contain NaN or Inf (or overflow when normalised); the '
+                             'feature pipeline must reject or fill such readings before '
+                             'inference')
+        return Z
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities (n, c) for raw features (n, d), or (c,) for one vector (d,)."""
@@ -135,23 +141,14 @@ class ObstacleModel:
         (``network.predict_proba_into``). The same answer as ``predict_proba`` then
         ``decide`` on one vector (a test holds it) with half of their NumPy calls around
         the network's: a node wakes for each tick with its caches cold, where every NumPy
-        call costs several microseconds, so the checks and the decisions are done on Python
-        floats. Raises
-        ValueError if the features are not (d,) or not finite (also when normalising overflows
-        them), FloatingPointError if the network gives NaN.
+        call costs several microseconds, so the probabilities are checked and decided on as
+        Python floats. Raises ValueError as :meth:`normalise` (and for a batch),
+        FloatingPointError if the network gives NaN.
         """
-        if type(features) is not np.ndarray or features.shape != (self.n_features,):
-            features = np.asarray(features, dtype=np.float64)
-            if features.shape != (self.n_features,):
-                raise ValueError(f'expected features of shape ({self.n_features},), got '
-                                 f'{features.shape}')
-        x = np.subtract(features, self.input_mean)
-        # (x - mean) / std in float64, then rounded to the network's dtype: as normalise()
-        x = np.divide(x, self.input_std, out=np.empty(x.shape, self.network.dtype))
-        if not math.isfinite(np.add.reduce(x)):  # NaN or inf anywhere (a sum propagates both)
-            raise ValueError('features contain NaN or Inf (or overflow when normalised); the '
-                             'feature pipeline must reject or fill such readings before '
-                             'inference')
+        x = self.normalise(features)
+        if x.ndim != 1:
+            raise ValueError(f'expected features of shape ({self.n_features},), got '
+                             f'{x.shape}')
         probabilities = self.network.predict_proba_into(x, out).tolist()
         limits = self.thresholds.tolist() if threshold is None else None
         labels = []

@@ -159,8 +159,7 @@ def _publish_every(args, config) -> dict[str, int]:
 
 def _workload(args, every: dict[str, int]) -> str:
     """'6 inputs at 200 Hz, lidar at 20 Hz, noise not published' and the like."""
-    full = [name for name, k in every.items() if k == 1]
-    text = f'{len(full)} inputs at {args.input_rate_hz:g} Hz'
+    text = f'{sum(k == 1 for k in every.values())} inputs at {args.input_rate_hz:g} Hz'
     for name, k in every.items():
         if k != 1:
             text += f', {name} ' + (f'at {args.input_rate_hz / k:g} Hz' if k else

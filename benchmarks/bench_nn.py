@@ -32,6 +32,8 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
+from typing import Callable, NamedTuple, Optional
 
 
 def _parse() -> argparse.Namespace:
@@ -110,31 +112,67 @@ def set_blas_threads(threads: int) -> None:
     BLAS.limit(limits=threads, user_api='blas')
 
 
-#: Pause before each side's timer starts. PyTorch's OpenMP workers (its libgomp) keep
-#: spinning for some milliseconds after each parallel region; on a two-core machine that
-#: takes a core from whatever is timed next: the (64, 1024, 16) products' first step right
-#: after a torch epoch took 8.9 ms instead of 4.6 ms (5.4 ms after a 10 ms pause).
+#: Pause before each side's timer starts, then wait until this process is idle. Worker threads
+#: keep spinning after their last work and take a core from whatever is timed next on a
+#: two-core machine: PyTorch's OpenMP workers for some milliseconds (the (64, 1024, 16)
+#: products' first step right after a torch epoch took 8.9 ms instead of 4.6 ms), OpenBLAS's
+#: for about 0.12 s (its thread timeout). A fixed 50 ms pause left the latter running: torch's
+#: (1000, 16) -> (1000, 8) inference at h = 256 right after ours on two BLAS threads took 3 ms
+#: instead of 1.5 ms.
 SETTLE_S = 0.05
+SETTLE_SLICE_S = 0.01
+SETTLE_IDLE_SHARE = 0.1  # idle: under 10% of one core (all threads) over a slice
+SETTLE_MAX_S = 1.0
+SETTLE_WAITS: list[float] = []  # every wait, for the report
+
+
+def settle() -> float:
+    """Sleep SETTLE_S, then slice by slice until the process (all its threads) is idle, at
+    most SETTLE_MAX_S in all; returns the seconds waited (also kept in SETTLE_WAITS)."""
+    start = time.perf_counter()
+    time.sleep(SETTLE_S)
+    while time.perf_counter() - start < SETTLE_MAX_S:
+        cpu = time.process_time()
+        time.sleep(SETTLE_SLICE_S)
+        if time.process_time() - cpu < SETTLE_IDLE_SHARE * SETTLE_SLICE_S:
+            break
+    waited = time.perf_counter() - start
+    SETTLE_WAITS.append(waited)
+    return waited
+
+
+class Side(NamedTuple):
+    """One side of :func:`interleaved_best`: ``run`` is timed, with ``threads`` BLAS threads
+    (None: as they are); ``warm`` (None: ``run`` itself), a step or call of the same work,
+    runs untimed right before the timer starts."""
+    run: Callable[[], object]
+    threads: Optional[int] = None
+    warm: Optional[Callable[[], object]] = None
 
 
 def interleaved_best(sides: dict, repeats: int) -> dict:
-    """Best wall time of each callable, the sides taking turns (one warm-up each), each timer
-    starting after a pause of SETTLE_S (no side inherits another's spinning threads). A side
-    is a callable, or (BLAS threads, callable): the threads are set before its timer starts."""
-    sides = {name: side if isinstance(side, tuple) else (None, side)
+    """Best wall time of each side (a :class:`Side` or a bare callable), the sides taking
+    turns after one full run each. Before each timer the process settles until idle
+    (:func:`settle`: no side inherits another's spinning worker threads), then the side's
+    warm-up wakes its own: the first call after an idle gap pays for waking BLAS or OpenMP
+    workers (up to 11 ms for torch's first (1000, 16) forward at h = 128, 0.4 ms at most once
+    warm), which would swamp timers of a few steps. So each figure is the side's steady
+    state, as in a training loop or a node's stream of calls."""
+    sides = {name: side if isinstance(side, Side) else Side(side)
              for name, side in sides.items()}
-    for threads, fn in sides.values():
-        if threads is not None:
-            set_blas_threads(threads)
-        fn()
+    for side in sides.values():
+        if side.threads is not None:
+            set_blas_threads(side.threads)
+        side.run()
     best = {name: float('inf') for name in sides}
     for _ in range(repeats):
-        for name, (threads, fn) in sides.items():
-            if threads is not None:
-                set_blas_threads(threads)
-            time.sleep(SETTLE_S)
+        for name, side in sides.items():
+            if side.threads is not None:
+                set_blas_threads(side.threads)
+            settle()
+            (side.warm or side.run)()
             start = time.perf_counter()
-            fn()
+            side.run()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -174,22 +212,24 @@ def torch_trainer(d, h, c, dtype, X, Y, batch=BATCH):
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
 
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        optimiser.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.binary_cross_entropy(model(xb), yb, reduction='sum')
+        (loss / len(xb)).backward()
+        optimiser.step()
+
     def run():
         for start in range(0, len(Xt), batch):
-            xb, yb = Xt[start:start + batch], Yt[start:start + batch]
-            optimiser.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.binary_cross_entropy(model(xb), yb, reduction='sum')
-            (loss / len(xb)).backward()
-            optimiser.step()
-    return run
+            step(Xt[start:start + batch], Yt[start:start + batch])
+    return Side(run, warm=lambda: step(Xt[:batch], Yt[:batch]))
 
 
 def numpy_trainer(model, X, Y, threads: int, batch=BATCH):
-    """(BLAS threads, one epoch of SGD steps) for interleaved_best."""
+    """One epoch of SGD steps with ``threads`` BLAS threads, a :class:`Side`."""
     def run():
         for start in range(0, len(X), batch):
             model.single_step_sgd(X[start:start + batch], Y[start:start + batch])
-    return threads, run
+    return Side(run, threads, warm=lambda: model.single_step_sgd(X[:batch], Y[:batch]))
 
 
 def gemms_alone(model, X, Y, threads: int):
@@ -240,7 +280,7 @@ def gemms_alone(model, X, Y, threads: int):
         def loop():
             for _ in range(steps):
                 step()
-        return threads, loop
+        return Side(loop, threads, warm=step)
     return run
 
 
@@ -563,16 +603,18 @@ def scaling() -> list[dict]:
             xt = torch.from_numpy(X[:batch])
             calls = int(min(200, max(2, 1e8 / (flops / 3))))
 
-            def ours_infer():
-                for _ in range(calls):
+            def ours_infer(times: int) -> None:
+                for _ in range(times):
                     ours.predict_proba(x)
 
-            def torch_infer():
+            def torch_infer(times: int) -> None:
                 with torch.no_grad():
-                    for _ in range(calls):
+                    for _ in range(times):
                         tmodel(xt)
-            infer = interleaved_best({'ours': (threads, ours_infer), 'torch': torch_infer},
-                                     repeats)
+            infer = interleaved_best({
+                'ours': Side(partial(ours_infer, calls), threads, warm=partial(ours_infer, 1)),
+                'torch': Side(partial(torch_infer, calls), warm=partial(torch_infer, 1))},
+                repeats)
             row = {'h': h, 'batch': batch, 'threads': threads,
                    'train_ours': n / best['ours'], 'train_torch': n / best['torch'],
                    'infer_ours': infer['ours'] / calls * 1e6,
@@ -635,6 +677,12 @@ def main() -> None:
     inference_target(repeats)
     memory_target()
     rows = scaling()
+    if SETTLE_WAITS:
+        say(f'Each side\'s timer started once this process had been idle for '
+            f'{SETTLE_SLICE_S * 1e3:.0f} ms (no spinning worker threads left): waits of '
+            f'{min(SETTLE_WAITS) * 1e3:.0f}-{max(SETTLE_WAITS) * 1e3:.0f} ms, median '
+            f'{statistics.median(SETTLE_WAITS) * 1e3:.0f} ms, over {len(SETTLE_WAITS)} timings.')
+        say()
     say(f'Total benchmark time {time.perf_counter() - started:.0f} s; load average at end '
         f'{os.getloadavg()[0]:.2f}.')
     if ARGS.results:

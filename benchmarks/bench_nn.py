@@ -158,8 +158,8 @@ def interleaved_best(sides: dict, repeats: int) -> dict:
     turns after one full run each. Before each timer the process settles until idle
     (:func:`settle`: no side inherits another's spinning worker threads), then the side's
     warm-up wakes its own: the first call after an idle gap pays for waking BLAS or OpenMP
-    workers (up to 11 ms for torch's first (1000, 16) forward at h = 128, 0.4 ms at most once
-    warm), which would swamp timers of a few steps. So each figure is the side's steady
+    workers (torch's first (1000, 16) forward at h = 128 took up to 11 ms, the third 0.4-0.6
+    ms), which would swamp timers of a few steps. So each figure is the side's steady
     state, as in a training loop or a node's stream of calls."""
     sides = {name: side if isinstance(side, Side) else Side(side)
              for name, side in sides.items()}

@@ -86,8 +86,8 @@ def blas_threads_for(n: int, h: int) -> int:
     """One BLAS thread while a step's largest product is small, the machine's threads above.
     Measured here in float32, one thread against two, interleaved: the same speed up to
     n h^2 = 0.4M (OpenBLAS keeps such products on one thread anyway) and at h = 1024, n = 1;
-    two threads 15-17% faster at (h, n) = (128, 100), (256, 10) and (512, 10), which a bound
-    of 4M gave one."""
+    two threads 15-24% faster (two runs) at (h, n) = (128, 100), (256, 10) and (512, 10),
+    which a bound of 4M gave one."""
     return 1 if n * h * h < 500_000 else ARGS.threads
 
 

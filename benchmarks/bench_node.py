@@ -126,14 +126,14 @@ def _histogram_window(reports, begin_ns: int, end_ns: int):
     return edges, counts
 
 
-def _histogram_bucket(edges, counts, q: float) -> int:
-    """Index of the bucket holding quantile ``q`` (len(edges): above the last edge)."""
+def _histogram_bucket(counts, q: float) -> int:
+    """Index of the bucket holding quantile ``q`` (the last: above the last edge)."""
     return int(np.searchsorted(np.cumsum(counts), q * counts.sum(), 'left'))
 
 
 def _histogram_quantile(edges, counts, q: float) -> str:
     """'<= edge' of the bucket holding quantile ``q``, or '> last edge'."""
-    index = _histogram_bucket(edges, counts, q)
+    index = _histogram_bucket(counts, q)
     return f'<= {edges[index]:g} us' if index < edges.size else f'> {edges[-1]:g} us'
 
 
@@ -468,7 +468,7 @@ def _report(args, model, run) -> SimpleNamespace:
         missed=missed, grid_points=grid_points, cpu_percent=cpu_percent, e2e_ns=e2e,
         over=over, share=share, ticks=int(counts.sum()) if counts is not None else 0,
         p99=_histogram_quantile(edges, counts, 0.99) if share is not None else None,
-        p99_bucket=_histogram_bucket(edges, counts, 0.99) if share is not None else None)
+        p99_bucket=_histogram_bucket(counts, 0.99) if share is not None else None)
 
 
 def _report_floor(args, run) -> SimpleNamespace:

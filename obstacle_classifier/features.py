@@ -450,9 +450,10 @@ def _check_input(spec: InputSpec, source: str, index: int) -> None:
         if spec.sectors is None:
             raise fail('sector_span_deg', 'only meaningful together with sectors')
         span_low, span_high = spec.sector_span_deg
-        if not -360.0 <= span_low < span_high <= 360.0:
-            raise fail('sector_span_deg', f'must be [low, high] with -360 <= low < high <= 360, '
-                                          f'got {list(spec.sector_span_deg)}')
+        if not -360.0 <= span_low < span_high <= span_low + 360.0 <= 720.0:
+            raise fail('sector_span_deg', 'must be [low, high] in degrees, -360 <= low < 360, '
+                                          'low < high <= low + 360 (at most one turn), got '
+                                          f'{list(spec.sector_span_deg)}')
     if not _is_number(spec.max_rate_hz) or not 0 < spec.max_rate_hz < math.inf:
         raise fail('max_rate_hz', f'must be a positive number, got {spec.max_rate_hz!r}')
 
@@ -509,7 +510,8 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
 
     * ``posinf_value``: +inf ("no return" in REP 117) becomes that value (usually the max range).
     * ``sectors`` (LaserScan ``ranges``): beam i at angle ``angle_min + i * angle_increment`` falls
-      into one of ``sectors`` equal sectors spanning ``sector_span_deg`` (default: the whole scan);
+      into one of ``sectors`` equal sectors spanning ``sector_span_deg`` (default: the whole scan),
+      angles compared as directions (modulo 360 degrees: a [0, 2 pi) scan fits [-60, 60]);
       each sector yields the minimum of its beams that are finite and inside ``valid_range``
       (after the +inf mapping), NaN if it has none, which ``add`` then rejects as non-finite.
 
@@ -560,6 +562,11 @@ def _sector_beams(n_beams: int, angle_min: float, angle_increment: float, sector
         low, high = float(np.min(angles)), float(np.max(angles))
     else:
         low, high = math.radians(span_deg[0]), math.radians(span_deg[1])
+        # Directions, not numbers: a scan over [0, 2 pi) (common on 360-degree lidars) must
+        # meet a span of [-60, 60] degrees too. Each angle is taken modulo 2 pi into the
+        # turn that starts just below the span.
+        base = low - _SECTOR_EDGE_TOLERANCE
+        angles = base + np.mod(angles - base, 2 * math.pi)
     if high > low:
         # Scan angles are float32 in the message: a beam meant to lie on an edge of the span may
         # miss it by a few 1e-8 rad, so edges get a tolerance far below any beam spacing.

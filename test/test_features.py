@@ -150,6 +150,8 @@ INPUT_ERRORS = [
     ('sectors on a Range', range_input, _set('sectors', 4), 'sectors'),
     ('sector span without sectors', range_input, _set('sector_span_deg', [-90, 90]),
      'sector_span_deg'),
+    ('sector span beyond a turn', lidar_input, _set('sector_span_deg', [-180, 270]),
+     'sector_span_deg'),
     ('scalar fields dim mismatch', imu_input, _set('dim', 4), 'dim'),
     ('array field not alone', lidar_input, _set('fields', ['ranges', 'intensities']), 'fields'),
     ('unknown msg_type', range_input, _set('msg_type', 'sensor_msgs/msg/Sonar'), 'msg_type'),
@@ -350,11 +352,23 @@ def test_laserscan_sector_span_ignores_beams_outside():
     np.testing.assert_array_equal(values, [5.0, 2.0])
 
 
+def test_laserscan_over_0_to_2pi_meets_a_span_around_straight_ahead():
+    # Many 360-degree lidars publish angles 0 ... 2 pi: the beams at 270 and 315 degrees are
+    # the ones at -90 and -45, and a span of [-90, 90] must find them (and so must [270, 450]).
+    beams = [4.0, 3.0, 2.0, 9.0, 9.0, 9.0, 1.0, 0.5]  # 0, 45, ..., 315 degrees
+    for span in ([-90, 90], [270, 450]):
+        spec = make_config(lidar_input(sectors=2, dim=2, sector_span_deg=span)).input('lidar')
+        values = extract_values(scan_msg(beams, angle_min_deg=0, increment_deg=45), spec)
+        # right half (-90 ... 0): beams at 270, 315, 0; left half (0 ... 90]: 45, 90
+        np.testing.assert_array_equal(values, [0.5, 2.0])
+
+
 @settings(max_examples=150, deadline=None)
 @given(beams=st.integers(1, 400), angle_min=st.floats(-3.25, 0.5, width=32),
        increment=st.floats(-0.015625, 0.046875, width=32) | st.just(0.0),
        sectors=st.integers(1, 30),
-       span=st.none() | st.tuples(st.floats(-180, 0), st.floats(0.5, 180)),
+       span=st.none() | st.tuples(st.floats(-360, 0), st.floats(0.5, 360)).filter(
+           lambda span: span[1] - span[0] <= 360),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_sector_minima_equal_a_beam_by_beam_reduction(beams, angle_min, increment, sectors,
                                                       span, seed):
@@ -369,9 +383,13 @@ def test_sector_minima_equal_a_beam_by_beam_reduction(beams, angle_min, incremen
     got = prepare_values(ranges, spec, angle_min=angle_min, angle_increment=increment)
 
     angles = [angle_min + increment * i for i in range(beams)]
-    low, high = ((min(angles), max(angles)) if span is None
-                 else (math.radians(span[0]), math.radians(span[1])))
     tolerance = 1e-6
+    if span is None:
+        low, high = min(angles), max(angles)
+    else:  # directions: each angle modulo 2 pi into the turn starting just below the span
+        low, high = math.radians(span[0]), math.radians(span[1])
+        angles = [low - tolerance + (angle - (low - tolerance)) % (2 * math.pi)
+                  for angle in angles]
     minima = [math.inf] * sectors
     for angle, value in zip(angles, ranges.tolist()):
         value = 12.0 if value == math.inf else value  # posinf_value

@@ -819,6 +819,9 @@ class FeaturePipeline:
                 newest = buffer.last_stamp
             else:
                 newest = int(buffer.stamps[start + newer - 1])
+            # Counted before the staleness test: eviction alone may have emptied the window.
+            if buffer.evicted_stamp is not None and buffer.evicted_stamp > window_start:
+                buffer.truncated_windows += 1
             if newest is None or t - newest >= buffer.timeout_ns:
                 stale.append(buffer.name)
                 views[index] = buffer.dummy
@@ -828,8 +831,6 @@ class FeaturePipeline:
                 else:
                     skip = True
                 continue
-            if buffer.evicted_stamp is not None and buffer.evicted_stamp > window_start:
-                buffer.truncated_windows += 1
             views[index] = buffer.values[:, start + older:start + newer]
             counts[index] = newer - older
         if skip:

@@ -651,6 +651,18 @@ def test_readings_beyond_the_declared_rate_are_reported_not_hoarded():
     assert pipeline.stats()['range_front'].truncated_windows == 1
 
 
+def test_a_window_emptied_by_eviction_counts_as_truncated():
+    # Readings added far ahead of the ticks push out the one the tick would have used: the
+    # tick finds the input stale, and the counters say why.
+    pipeline = FeaturePipeline(make_config(range_input(max_rate_hz=10)))
+    capacity = pipeline.config.input('range_front').buffer_capacity
+    for k in range(capacity + 5):
+        pipeline.add('range_front', 100 * MS + k * 10 * MS, [1.0])
+    assert pipeline.tick(100 * MS).skipped
+    stats = pipeline.stats()['range_front']
+    assert stats.ticks_skipped == 1 and stats.truncated_windows == 1
+
+
 def test_reset_forgets_readings_but_keeps_counters():
     pipeline = FeaturePipeline(make_config(range_input(aggregations=['last'])))
     pipeline.add('range_front', 5 * S, [1.0])

@@ -951,6 +951,9 @@ class ClassifierNode(Node):
             'inference_errors': self._inference_errors,
             'incompatible_subscribers': self._incompatible_subscribers,
         }
+        if self._sim_ticker is not None:  # see SimTimeTicker's attributes
+            values.update(sim_ticks_dropped=self._sim_ticker.ticks_dropped,
+                          sim_events_dropped=self._sim_ticker.events_dropped)
         period_ns = 1e9 / self._rate_hz
         if ticks == 0:
             level = WARN

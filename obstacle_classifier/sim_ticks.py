@@ -67,7 +67,10 @@ class SimTimeTicker:
     Attributes:
         ticks_dropped: grid points skipped because /clock jumped ahead by more than
             ``max_jump_ticks`` ticks at once (those ticks would all be stale).
-        events_dropped: queued events discarded because time jumped back.
+        events_dropped: events discarded because time jumped back: those queued at the jump,
+            and readings published before the ``/clock`` that jumped which arrive after it
+            (the end of the previous bag loop: they would land in freshly cleared buffers
+            with stamps newer than everything of the new loop).
     """
 
     def __init__(self, period_ns: int, max_jump_ticks: int = 1000) -> None:
@@ -86,6 +89,7 @@ class SimTimeTicker:
         self._arrivals = 0
         self._next_tick: Optional[int] = None
         self._last_clock_ns: Optional[int] = None
+        self._jump_source_ns: Optional[int] = None  # source timestamp of the last jump back
 
     @property
     def waiting(self) -> int:
@@ -97,10 +101,12 @@ class SimTimeTicker:
         """A ``/clock`` message: (events to run now; whether time jumped back).
 
         After a jump back everything queued is dropped (the caller clears its buffers) and the
-        grid restarts at the new time.
+        grid restarts at the new time; so is every reading published before this ``/clock``
+        that arrives later.
         """
         jumped_back = self._last_clock_ns is not None and clock_ns < self._last_clock_ns
         if jumped_back:
+            self._jump_source_ns = source_ns
             self.events_dropped += len(self._queue)
             self._queue.clear()
             self._clock.clear()
@@ -125,6 +131,9 @@ class SimTimeTicker:
                    needs_bag_time: bool) -> list[Event]:
         """A reading published at ``source_ns`` (``needs_bag_time``: it is receive-stamped):
         the events to run now, in order (this reading waits for a later /clock)."""
+        if self._jump_source_ns is not None and source_ns < self._jump_source_ns:
+            self.events_dropped += 1  # from before time jumped back: see events_dropped
+            return []
         self._enqueue(source_ns, steady_ns, None, payload, needs_bag_time)
         return self._release()
 

@@ -104,6 +104,18 @@ def test_a_jump_back_drops_the_queue_and_restarts_the_grid():
         ('tick', 500 * MS), ('tick', 550 * MS), ('msg', 'a', None)]
 
 
+def test_a_reading_from_before_a_jump_back_that_arrives_after_it_is_dropped():
+    # The last reading of a bag loop overtaken by the next loop's first /clock: it would enter
+    # the freshly cleared buffers with a stamp newer than all of the new loop.
+    ticker = SimTimeTicker(PERIOD)
+    run(ticker, [('clock', 1, 1000 * MS), ('clock', 2, 1999 * MS)])
+    dropped = ticker.events_dropped
+    out = run(ticker, [('clock', 4, 1000 * MS), ('msg', 3, 'old loop', False),
+                       ('msg', 5, 'new loop', False), ('clock', 6, 1001 * MS)])
+    assert out == [('msg', 'new loop', None)]
+    assert ticker.events_dropped - dropped == 1 + 20  # the reading; ticks 1000 ... 1950
+
+
 def test_a_long_jump_forward_is_capped():
     ticker = SimTimeTicker(PERIOD, max_jump_ticks=3)
     run(ticker, [('clock', 1, 0)])

@@ -323,6 +323,9 @@ def _load_npz(path: Path, dtype: np.dtype, require_labels: bool) -> Dataset:
     else:
         Y_raw = np.zeros((X.shape[0], 0), dtype=np.uint8)
         class_names = ()
+    if require_labels and Y_raw.shape[1] == 0:
+        raise _error(path, 'has no label classes (Y has 0 columns, as written for unlabelled '
+                           'data); training and evaluation need labels')
     if X.shape[0] != Y_raw.shape[0]:
         raise _error(path, f'X has {X.shape[0]} rows but Y has {Y_raw.shape[0]}; both need one '
                            f'row per sample')
@@ -420,9 +423,17 @@ def _load_csv(path: Path, dtype: np.dtype, label_columns: Sequence[str] | None,
             reader = csv.reader(file)
             header = _read_header(path, reader)
             width = len(header)
+            blank_line = None  # a blank line, unless only blank lines follow it
             for row in reader:
-                if not row:  # blank line
+                if not row:
+                    blank_line = reader.line_num
                     continue
+                if blank_line is not None and width == 1:
+                    # With one column an empty cell is a blank line: skipping it would shift
+                    # every later row.
+                    raise _error(path, f'line {blank_line}, column 1 ({header[0]!r}): empty '
+                                       f'cell (a blank line in a one-column file)')
+                blank_line = None
                 if len(row) != width:
                     raise _error(path, f'line {reader.line_num} has {len(row)} fields, the header '
                                        f'has {width}')

@@ -152,6 +152,8 @@ def test_unlabelled_data_loads_when_labels_are_not_required(tmp_path):
     npz = write_npz(tmp_path / 'nolabels.npz', **arrays_without_labels)
     assert load_dataset(npz, require_labels=False).c == 0
     expect_error(npz, "missing array(s) 'Y', 'class_names'")
+    # The .npz written from unlabelled data has a Y of 0 columns: not labels either.
+    expect_error(tmp_path / 'features.npz', 'has no label classes (Y has 0 columns')
 
 
 def test_npz_accepts_integer_features_and_bool_labels(tmp_path):
@@ -207,6 +209,13 @@ def test_csv_non_numeric_cell_names_line_and_column(tmp_path):
     expect_error(path, "line 3, column 2 ('b'): non-numeric value 'fast'")
     path = write_text(tmp_path / 'hole.csv', 'a,b,label:c\n1,,0\n')
     expect_error(path, "line 2, column 2 ('b'): empty cell")
+    # One column: the empty cell is a blank line, which must not shift the later rows (blank
+    # lines at the end are only the end).
+    path = write_text(tmp_path / 'one.csv', 'speed\n1.0\n\n3.0\n')
+    with pytest.raises(DatasetError, match=r"line 3, column 1 \('speed'\): empty cell"):
+        load_dataset(path, require_labels=False)
+    path = write_text(tmp_path / 'tail.csv', 'speed\n1.0\n3.0\n\n\n')
+    assert load_dataset(path, require_labels=False).X.ravel().tolist() == [1.0, 3.0]
     path = write_text(tmp_path / 'badlabel.csv', 'a,b,label:c\n1,2,yes\n')
     expect_error(path, "line 2, column 3 ('label:c'): non-numeric value 'yes'")
 

@@ -77,7 +77,17 @@ def _open_reader(path: PathLike):
         raise BagError(f'{bag}: cannot open bag: {exc}') from exc
     except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as exc:
         raise BagError(f'{bag}: corrupt bag ({type(exc).__name__}: {exc})') from exc
+    except Exception as exc:
+        if _from_storage_library(exc):
+            raise BagError(f'{bag}: corrupt bag ({type(exc).__name__}: {exc})') from exc
+        raise
     return reader
+
+
+def _from_storage_library(exc: Exception) -> bool:
+    """True for the storage libraries' own exception types (bad data in a bag file): the MCAP
+    reader and its decompressors, and apsw, through which rosbags reads sqlite3 bags."""
+    return type(exc).__module__.startswith(('rosbags', 'mcap', 'zstandard', 'lz4', 'apsw'))
 
 
 def _iterate(bag: Path, reader, connections) -> Iterator[tuple[Any, int, bytes]]:
@@ -89,8 +99,8 @@ def _iterate(bag: Path, reader, connections) -> Iterator[tuple[Any, int, bytes]]
         raise BagError(f'{bag}: cannot read messages: {exc}') from exc
     except (sqlite3.Error, OSError, ValueError, KeyError, EOFError, AssertionError) as exc:
         raise BagError(f'{bag}: corrupt or truncated bag ({type(exc).__name__}: {exc})') from exc
-    except Exception as exc:  # the MCAP reader raises its own exception types on bad data
-        if type(exc).__module__.startswith(('rosbags', 'mcap', 'zstandard', 'lz4')):
+    except Exception as exc:
+        if _from_storage_library(exc):
             raise BagError(f'{bag}: corrupt or truncated bag '
                            f'({type(exc).__name__}: {exc})') from exc
         raise

@@ -215,6 +215,19 @@ def test_truncated_bag_is_reported_as_corrupt(simulated_bags, tmp_path, storage)
         extract_bag(broken)
 
 
+def test_damaged_sqlite_pages_are_reported_as_corrupt(simulated_bags, tmp_path):
+    # A .db3 whose header is intact but some message pages are not (power lost while
+    # recording): sqlite finds out only while reading them, through rosbags' apsw driver.
+    broken = shutil.copytree(simulated_bags['sqlite3'], tmp_path / 'damaged')
+    (storage_file,) = broken.glob('*.db3')
+    data = bytearray(storage_file.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(byte ^ 0x5A for byte in data[middle:middle + 64])
+    storage_file.write_bytes(bytes(data))
+    with pytest.raises(BagError, match='damaged: corrupt'):
+        extract_bag(broken)
+
+
 def test_garbage_storage_file_is_reported_not_raised_raw(simulated_bags, tmp_path):
     broken = shutil.copytree(simulated_bags['sqlite3'], tmp_path / 'garbage')
     (storage_file,) = broken.glob('*.db3')

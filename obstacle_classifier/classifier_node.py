@@ -610,6 +610,9 @@ class ClassifierNode(Node):
             raise ModelRefused(str(exc)) from None
         except OSError as exc:
             raise ModelRefused(f'{path}: cannot read ({exc})') from None
+        except Exception as exc:  # a damage no check foresaw: refuse the file, never die
+            raise ModelRefused(f'{path}: unreadable model file ({type(exc).__name__}: '
+                               f'{exc})') from None
         try:
             model.check_features(self._pipeline.feature_names)
         except ValueError as exc:

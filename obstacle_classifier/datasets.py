@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -45,6 +46,28 @@ _MAX_LISTED = 8  # names listed in one message before "... and N more"
 _ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')  # local file header; empty archive
 _NPY_MAGIC = b'\x93NUMPY'
 _PICKLE_MAGIC = b'\x80'  # protocol 2+ opcode
+
+#: What ``np.load`` and reading an ``NpzFile`` member raise on damaged bytes, besides
+#: ValueError: zipfile's NotImplementedError (an unknown compression method or version) and
+#: RuntimeError (a member flagged as encrypted); the .npy header parser's SyntaxError and
+#: tokenize.TokenError.
+NPZ_DAMAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+                     RuntimeError, SyntaxError, tokenize.TokenError)
+
+
+def npz_signature_problem(head: bytes) -> str | None:
+    """Why a file starting with ``head`` (its first 8 bytes) is not an .npz archive, or None.
+
+    np.load would read a single-array .npy file without complaint, and call a text file
+    "pickled data"."""
+    if head.startswith(_NPY_MAGIC):
+        return 'is a single-array .npy file, not an .npz archive'
+    if head.startswith(_PICKLE_MAGIC):
+        return ('is a Python pickle, not an .npz archive; pickles are refused because loading '
+                'one can run arbitrary code')
+    if not head.startswith(_ZIP_MAGIC):
+        return 'is not an .npz archive (no zip signature)'
+    return None
 
 
 class DatasetError(ValueError):
@@ -288,15 +311,9 @@ def _load_npz(path: Path, dtype: np.dtype, require_labels: bool) -> Dataset:
     if require_labels:
         required, optional = required + optional, []
     with open(path, 'rb') as file:
-        head = file.read(8)
-        # np.load would call a plain text file "pickled data"; say what the file really is.
-        if head.startswith(_NPY_MAGIC):
-            raise _error(path, 'is a single-array .npy file, not an .npz archive')
-        if head.startswith(_PICKLE_MAGIC):
-            raise _error(path, 'is a Python pickle, not an .npz archive; pickles are refused '
-                               'because loading one can run arbitrary code')
-        if not head.startswith(_ZIP_MAGIC):
-            raise _error(path, 'is not an .npz archive (no zip signature)')
+        problem = npz_signature_problem(file.read(8))
+        if problem:
+            raise _error(path, problem)
         file.seek(0)
         try:
             # np.load gets our file object: given a path, it leaks its own handle when the zip
@@ -312,8 +329,8 @@ def _load_npz(path: Path, dtype: np.dtype, require_labels: bool) -> Dataset:
                     raise _error(path, "has only one of 'Y' and 'class_names'; both or neither")
                 keys = required + (optional if has_labels else [])
                 arrays = {key: _read_npz_member(path, archive, key) for key in keys}
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-            raise _error(path, f'corrupt .npz archive: {exc}') from exc
+        except NPZ_DAMAGE_ERRORS as exc:
+            raise _error(path, f'corrupt .npz archive ({type(exc).__name__}: {exc})') from exc
 
     X = _npz_matrix(path, 'X', arrays['X'], '(n, d)')
     feature_names = _npz_names(path, 'feature_names', arrays['feature_names'])

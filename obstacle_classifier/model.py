@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .atomic import atomic_write
-from .datasets import name_differences
+from .datasets import NPZ_DAMAGE_ERRORS, name_differences, npz_signature_problem
 from .nn import MLP, Linear, LinearClassifier, Network
 
 FORMAT_NAME = 'obstacle_classifier.model'
@@ -189,19 +189,24 @@ class ObstacleModel:
         try:
             # Read the bytes first: np.load leaks its file handle when the zip is corrupt.
             data = path.read_bytes()
+            problem = npz_signature_problem(data[:8])
+            if problem:
+                raise ModelFileError(f'{path}: {problem}; a model file is an .npz archive')
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
         except FileNotFoundError:
             raise ModelFileError(f'{path}: no such model file') from None
         except IsADirectoryError:
             raise ModelFileError(f'{path}: is a directory, not a model file') from None
+        except ModelFileError:
+            raise
         except ValueError as exc:
             if 'allow_pickle' in str(exc):
                 raise ModelFileError(f'{path}: contains pickled objects; refusing to load '
                                      f'(model files hold plain arrays only)') from None
             raise ModelFileError(f'{path}: not a valid model file ({exc})') from None
-        except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise ModelFileError(f'{path}: unreadable or truncated model file '
+        except (KeyError, *NPZ_DAMAGE_ERRORS) as exc:
+            raise ModelFileError(f'{path}: unreadable, truncated or corrupt model file '
                                  f'({type(exc).__name__}: {exc})') from None
         try:
             return cls._from_arrays(arrays)

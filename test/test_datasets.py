@@ -335,6 +335,19 @@ def test_npz_missing_key(tmp_path):
                  "only one of 'Y' and 'class_names'", require_labels=False)
 
 
+@pytest.mark.parametrize('offset, value, error', [
+    (6, b'\xff\x00', 'NotImplementedError: zip file version'),  # version needed: 25.5
+    (8, b'\x01\x00', 'RuntimeError'),  # general-purpose flags: encrypted
+])
+def test_npz_with_a_damaged_zip_directory(tmp_path, offset, value, error):
+    path = tmp_path / 'damaged.npz'
+    save_dataset(path, Dataset(np.eye(3), np.eye(3, dtype=np.uint8), list('abc'), list('xyz')))
+    data = path.read_bytes()
+    entry = data.index(b'PK\x01\x02') + offset  # the first central-directory entry
+    path.write_bytes(data[:entry] + value + data[entry + len(value):])
+    expect_error(path, f'corrupt .npz archive ({error}')
+
+
 def test_npz_pickles_are_refused(tmp_path):
     arrays_to_write = valid_npz_arrays()
     arrays_to_write['feature_names'] = np.array(FEATURES, dtype=object)

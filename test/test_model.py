@@ -167,6 +167,28 @@ def test_refuses_truncated_file(tmp_path, keep_fraction):
         ObstacleModel.load(path)
 
 
+@pytest.mark.parametrize('offset, value, error', [
+    (6, b'\xff\x00', 'NotImplementedError: zip file version'),  # version needed: 25.5
+    (8, b'\x01\x00', 'RuntimeError'),  # general-purpose flags: encrypted
+])
+def test_refuses_a_damaged_zip_directory(tmp_path, offset, value, error):
+    # One bad byte in the zip directory: zipfile raises neither OSError nor ValueError.
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    data = path.read_bytes()
+    entry = data.index(b'PK\x01\x02') + offset  # the first central-directory entry
+    path.write_bytes(data[:entry] + value + data[entry + len(value):])
+    with pytest.raises(ModelFileError, match=f'corrupt model file \\({error}'):
+        ObstacleModel.load(path)
+
+
+def test_refuses_a_single_array_npy_file(tmp_path):
+    path = tmp_path / 'weights.npy'
+    np.save(path, np.zeros((4, 8)))
+    with pytest.raises(ModelFileError, match='single-array .npy file'):
+        ObstacleModel.load(path)
+
+
 def test_refuses_a_flipped_byte_anywhere_in_the_weights(tmp_path):
     path = tmp_path / 'model.npz'
     _model().save(path)

@@ -475,7 +475,7 @@ def _configured_rate(params_file: Path) -> float:
     try:
         with open(params_file, encoding='utf-8') as stream:
             data = yaml.safe_load(stream)
-        return float(data['obstacle_classifier']['ros__parameters']['rate_hz'])
+        return float(data['/**/obstacle_classifier']['ros__parameters']['rate_hz'])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return 20.0
 

@@ -33,6 +33,7 @@ KNOWN_API = {
 }
 #: Parameters every rclpy node has; not part of what a params file needs to know about.
 IMPLICIT_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
+NAMESPACED_RATE_HZ = 7.0  # not the default: shows the params file applied
 STARTUP_TIMEOUT = 60.0
 
 
@@ -140,9 +141,10 @@ def _installed(setup_args) -> dict:
 
 @pytest.fixture(scope='module')
 def running_nodes(tmp_path_factory, setup_py_args, ros_domain_id):
-    """{executable: (node name, {parameter: ParameterDescriptor})} from the running nodes."""
+    """{executable: (node name, {parameter: ParameterDescriptor}, {parameter: ParameterValue})}
+    from the running nodes, started in a namespace with their params files."""
     rclpy = ros_helpers.import_rclpy()
-    from rcl_interfaces.srv import DescribeParameters, ListParameters
+    from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
     from rclpy.context import Context
 
     scripts = ros_helpers.console_scripts(setup_py_args)
@@ -152,13 +154,20 @@ def running_nodes(tmp_path_factory, setup_py_args, ros_domain_id):
     namespace = ros_helpers.unique_name('launch')
     launcher = ros_helpers.ProcessLauncher(tmp_path_factory.mktemp('nodes'),
                                            env=ros_helpers.ros_subprocess_env())
+    # The shipped classifier params with one value off its default, to see the file applied
+    # under a namespace (see test_the_params_files_apply_in_a_namespace).
+    classifier_params = tmp_path_factory.mktemp('params') / 'obstacle_classifier.yaml'
+    shipped = (REPO / 'config' / 'obstacle_classifier.yaml').read_text()
+    assert '    rate_hz: 20.0\n' in shipped
+    classifier_params.write_text(shipped.replace('    rate_hz: 20.0\n',
+                                                 f'    rate_hz: {NAMESPACED_RATE_HZ}\n'))
     context = Context()
     rclpy.init(args=[], context=context, domain_id=ros_domain_id)
     ros = ros_helpers.RosTestNode(context)
     try:
         for executable, module in executables.items():
-            params = REPO / 'config' / ('obstacle_classifier.yaml' if executable ==
-                                        'classifier_node' else 'sidewalk_simulator.yaml')
+            params = (classifier_params if executable == 'classifier_node'
+                      else REPO / 'config' / 'sidewalk_simulator.yaml')
             launcher.start_module(executable, module, [
                 '--ros-args', '--params-file', str(params), '-r', f'__ns:=/{namespace}'])
 
@@ -179,7 +188,10 @@ def running_nodes(tmp_path_factory, setup_py_args, ros_domain_id):
                            ListParameters.Request()).result.names
             described = _call(ros, DescribeParameters, f'{base}/describe_parameters',
                               DescribeParameters.Request(names=list(listed))).descriptors
-            result[executable] = (node_name, {d.name: d for d in described})
+            values = _call(ros, GetParameters, f'{base}/get_parameters',
+                           GetParameters.Request(names=list(listed))).values
+            result[executable] = (node_name, {d.name: d for d in described},
+                                  dict(zip(listed, values)))
         for proc in launcher.processes:
             assert proc.is_running(), proc.report()
         yield result
@@ -243,34 +255,43 @@ def test_node_names_and_parameters_match_the_running_nodes(launch_files, running
         for node in launch.nodes:
             keywords = _keywords(node)
             executable = _const(keywords['executable'])
-            node_name, declared = running_nodes[executable]
+            node_name, declared, _ = running_nodes[executable]
             # The params files are keyed by node name: a renamed node would ignore them.
             assert _const(keywords['name']) == node_name, (launch.path, executable)
             unknown = launch.parameter_names(node) - set(declared)
             assert not unknown, f'{launch.path}: {executable} declares no {sorted(unknown)}'
             for relative in launch.parameter_files(node):
                 data = yaml.safe_load((REPO / relative).read_text())
-                assert list(data) == [node_name], f'{relative}: keyed {list(data)}'
-                names = set(data[node_name]['ros__parameters'])
+                # Keyed for any namespace: a plain node name would only match the root one.
+                assert list(data) == [f'/**/{node_name}'], f'{relative}: keyed {list(data)}'
+                names = set(data[f'/**/{node_name}']['ros__parameters'])
                 assert names <= set(declared), f'{relative}: unknown {names - set(declared)}'
 
 
 def test_the_shipped_params_files_cover_every_documented_parameter(running_nodes):
-    for executable, (node_name, declared) in running_nodes.items():
+    for executable, (node_name, declared, _) in running_nodes.items():
         own = {name: d for name, d in declared.items()
                if name not in IMPLICIT_PARAMETERS and not name.startswith('qos_overrides.')}
         relative = f'config/{node_name}.yaml'
-        shipped = set(yaml.safe_load((REPO / relative).read_text())[node_name]['ros__parameters'])
+        shipped = set(yaml.safe_load((REPO / relative).read_text())[f'/**/{node_name}']
+                      ['ros__parameters'])
         assert shipped == set(own), f'{relative} vs the node: {shipped ^ set(own)}'
         for name, descriptor in own.items():
             assert len(descriptor.description) > 20, f'{executable}: {name} undocumented'
-    _, classifier = running_nodes['classifier_node']
+    _, classifier, _ = running_nodes['classifier_node']
     assert classifier['feature_config'].read_only and not classifier['threshold'].read_only
     assert not classifier['model_path'].read_only and not classifier['rate_hz'].read_only
     assert classifier['threshold'].floating_point_range[0].from_value == -1.0
     # Per-input QoS is overridable at launch (rclpy's QoS overriding options).
     assert any(name.startswith('qos_overrides./') and name.endswith('.reliability')
                for name in classifier), sorted(classifier)
-    _, simulator = running_nodes['sidewalk_simulator']
+    _, simulator, _ = running_nodes['sidewalk_simulator']
     assert simulator['seed'].read_only and simulator['scenario'].read_only
     assert not simulator['real_time_factor'].read_only
+
+
+def test_the_params_files_apply_in_a_namespace(running_nodes):
+    # Keyed by the bare node name, a params file matches only the root namespace and is
+    # silently ignored under namespace:=robot1; the shipped files use /**/<node name>.
+    _, _, values = running_nodes['classifier_node']
+    assert values['rate_hz'].double_value == NAMESPACED_RATE_HZ

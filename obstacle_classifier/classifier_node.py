@@ -562,6 +562,12 @@ class ClassifierNode(Node):
         """Refuse bad values before they are set (range and read-only are checked by rclpy)."""
         self._pending_model = None
         for parameter in parameters:
+            if (parameter.name == 'use_sim_time'
+                    and bool(parameter.value) != (self._sim_ticker is not None)):
+                # The /clock subscription and the inputs' sim-time ordering are built at start.
+                return SetParametersResult(
+                    successful=False,
+                    reason='use_sim_time is fixed at start-up: restart the node to change it')
             if parameter.name == 'threshold':
                 problem = self._threshold_problem(parameter.value)
                 if problem:
@@ -584,11 +590,13 @@ class ClassifierNode(Node):
                 self._install_model(*self._pending_model)
                 self._pending_model = None
             elif parameter.name == 'rate_hz':
-                self._rate_hz = float(parameter.value)
-                self._tick_period_ns = int(round(1e9 / self._rate_hz))
-                self.destroy_timer(self._tick_timer)
+                period_ns = int(round(1e9 / float(parameter.value)))
                 if self._sim_ticker is not None:
-                    self._sim_ticker = SimTimeTicker(self._tick_period_ns)
+                    # What waits for a later /clock runs now, on the old grid, not lost.
+                    self._run_events(self._sim_ticker.change_period(period_ns))
+                self._rate_hz = float(parameter.value)
+                self._tick_period_ns = period_ns
+                self.destroy_timer(self._tick_timer)
                 self._tick_timer = self._create_tick_timer()
                 self._last_tick_ns = None  # the old period's gaps are not missed ticks
                 self.get_logger().info(f'rate now {self._rate_hz:g} Hz')

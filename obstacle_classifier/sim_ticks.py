@@ -137,6 +137,18 @@ class SimTimeTicker:
         self._enqueue(source_ns, steady_ns, None, payload, needs_bag_time)
         return self._release()
 
+    def change_period(self, period_ns: int) -> list[Event]:
+        """Tick every ``period_ns`` from the next ``/clock`` on (a live rate change). Returns
+        everything waiting, in order, to run now (ticks on the old grid included): nothing
+        queued is lost with the old grid. Counters and the ``/clock`` history carry on."""
+        if period_ns <= 0:
+            raise ValueError(f'period_ns must be positive, got {period_ns}')
+        released = [self._event(entry) for entry in self._queue]
+        self._queue.clear()
+        self.period_ns = int(period_ns)
+        self._next_tick = None
+        return released
+
     def overdue(self, steady_ns: int, max_wait_ns: int) -> list[Event]:
         """Release, in order, everything up to the last entry that has waited ``max_wait_ns``
         (receive-stamped readings get the last /clock known before them)."""

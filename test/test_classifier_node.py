@@ -562,7 +562,12 @@ def test_threshold_changes_live_and_invalid_values_are_refused(ros, ros_processe
         assert not result.successful, bad
         assert fragment in result.reason
     assert get_parameter(ros, node, 'threshold') == 0.55
-    applies(-1.0, ())  # back to the model's own threshold
+    # use_sim_time shapes the subscriptions at start-up: a live change is refused, not
+    # accepted and then never ticking.
+    result = set_parameter(ros, node, 'use_sim_time', True)
+    assert not result.successful and 'fixed at start-up' in result.reason
+    assert get_parameter(ros, node, 'use_sim_time') is False
+    applies(-1.0, ())  # back to the model's own threshold (and still ticking)
 
 
 def test_a_late_subscriber_gets_the_class_list_and_a_mismatched_one_is_reported(

@@ -116,6 +116,21 @@ def test_a_reading_from_before_a_jump_back_that_arrives_after_it_is_dropped():
     assert ticker.events_dropped - dropped == 1 + 20  # the reading; ticks 1000 ... 1950
 
 
+def test_a_period_change_releases_what_waits_and_restarts_the_grid():
+    ticker = SimTimeTicker(PERIOD)
+    run(ticker, [('clock', 1, 1000 * MS), ('clock', 2, 1051 * MS), ('msg', 3, 'a', False)])
+    assert ticker.waiting == 3  # ticks 1000 and 1050, then the reading: no later /clock yet
+    released = describe(ticker.change_period(20 * MS))
+    assert released == [('tick', 1000 * MS), ('tick', 1050 * MS), ('msg', 'a', None)]
+    assert ticker.waiting == 0
+    # The new grid: every 20 ms from the first grid point at or after the next /clock.
+    out = run(ticker, [('clock', 4, 1065 * MS), ('clock', 5, 1101 * MS),
+                       ('clock', 6, 1102 * MS)])
+    assert out == [('tick', 1080 * MS), ('tick', 1100 * MS)]
+    with pytest.raises(ValueError, match='period_ns'):
+        ticker.change_period(0)
+
+
 def test_a_long_jump_forward_is_capped():
     ticker = SimTimeTicker(PERIOD, max_jump_ticks=3)
     run(ticker, [('clock', 1, 0)])

@@ -434,6 +434,18 @@ class RosTestNode:
         self.node.create_subscription(msg_type, topic, received.append, qos)
         return received
 
+    def call(self, srv_type: Any, name: str, request: Any, timeout: float = 30.0) -> Any:
+        """Call service ``name`` once it is available; its response (asserts on timeouts)."""
+        client = self.node.create_client(srv_type, name)
+        try:
+            assert self.spin_until(client.service_is_ready, timeout=timeout), \
+                f'{name} not available'
+            future = client.call_async(request)
+            assert self.spin_until(future.done, timeout=timeout), f'{name} did not answer'
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
     def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 60.0) -> bool:
         return self.spin_until(lambda: self.node.count_publishers(topic) >= count, timeout)
 

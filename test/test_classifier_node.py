@@ -168,23 +168,14 @@ class Observer:
         return found[0]
 
 
-def call(ros, srv_type, name: str, request, timeout: float = 30.0):
-    client = ros.node.create_client(srv_type, name)
-    assert ros.spin_until(client.service_is_ready, timeout=timeout), f'{name} not available'
-    future = client.call_async(request)
-    assert ros.spin_until(future.done, timeout=timeout), f'{name} did not answer'
-    ros.node.destroy_client(client)
-    return future.result()
-
-
 def set_parameter(ros, node: str, name: str, value):
     request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-    return call(ros, SetParameters, f'{node}/set_parameters', request).results[0]
+    return ros.call(SetParameters, f'{node}/set_parameters', request).results[0]
 
 
 def get_parameter(ros, node: str, name: str):
-    response = call(ros, GetParameters, f'{node}/get_parameters',
-                    GetParameters.Request(names=[name]))
+    response = ros.call(GetParameters, f'{node}/get_parameters',
+                        GetParameters.Request(names=[name]))
     return Parameter.from_parameter_msg(
         type('P', (), {'name': name, 'value': response.values[0]})()).value
 
@@ -496,7 +487,7 @@ def test_reload_refuses_a_bad_file_keeps_the_old_model_and_loads_a_good_one(
 
     # A corrupt file: refused with the reason, version A keeps serving.
     path.write_bytes(b'PK\x03\x04 definitely not a model')
-    response = call(ros, Trigger, f'{node}/reload_model', Trigger.Request())
+    response = ros.call(Trigger, f'{node}/reload_model', Trigger.Request())
     assert not response.success
     assert str(path) in response.message and 'model file' in response.message
     assert f'still serving version {model_a.version}' in response.message
@@ -509,14 +500,14 @@ def test_reload_refuses_a_bad_file_keeps_the_old_model_and_loads_a_good_one(
 
     # A valid model built for other features: refused, naming the difference.
     linear_model(path, ['a.mean'], ['near', 'far'])
-    response = call(ros, Trigger, f'{node}/reload_model', Trigger.Request())
+    response = ros.call(Trigger, f'{node}/reload_model', Trigger.Request())
     assert not response.success
     assert "'a.mean'" in response.message and "'a.last'" in response.message, response.message
 
     # A good model with other classes: served from the next tick, class list re-published.
     model_b = linear_model(path, ['a.last'], ['near', 'far', 'very_near'],
                            weights=[[1.0, -1.0, 2.0]])
-    response = call(ros, Trigger, f'{node}/reload_model', Trigger.Request())
+    response = ros.call(Trigger, f'{node}/reload_model', Trigger.Request())
     assert response.success, response.message
     assert model_b.version in response.message
     p_b = {name: round(float(p), 4) for name, p in zip(

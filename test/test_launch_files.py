@@ -184,12 +184,12 @@ def running_nodes(tmp_path_factory, setup_py_args, ros_domain_id):
                                              stream='stderr').group(1)
             assert node_name in names
             base = f'/{namespace}/{node_name}'
-            listed = _call(ros, ListParameters, f'{base}/list_parameters',
-                           ListParameters.Request()).result.names
-            described = _call(ros, DescribeParameters, f'{base}/describe_parameters',
-                              DescribeParameters.Request(names=list(listed))).descriptors
-            values = _call(ros, GetParameters, f'{base}/get_parameters',
-                           GetParameters.Request(names=list(listed))).values
+            listed = ros.call(ListParameters, f'{base}/list_parameters',
+                              ListParameters.Request()).result.names
+            described = ros.call(DescribeParameters, f'{base}/describe_parameters',
+                                 DescribeParameters.Request(names=list(listed))).descriptors
+            values = ros.call(GetParameters, f'{base}/get_parameters',
+                              GetParameters.Request(names=list(listed))).values
             result[executable] = (node_name, {d.name: d for d in described},
                                   dict(zip(listed, values)))
         for proc in launcher.processes:
@@ -201,15 +201,6 @@ def running_nodes(tmp_path_factory, setup_py_args, ros_domain_id):
         codes = launcher.stop_all()
         assert not launcher.leaked()
     assert all(code == 0 for code in codes.values()), launcher.reports()
-
-
-def _call(ros, srv_type, name, request):
-    client = ros.node.create_client(srv_type, name)
-    assert ros.spin_until(client.service_is_ready, timeout=STARTUP_TIMEOUT), name
-    future = client.call_async(request)
-    assert ros.spin_until(future.done, timeout=30.0), name
-    ros.node.destroy_client(client)
-    return future.result()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -188,6 +188,8 @@ class _OnlineTraining:
                                           '(kill -9 or power loss) before this start')
         self._step_credit = 0.0
         self._last_checkpoint_ns = time.monotonic_ns()
+        # stats.steps at the last checkpoint or model change: a checkpoint needs steps since.
+        self._checkpointed_steps = 0
         self._lock = threading.Lock()
         self._finished = False
         self.trainer: Optional[OnlineTrainer] = None
@@ -225,6 +227,9 @@ class _OnlineTraining:
                                          self.buffer_size)
             if previous is not None:  # the counters describe the node's life, not one model
                 self.trainer.stats = previous.stats
+            # The new model has trained nothing yet: the checkpoint file keeps what the last
+            # one wrote until it has.
+            self._checkpointed_steps = self.trainer.stats.steps
             self.ring = TickRing(ring_capacity, model.n_features, model.network.dtype)
 
     def record_tick(self, stamp_ns: int, features: Optional[np.ndarray]) -> None:
@@ -285,7 +290,7 @@ class _OnlineTraining:
             if loss is not None:
                 publish_unless_shut_down(node, self.loss_pub, Float32(data=float(loss)))
             now_ns = time.monotonic_ns()
-            if (self.checkpoint_path and trainer.stats.steps
+            if (self.checkpoint_path and trainer.stats.steps > self._checkpointed_steps
                     and now_ns - self._last_checkpoint_ns >= self.checkpoint_period_ns):
                 self._last_checkpoint_ns = now_ns
                 self._checkpoint(trainer)
@@ -297,19 +302,29 @@ class _OnlineTraining:
             self._thread.join(timeout=10.0)
         with self._lock:
             self._finished = True
-            if self.trainer is not None and self.checkpoint_path and self.trainer.stats.steps:
+            if self.trainer is None or not self.checkpoint_path:
+                return
+            if self.trainer.stats.steps > self._checkpointed_steps:
                 self._checkpoint(self.trainer)
+            else:
+                self._logger().info(f'checkpoint {self.checkpoint_path}: not rewritten, no '
+                                    'training step since the last one or the last model change')
 
     def _checkpoint(self, trainer: OnlineTrainer) -> None:
+        self._checkpointed_steps = trainer.stats.steps
         decision = trainer.checkpoint(self.checkpoint_path)
-        logger = self._node.get_logger()
-        if not self._node.context.ok():  # after SIGINT: /rosout is gone, stderr still works
-            logger = get_logger(f'{logger.name}_shutdown')
+        logger = self._logger()
         message = f'checkpoint {self.checkpoint_path}: {decision.reason}'
         if decision.written:
             logger.info(message)
         else:
             logger.warning(message)
+
+    def _logger(self):
+        logger = self._node.get_logger()
+        if not self._node.context.ok():  # after SIGINT: /rosout is gone, stderr still works
+            logger = get_logger(f'{logger.name}_shutdown')
+        return logger
 
     # -- diagnostics ---------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ import ros_helpers
 ros_helpers.import_rclpy()
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import Float32, String, UInt8MultiArray  # noqa: E402
 
 from obstacle_classifier import paths  # noqa: E402
@@ -148,7 +150,8 @@ def test_training_from_the_simulator_learns_checkpoints_and_keeps_the_tick_rate(
     classifier.send_sigint()
     assert classifier.wait(20.0) == 0, classifier.report()
     final = [line for line in classifier.stderr().splitlines() if 'checkpoint' in line]
-    assert final and final[-1].split(': ', 2)[-1].startswith(('written', 'refused')), final
+    assert final and final[-1].split(': ', 2)[-1].startswith(
+        ('written', 'refused', 'not rewritten')), final  # the last: unless nothing since
     ObstacleModel.load(checkpoint)
     assert 'Traceback' not in classifier.stderr()
 
@@ -246,3 +249,41 @@ def test_non_finite_batch_losses_are_discarded_and_the_node_keeps_serving(
     assert classifier.wait(20.0) == 0, classifier.report()
     assert not checkpoint.exists()
     assert 'Traceback' not in classifier.stderr()
+
+
+def test_a_model_change_keeps_the_checkpoint_until_the_new_model_has_trained(
+        ros, ros_processes, tmp_path):
+    namespace = ros_helpers.unique_name('swap')
+    node = f'/{namespace}/obstacle_classifier'
+    model_path, checkpoint, other = tmp_path / 'fresh.npz', tmp_path / 'online.npz', \
+        tmp_path / 'other.npz'
+    fresh_model(model_path)
+    fresh_model(other, seed=9)
+    # The simulator's truth reaches the trainer only while the test relays it.
+    truth: list[str] = []
+    ros.node.create_subscription(String, f'/{namespace}/obstacle_labels',
+                                 lambda m: truth.append(m.data), 10)
+    relayed = ros.node.create_publisher(String, f'/{namespace}/relayed_labels', 10)
+    simulator, classifier = start(ros_processes, namespace, model_path, checkpoint, **{
+        'train.labels_topic': 'relayed_labels', 'train.checkpoint_period_s': 0.2})
+
+    def relay():
+        while truth:
+            relayed.publish(String(data=truth.pop(0)))
+        return checkpoint.exists()
+
+    assert ros.spin_until(relay, timeout=STARTUP_TIMEOUT), \
+        classifier.report() + simulator.report()
+    ros.spin_for(1.0)  # no more labels: the trainer goes on with its buffer, checkpointing
+    request = SetParameters.Request(
+        parameters=[Parameter('model_path', value=str(other)).to_parameter_msg()])
+    assert ros.call(SetParameters, f'{node}/set_parameters', request).results[0].successful
+    trained = checkpoint.read_bytes()
+    assert ObstacleModel.load(checkpoint).metadata['online_training']['steps'] > 0
+    # The new model has no examples and trains nothing: neither the period nor a clean
+    # shutdown may overwrite the trained checkpoint with it.
+    ros.spin_for(1.0)
+    classifier.send_sigint()
+    assert classifier.wait(20.0) == 0, classifier.report()
+    assert checkpoint.read_bytes() == trained
+    assert 'not rewritten, no training step since' in classifier.stderr()

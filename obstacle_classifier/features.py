@@ -49,7 +49,10 @@ PathLike = Union[str, os.PathLike]
 #: Window aggregations, in the order they appear in a config and in the feature names.
 AGGREGATIONS = ('last', 'mean', 'min', 'max', 'std')
 #: Reasons ``FeaturePipeline.add`` gives for refusing a reading, in the order they are checked.
-REJECTION_REASONS = ('unknown_input', 'wrong_length', 'non_finite', 'out_of_range', 'out_of_order')
+REJECTION_REASONS = ('unknown_input', 'wrong_length', 'non_finite', 'out_of_range',
+                     'future_stamp', 'out_of_order')
+#: How far a header stamp may lie ahead of the time the reading was received, by default.
+DEFAULT_MAX_STAMP_LEAD_S = 0.5
 POLICIES = ('skip', 'fill')
 STAMP_SOURCES = ('header', 'receive')
 QOS_PROFILES = ('sensor_data', 'reliable')
@@ -150,21 +153,33 @@ _REQUIRED_INPUT_KEYS = ('name', 'topic', 'msg_type', 'fields', 'dim', 'valid_ran
 _OPTIONAL_INPUT_KEYS = ('fill_value', 'stamp_source', 'qos', 'posinf_value', 'sectors',
                         'sector_span_deg', 'max_rate_hz')
 _TOP_LEVEL_KEYS = ('rate_hz', 'inputs')
+_OPTIONAL_TOP_LEVEL_KEYS = ('max_stamp_lead_s',)
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """The declared inputs and the tick rate; validated on construction."""
+    """The declared inputs and the tick rate; validated on construction.
+
+    ``max_stamp_lead_s``: a reading whose header stamp lies further ahead of the time it was
+    received is refused ('future_stamp'): one stamp from a glitching sensor clock would
+    otherwise make every later reading of that input 'out_of_order' until time caught up.
+    """
 
     inputs: tuple[InputSpec, ...]
     rate_hz: float
     source: str = '<dict>'
+    max_stamp_lead_s: float = DEFAULT_MAX_STAMP_LEAD_S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'inputs', tuple(self.inputs))
         if not _is_number(self.rate_hz) or not math.isfinite(self.rate_hz) or self.rate_hz <= 0:
             raise FeatureConfigError(
                 f"{self.source}: key 'rate_hz': must be a positive number, got {self.rate_hz!r}")
+        if (not _is_number(self.max_stamp_lead_s) or not math.isfinite(self.max_stamp_lead_s)
+                or self.max_stamp_lead_s <= 0):
+            raise FeatureConfigError(
+                f"{self.source}: key 'max_stamp_lead_s': must be a positive number of seconds, "
+                f'got {self.max_stamp_lead_s!r}')
         if not self.inputs:
             raise FeatureConfigError(f"{self.source}: key 'inputs': at least one input is needed")
         seen_names: dict[str, int] = {}
@@ -203,14 +218,16 @@ class FeatureConfig:
             raise FeatureConfigError(
                 f'{source}: the top level must be a mapping with keys {list(_TOP_LEVEL_KEYS)}, '
                 f'got {type(data).__name__}')
-        _check_keys(data, required=_TOP_LEVEL_KEYS, optional=(), where=f'{source}:')
+        _check_keys(data, required=_TOP_LEVEL_KEYS, optional=_OPTIONAL_TOP_LEVEL_KEYS,
+                    where=f'{source}:')
         raw_inputs = data['inputs']
         if not isinstance(raw_inputs, list):
             raise FeatureConfigError(
                 f"{source}: key 'inputs': must be a list of input mappings, "
                 f'got {type(raw_inputs).__name__}')
         inputs = tuple(_parse_input(item, source, index) for index, item in enumerate(raw_inputs))
-        return cls(inputs=inputs, rate_hz=data['rate_hz'], source=source)
+        lead = {key: data[key] for key in _OPTIONAL_TOP_LEVEL_KEYS if key in data}
+        return cls(inputs=inputs, rate_hz=data['rate_hz'], source=source, **lead)
 
     @functools.cached_property
     def feature_names(self) -> tuple[str, ...]:
@@ -705,6 +722,7 @@ class FeaturePipeline:
         self.dim = len(self.feature_names)
         self.ticks_skipped = 0
         self.unknown_inputs: dict[str, int] = {}  # readings refused as 'unknown_input', by name
+        self._max_lead_ns = _seconds_to_ns(config.max_stamp_lead_s)
         self._buffers = [_InputBuffer(spec) for spec in config.inputs]
         self._by_name = {buffer.spec.name: buffer for buffer in self._buffers}
         self._build_layout()
@@ -748,13 +766,17 @@ class FeaturePipeline:
 
     # -- input ---------------------------------------------------------------------------------
 
-    def add(self, name: str, stamp_ns: int, values: Any) -> str | None:
+    def add(self, name: str, stamp_ns: int, values: Any,
+            received_ns: int | None = None) -> str | None:
         """Validate and buffer one reading.
 
         Args:
             name: the input's name.
             stamp_ns: integer nanoseconds (a float raises TypeError: time is never float here).
             values: array-like (dim,), e.g. from :func:`extract_values`.
+            received_ns: when the reading arrived, on the clock of the stamps (header-stamped
+                readings); a stamp more than ``config.max_stamp_lead_s`` after it is refused
+                as 'future_stamp'. None: not checked.
 
         Returns:
             None if accepted, else the reason it was refused (one of ``REJECTION_REASONS``);
@@ -781,6 +803,8 @@ class FeaturePipeline:
                 reason = 'non_finite'
             elif low < buffer.low or high > buffer.high:
                 reason = 'out_of_range'
+            elif received_ns is not None and stamp_ns - received_ns > self._max_lead_ns:
+                reason = 'future_stamp'
             elif buffer.last_stamp is not None and stamp_ns <= buffer.last_stamp:
                 reason = 'out_of_order'
             else:
@@ -939,7 +963,7 @@ def replay(pipeline: FeaturePipeline, readings: Iterable[tuple[int, str, int, An
         while next_tick < receive_ns:
             yield pipeline.tick(next_tick)
             next_tick += period_ns
-        pipeline.add(name, stamp_ns, values)
+        pipeline.add(name, stamp_ns, values, receive_ns)
         last_receive = receive_ns
     end = stop_ns if stop_ns is not None else last_receive
     while end is not None and next_tick <= end:

@@ -419,14 +419,15 @@ def test_bad_readings_are_rejected_counted_and_never_reach_the_network(
 
     def ranges():
         old = ns_to_stamp(time.time_ns() - S)
+        future = ns_to_stamp(time.time_ns() + 3600 * S)  # a glitching sensor clock
         good = a_range(good_range)
         # Serialized bytes go out as they are: a message cut short, and a good one in another
         # CDR encapsulation (PLAIN_CDR2), which the node has rclpy deserialise.
         cut = bytes(serialize_message(a_range(good_range)))[:20]
         cdr2 = bytes(serialize_message(a_range(good_range)))
         return [good, a_range(math.nan), a_range(-1.0), a_range(math.inf), a_range(4.5),
-                a_range(2.0, stamp=ns_to_stamp(0)), a_range(2.0, stamp=old), cut,
-                b'\x00\x07' + cdr2[2:]]
+                a_range(2.0, stamp=ns_to_stamp(0)), a_range(2.0, stamp=old),
+                a_range(2.0, stamp=future), cut, b'\x00\x07' + cdr2[2:]]
 
     observer = Observer(ros, namespace)
     feeder = Feeder(ros, period=0.05)
@@ -456,6 +457,7 @@ def test_bad_readings_are_rejected_counted_and_never_reach_the_network(
     assert int(rng['rejected_out_of_range']) >= 2 * cycles
     assert int(rng['rejected_no_stamp']) >= cycles
     assert int(rng['rejected_out_of_order']) >= cycles
+    assert int(rng['rejected_future_stamp']) >= cycles  # and the good ones after it count
     assert int(rng['rejected_malformed']) >= cycles
     # per cycle one cut message refused, two good ones (one of them PLAIN_CDR2) accepted
     assert int(rng['accepted']) >= 2 * int(rng['rejected_malformed']) - 2

@@ -225,6 +225,10 @@ def test_rate_errors_and_missing_file(tmp_path):
     for rate in (0, -5, 'fast', math.nan, True):
         with pytest.raises(FeatureConfigError, match="'rate_hz'"):
             make_config(range_input(), rate_hz=rate)
+    for lead in (0, -0.5, 'soon', math.inf, False):
+        with pytest.raises(FeatureConfigError, match="'max_stamp_lead_s'"):
+            FeatureConfig.from_dict({'rate_hz': 20, 'max_stamp_lead_s': lead,
+                                     'inputs': [range_input()]})
     missing = tmp_path / 'nope.yaml'
     with pytest.raises(FeatureConfigError, match='nope.yaml: cannot read'):
         FeatureConfig.from_yaml(missing)
@@ -518,12 +522,17 @@ def test_every_rejection_reason_is_counted():
     assert pipeline.add('range_front', 10, [1.0]) == 'out_of_order'   # same stamp again
     assert pipeline.add('range_front', 9, [1.0]) == 'out_of_order'
     assert pipeline.add('range_front', 11, 1.5) is None                # a scalar is fine at dim 1
+    # A header stamp further ahead of its receive time than max_stamp_lead_s (0.5 s)
+    assert pipeline.add('range_front', 12 + S // 2 + 1, [1.0], received_ns=12) == 'future_stamp'
+    assert pipeline.add('range_front', 12 + S // 2, [1.0], received_ns=12) is None
     stats = pipeline.stats()
     assert stats['imu'].rejected == {'wrong_length': 2, 'non_finite': 1, 'out_of_range': 1,
-                                     'out_of_order': 0}
+                                     'future_stamp': 0, 'out_of_order': 0}
     assert stats['range_front'].rejected == {'wrong_length': 0, 'non_finite': 2,
-                                             'out_of_range': 1, 'out_of_order': 2}
-    assert stats['range_front'].accepted == 2 and stats['range_front'].last_stamp_ns == 11
+                                             'out_of_range': 1, 'future_stamp': 1,
+                                             'out_of_order': 2}
+    assert stats['range_front'].accepted == 3
+    assert stats['range_front'].last_stamp_ns == 12 + S // 2
     assert stats['imu'].accepted == 0 and stats['imu'].last_stamp_ns is None
     assert pipeline.unknown_inputs == {'sonar': 1}
     with pytest.raises(TypeError):
@@ -661,6 +670,21 @@ def test_a_window_emptied_by_eviction_counts_as_truncated():
     assert pipeline.tick(100 * MS).skipped
     stats = pipeline.stats()['range_front']
     assert stats.ticks_skipped == 1 and stats.truncated_windows == 1
+
+
+def test_one_stamp_from_the_future_does_not_block_the_input():
+    # A sensor clock glitch: one reading stamped an hour ahead. Accepted, it would make every
+    # later (correct) reading 'out_of_order' for that hour.
+    pipeline = FeaturePipeline(make_config(range_input()))
+    assert pipeline.add('range_front', 3600 * S, [1.0], received_ns=S) == 'future_stamp'
+    for k in range(1, 6):
+        assert pipeline.add('range_front', S + k * MS, [2.0], received_ns=S + k * MS) is None
+    assert pipeline.tick(S + 5 * MS).features is not None
+    events = [(S, 'range_front', 3600 * S, [1.0])] + [
+        (S + k * MS, 'range_front', S + k * MS, [2.0]) for k in range(1, 6)]
+    replayed = FeaturePipeline(make_config(range_input()))  # replay checks it the same way
+    results = list(replay(replayed, events, first_tick_ns=S + 5 * MS))
+    assert not results[0].skipped and replayed.stats()['range_front'].rejected['future_stamp'] == 1
 
 
 def test_reset_forgets_readings_but_keeps_counters():

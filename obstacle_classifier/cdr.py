@@ -14,7 +14,7 @@ only as far as the last member needed.
 
 The result is exactly :func:`features.extract_values` of the deserialised message (and
 :func:`features.message_stamp_ns` of its header): float32 members widen to the same float64, the
-same +inf mapping and scan sectors apply (tests compare the two on rclpy-serialised messages).
+same infinity mappings and scan sectors apply (tests compare the two on rclpy-serialised messages).
 """
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     kinds = dict(LAYOUTS[spec.msg_type])
     # A sequence field is an input's only field (FeatureConfig refuses others next to it).
     sequence_only = kinds[spec.fields[0]] in _VARIABLE
-    posinf = spec.posinf_value
+    posinf, neginf = spec.posinf_value, spec.neginf_value
     inf = math.inf
 
     little_endian = _little_endian_reader(steps)
@@ -275,11 +275,13 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
             angle_min, angle_increment = (members[index] for index in geometry_index)
             return stamp_ns, prepare_values(raw, spec, angle_min=angle_min,
                                             angle_increment=angle_increment)
-        # scalars: the +inf mapping on the list, then one float64 array (what prepare_values
-        # gives, without its array calls)
+        # scalars: the infinity mappings on the list, then one float64 array (what
+        # prepare_values gives, without its array calls)
         values = [members[index] for index in field_index]
         if posinf is not None:
             values = [posinf if value == inf else value for value in values]
+        if neginf is not None:
+            values = [neginf if value == -inf else value for value in values]
         return stamp_ns, np.array(values, dtype=np.float64)
 
     return read

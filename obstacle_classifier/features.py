@@ -7,7 +7,7 @@ message, a ``rosbags``-deserialised message and a ``types.SimpleNamespace`` all 
 
 Data flow for one input::
 
-    message --extract_values--> raw (k,) --prepare_values--> values (dim,)  [+inf map, sectors]
+    message --extract_values--> raw (k,) --prepare_values--> values (dim,)  [inf maps, sectors]
     values --FeaturePipeline.add--> validated, buffered (stamp_ns, values)
     FeaturePipeline.tick(t) --> aggregations over readings stamped in (t - window, t]
 
@@ -115,6 +115,7 @@ class InputSpec:
     stamp_source: str = 'header'
     qos: str = 'sensor_data'
     posinf_value: float | None = None
+    neginf_value: float | None = None
     sectors: int | None = None
     sector_span_deg: tuple[float, float] | None = None
     max_rate_hz: float = DEFAULT_MAX_RATE_HZ
@@ -150,8 +151,8 @@ def _seconds_to_ns(seconds: float) -> int:
 
 _REQUIRED_INPUT_KEYS = ('name', 'topic', 'msg_type', 'fields', 'dim', 'valid_range', 'timeout_s',
                         'window_s', 'aggregations', 'policy')
-_OPTIONAL_INPUT_KEYS = ('fill_value', 'stamp_source', 'qos', 'posinf_value', 'sectors',
-                        'sector_span_deg', 'max_rate_hz')
+_OPTIONAL_INPUT_KEYS = ('fill_value', 'stamp_source', 'qos', 'posinf_value', 'neginf_value',
+                        'sectors', 'sector_span_deg', 'max_rate_hz')
 _TOP_LEVEL_KEYS = ('rate_hz', 'inputs')
 _OPTIONAL_TOP_LEVEL_KEYS = ('max_stamp_lead_s',)
 
@@ -373,8 +374,9 @@ def _parse_input(item: object, source: str, index: int) -> InputSpec:
                               'header' if msg_type in _MSG_TYPES_WITH_HEADER else 'receive')
     if 'qos' in item:
         values['qos'] = string('qos')
-    if 'posinf_value' in item:
-        values['posinf_value'] = number('posinf_value', allow_none=True)
+    for key in ('posinf_value', 'neginf_value'):
+        if key in item:
+            values[key] = number(key, allow_none=True)
     if 'sectors' in item:
         values['sectors'] = integer('sectors')
     if 'sector_span_deg' in item:
@@ -450,10 +452,11 @@ def _check_input(spec: InputSpec, source: str, index: int) -> None:
         raise fail('stamp_source', f"{spec.msg_type} has no header; use 'receive'")
     if spec.qos not in QOS_PROFILES:
         raise fail('qos', f'must be one of {list(QOS_PROFILES)}, got {spec.qos!r}')
-    if spec.posinf_value is not None and not low <= spec.posinf_value <= high:
-        raise fail('posinf_value', f'{spec.posinf_value} lies outside valid_range '
-                                   f'{list(spec.valid_range)}: every "no return" would be '
-                                   'rejected')
+    for key, meaning in (('posinf_value', 'no return'), ('neginf_value', 'too close')):
+        value = getattr(spec, key)
+        if value is not None and not low <= value <= high:
+            raise fail(key, f'{value} lies outside valid_range {list(spec.valid_range)}: every '
+                            f'"{meaning}" would be rejected')
     if spec.sectors is not None:
         if spec.msg_type != 'sensor_msgs/msg/LaserScan' or spec.fields != ('ranges',):
             raise fail('sectors', "only a LaserScan input reading fields ['ranges'] has sectors")
@@ -501,8 +504,8 @@ def extract_values(msg: object, spec: InputSpec) -> np.ndarray:
 
     Returns:
         float64 array (k,): the field values in ``spec.fields`` order, sequences flattened, then
-        passed through :func:`prepare_values` (+inf mapping, LaserScan sectors). Not validated:
-        :meth:`FeaturePipeline.add` does that and reports why a reading is refused.
+        passed through :func:`prepare_values` (infinity mappings, LaserScan sectors). Not
+        validated: :meth:`FeaturePipeline.add` does that and reports why a reading is refused.
     """
     parts = []
     for path in spec.fields:
@@ -525,12 +528,13 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
     Both :func:`extract_values` (messages) and the simulator (raw readings) call this, so the node,
     bag extraction and simulated training data see identical numbers.
 
-    * ``posinf_value``: +inf ("no return" in REP 117) becomes that value (usually the max range).
+    * ``posinf_value``: +inf ("no return" in REP 117) becomes that value (usually the max range);
+      ``neginf_value``: -inf ("too close to measure") becomes that one (usually the min range).
     * ``sectors`` (LaserScan ``ranges``): beam i at angle ``angle_min + i * angle_increment`` falls
       into one of ``sectors`` equal sectors spanning ``sector_span_deg`` (default: the whole scan),
       angles compared as directions (modulo 360 degrees: a [0, 2 pi) scan fits [-60, 60]);
       each sector yields the minimum of its beams that are finite and inside ``valid_range``
-      (after the +inf mapping), NaN if it has none, which ``add`` then rejects as non-finite.
+      (after the infinity mappings), NaN if it has none, which ``add`` then rejects as non-finite.
 
     Args:
         raw: array-like (k,) of raw values (float32 or float64).
@@ -538,11 +542,13 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
         angle_min, angle_increment: scan geometry in radians; required when ``spec.sectors``.
 
     Returns:
-        float64 array: (k,) unchanged apart from the +inf mapping, or (sectors,).
+        float64 array: (k,) unchanged apart from the infinity mappings, or (sectors,).
     """
     values = np.asarray(raw, dtype=np.float64).reshape(-1)
     if spec.posinf_value is not None:
         values = np.where(values == np.inf, spec.posinf_value, values)
+    if spec.neginf_value is not None:
+        values = np.where(values == -np.inf, spec.neginf_value, values)
     if spec.sectors is None:
         return values
     if angle_min is None or angle_increment is None:

@@ -35,7 +35,7 @@ def message_class(msg_type: str) -> type:
 
 
 def input_spec(msg_type: str, fields: list[str], *, sectors: int | None = None,
-               posinf_value: float | None = None):
+               posinf_value: float | None = None, neginf_value: float | None = None):
     entry = {'name': 'x', 'topic': 'x', 'msg_type': msg_type, 'fields': fields,
              'dim': sectors or len(fields), 'valid_range': [-1e9, 1e9], 'timeout_s': 0.1,
              'window_s': 0.1, 'aggregations': ['last'], 'policy': 'skip',
@@ -44,6 +44,8 @@ def input_spec(msg_type: str, fields: list[str], *, sectors: int | None = None,
         entry.update(sectors=sectors, valid_range=[0.05, 12.0])
     if posinf_value is not None:
         entry['posinf_value'] = posinf_value
+    if neginf_value is not None:
+        entry['neginf_value'] = neginf_value
     return FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [entry]}).input('x')
 
 
@@ -103,14 +105,15 @@ def test_layouts_are_the_message_definitions(msg_type):
 
 @settings(max_examples=200, deadline=None)
 @given(radiation=st.integers(0, 255), fov=FLOAT32, low=FLOAT32, high=FLOAT32, value=FLOAT32,
-       posinf=st.none() | st.just(4.0), **STAMPS)
-def test_range(radiation, fov, low, high, value, posinf, frame_id, sec, nanosec):
+       posinf=st.none() | st.just(4.0), neginf=st.none() | st.just(0.0), **STAMPS)
+def test_range(radiation, fov, low, high, value, posinf, neginf, frame_id, sec, nanosec):
     from sensor_msgs.msg import Range
     msg = with_header(Range(radiation_type=radiation, field_of_view=fov, min_range=low,
                             max_range=high, range=value), frame_id, sec, nanosec)
     data = bytes(serialize_message(msg))
     for fields in (['range'], ['max_range', 'range', 'field_of_view', 'min_range']):
-        spec = input_spec('sensor_msgs/msg/Range', fields, posinf_value=posinf)
+        spec = input_spec('sensor_msgs/msg/Range', fields, posinf_value=posinf,
+                          neginf_value=neginf)
         assert_reads_like_extract_values(data, 'sensor_msgs/msg/Range', spec)
 
 
@@ -142,7 +145,8 @@ def test_laser_scan_sequences(ranges, intensities, angle_min, frame_id, sec, nan
                       frame_id, sec, nanosec)
     data = bytes(serialize_message(msg))
     for fields in (['ranges'], ['intensities']):
-        spec = input_spec('sensor_msgs/msg/LaserScan', fields, posinf_value=12.0)
+        spec = input_spec('sensor_msgs/msg/LaserScan', fields, posinf_value=12.0,
+                          neginf_value=0.05)
         assert_reads_like_extract_values(data, 'sensor_msgs/msg/LaserScan', spec)
 
 

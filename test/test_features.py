@@ -310,12 +310,26 @@ def test_posinf_maps_to_max_range_or_is_rejected():
     pipeline = FeaturePipeline(mapped_config := make_config(range_input()))
     assert pipeline.add('range_front', 1 * MS, values) is None
     assert mapped_config.input('range_front').posinf_value == 4.0
-    # -inf ("too close" in REP 117) is never mapped; without posinf_value neither is +inf.
+    # -inf ("too close" in REP 117) is mapped only by neginf_value (see below); without
+    # posinf_value +inf is not mapped either.
     assert np.isneginf(extract_values(range_msg(-math.inf), mapped)).all()
     unmapped = make_config(range_input(posinf_value=None)).input('range_front')
     raw = extract_values(range_msg(math.inf), unmapped)
     pipeline = FeaturePipeline(make_config(range_input(posinf_value=None)))
     assert pipeline.add('range_front', 1 * MS, raw) == 'non_finite'
+
+
+def test_neginf_maps_to_min_range_so_too_close_is_seen():
+    # REP 117: -inf is "detected, but closer than the sensor can measure": the most urgent
+    # reading there is. With neginf_value it reads as that distance, not as unusable.
+    spec = make_config(range_input(neginf_value=0.0)).input('range_front')
+    np.testing.assert_array_equal(extract_values(range_msg(-math.inf), spec), [0.0])
+    np.testing.assert_array_equal(extract_values(range_msg(math.inf), spec), [4.0])
+    lidar = make_config(lidar_input(neginf_value=0.05)).input('lidar')
+    beams = [5.0, 3.0, -math.inf, 9.0, 7.0, 8.0, 6.0, 9.0, 9.0]
+    np.testing.assert_array_equal(extract_values(scan_msg(beams), lidar), [3.0, 0.05, 7.0, 6.0])
+    with pytest.raises(FeatureConfigError, match="'neginf_value'.*too close"):
+        make_config(range_input(neginf_value=-1.0))
 
 
 def scan_msg(ranges, angle_min_deg=-90.0, increment_deg=22.5) -> SimpleNamespace:

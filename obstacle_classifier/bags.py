@@ -254,7 +254,8 @@ class BagExtraction:
 
 def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
                 class_names: Optional[Sequence[str]] = None, require_labels: bool = True,
-                labels_topic: str = LABELS_TOPIC, label_max_age_s: float = 0.5,
+                ignore_labels: bool = False, labels_topic: str = LABELS_TOPIC,
+                label_max_age_s: float = 0.5,
                 first_tick_ns: Optional[int] = None) -> BagExtraction:
     """Compute the node's feature vectors from a bag, with labels from the label topic.
 
@@ -262,7 +263,10 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
         path: the bag directory.
         config: feature config (default: the installed one).
         class_names: the classes, in label-column order (default: the simulator's classes).
-        require_labels: raise BagError when the bag has no label topic (for train / evaluate).
+        require_labels: raise BagError when the bag has no labels (for train / evaluate).
+        ignore_labels: do not read the label topic: every tick with features is kept, c = 0
+            (for predict); otherwise a label topic with messages drops the ticks it leaves
+            unlabelled, and one without any counts as no labels.
         labels_topic: the ground-truth topic.
         label_max_age_s: a tick whose newest label is older than this is dropped.
         first_tick_ns: first tick (default: the first point of the absolute ``rate_hz`` grid at
@@ -284,7 +288,10 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
         label_key = _topic_key(labels_topic)
         selection = _select_connections(bag, reader.connections, specs_by_topic, label_key,
                                         typestore)
-        wanted, label_connections = selection.inputs + selection.labels, selection.labels
+        label_connections = selection.labels
+        if ignore_labels or not sum(c.msgcount for c in label_connections):
+            label_connections = []  # not read (or a topic without a single message)
+        wanted = selection.inputs + label_connections
         skipped_messages, present_inputs = selection.skipped_messages, selection.present_inputs
         all_topics = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
         if not present_inputs:
@@ -292,9 +299,11 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
                            f'(expected {", ".join(sorted(specs_by_topic))}; the bag has '
                            f'{all_topics})')
         if require_labels and not label_connections:
-            raise BagError(f'{bag}: no label topic {label_key} ({LABELS_MSG_TYPE}, '
-                           f'comma-separated class names) in the bag: it cannot be used for '
-                           f'training or evaluation (topics: {all_topics})')
+            what = (f'label topic {label_key} has no messages' if selection.labels else
+                    f'no label topic {label_key} ({LABELS_MSG_TYPE}, comma-separated class '
+                    f'names) in the bag')
+            raise BagError(f'{bag}: {what}: it cannot be used for training or evaluation '
+                           f'(topics: {all_topics})')
         missing = tuple(spec.name for spec in config.inputs if spec.name not in present_inputs)
 
         pipeline = FeaturePipeline(config)

@@ -129,7 +129,10 @@ def _load_data(path: str, args: argparse.Namespace, require_labels: bool = True)
     """A data file, or a bag directory run through the node's feature pipeline."""
     if Path(path).is_dir():
         from .bags import extract_bag
-        return extract_bag(path, require_labels=require_labels).dataset
+        # Without required labels (predict) the label topic is not read at all: its gaps
+        # would drop ticks.
+        return extract_bag(path, require_labels=require_labels,
+                           ignore_labels=not require_labels).dataset
     return load_dataset(path, label_columns=args.label_columns, label_prefix=args.label_prefix,
                         require_labels=require_labels)
 

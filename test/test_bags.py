@@ -179,6 +179,26 @@ def test_labels_are_paired_with_the_newest_label_at_or_before_each_tick(tmp_path
         15: ('pole',), 16: ('dog', 'curb'), 17: ('dog', 'curb'), 18: ('dog', 'curb'),
         19: ('dog', 'curb'), 20: ('dog', 'curb')}
     assert extraction.unlabelled_ticks == extraction.ticks - 11
+    # Predictions ignore the labels: every tick with features stays, labelled or not.
+    ignored = extract_bag(bag, SPEED_CONFIG, require_labels=False, ignore_labels=True)
+    assert ignored.dataset.c == 0 and ignored.unlabelled_ticks == 0
+    assert ignored.dataset.n == ignored.ticks - ignored.skipped_ticks > 11
+
+
+def test_a_label_topic_without_messages_counts_as_no_labels(tmp_path):
+    from rosbags.rosbag2 import StoragePlugin
+    bag = tmp_path / 'empty_labels'
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        writer.add_connection('/obstacle_labels', 'std_msgs/msg/String', typestore=TYPESTORE)
+        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
+                                      typestore=TYPESTORE)
+        for _, msgtype, time_ns, msg in _speed_messages(100 * SECOND, 2.0):
+            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+    extraction = extract_bag(bag, SPEED_CONFIG, require_labels=False)
+    assert extraction.dataset.c == 0 and extraction.unlabelled_ticks == 0
+    assert extraction.dataset.n == extraction.ticks - extraction.skipped_ticks > 0
+    with pytest.raises(BagError, match='label topic /obstacle_labels has no messages'):
+        extract_bag(bag, SPEED_CONFIG)
 
 
 def test_features_follow_the_pipeline_for_receive_stamped_inputs(tmp_path):

@@ -405,8 +405,10 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
     X = np.asarray(rows_x, dtype=np.float64).reshape(len(rows_x), d)
     Y = np.asarray(rows_y, dtype=np.uint8).reshape(len(rows_x), c)
     if not len(X):
+        absent = f'; inputs not in the bag: {", ".join(missing)}' if missing else ''
         raise BagError(f'{bag}: no usable ticks: {len(results)} ticks, {skipped} skipped as '
-                       f'stale, {unlabelled} without a label at most {label_max_age_s:g} s old')
+                       f'stale, {unlabelled} without a label at most {label_max_age_s:g} s old'
+                       f'{absent}')
     dataset = Dataset(X, Y, config.feature_names,
                       class_names if label_connections else (), source=str(bag))
     stats = pipeline.stats()

@@ -26,11 +26,13 @@ pytestmark = pytest.mark.filterwarnings(
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 SIM_SECONDS = 8.0
-SPEED_CONFIG = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [{
+SPEED_INPUT = {
     'name': 'speed', 'topic': 'sensors/speed', 'msg_type': 'std_msgs/msg/Float64',
     'fields': ['data'], 'dim': 1, 'valid_range': [-1.0, 3.0], 'timeout_s': 0.3,
     'window_s': 0.3, 'aggregations': ['last', 'mean'], 'policy': 'skip',
-    'stamp_source': 'receive'}]}, source='speed-only')
+    'stamp_source': 'receive'}
+SPEED_CONFIG = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [SPEED_INPUT]},
+                                       source='speed-only')
 SECOND = 1_000_000_000
 
 
@@ -323,6 +325,14 @@ def test_label_naming_an_unknown_class_is_refused(tmp_path):
     bag = _write_bag(tmp_path / 'bag', messages)
     with pytest.raises(BagError, match="label 'ufo' .* is not a known class"):
         extract_bag(bag, SPEED_CONFIG)
+
+
+def test_no_usable_ticks_names_the_inputs_the_bag_lacks(tmp_path):
+    config = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [
+        SPEED_INPUT, {**SPEED_INPUT, 'name': 'noise', 'topic': 'sensors/noise'}]})
+    bag = _write_bag(tmp_path / 'no_noise', _speed_messages(100 * SECOND, 2.0))
+    with pytest.raises(BagError, match='no usable ticks: .* inputs not in the bag: noise'):
+        extract_bag(bag, config, require_labels=False)
 
 
 def test_bag_too_short_for_one_tick_is_refused(tmp_path):

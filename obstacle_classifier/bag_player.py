@@ -103,16 +103,21 @@ def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] 
     from obstacle_classifier.bags import BagError, _iterate, _open_reader
     if not options.rate > 0:
         raise ValueError(f'rate must be positive, got {options.rate}')
+    if not options.clock_rate_hz >= 0:
+        raise ValueError(f'clock_rate_hz must be >= 0 (0: /clock only with the messages), '
+                         f'got {options.clock_rate_hz}')
     bag = Path(path)
     reader = _open_reader(bag)
     stats = PlaybackStats()
     try:
         connections = [c for c in reader.connections
                        if not options.topics or c.topic in options.topics]
-        missing = sorted(set(options.topics) - {c.topic for c in reader.connections})
-        if missing:
-            raise BagError(f'{bag}: topic(s) {", ".join(missing)} not in the bag (topics: '
-                           f'{", ".join(sorted({c.topic for c in reader.connections}))})')
+        in_bag = {c.topic for c in reader.connections}
+        for what, names in (('topic(s)', options.topics), ('remapped topic(s)', options.remaps)):
+            missing = sorted(set(names) - in_bag)
+            if missing:
+                raise BagError(f'{bag}: {what} {", ".join(missing)} not in the bag (topics: '
+                               f'{", ".join(sorted(in_bag))})')
         try:
             with rclpy.init(args=ros_args if ros_args is not None else []):
                 node = rclpy.create_node('obstacle_classifier_bag_player')
@@ -178,30 +183,34 @@ class _Playback:
         while self.ok() and time.monotonic() < delay_end:
             time.sleep(min(0.05, max(0.0, delay_end - time.monotonic())))
         while self.ok():
-            self.play_once()
-            if not self.options.loop or not self.ok():
-                break
+            played = self.play_once()
+            if not self.options.loop or not self.ok() or not played:
+                break  # (a loop over nothing would spin)
             self.stats.loops += 1
         # Let reliable subscribers receive the last messages before the publishers go away.
         for publisher in self.publishers.values():
             if self.ok():
                 publisher.wait_for_all_acked(Duration(seconds=1.0))
 
-    def play_once(self) -> None:
+    def play_once(self) -> int:
+        """Play the selected topics once; the number of messages published."""
         bag_start_ns: Optional[int] = None
         wall_start = time.monotonic()
+        played = 0
         for connection, timestamp, raw in self.iterate(self.bag, self.reader, self.connections):
             if not self.ok():
-                return
+                return played
             if bag_start_ns is None:
                 bag_start_ns, wall_start = timestamp, time.monotonic()
             deadline = wall_start + (timestamp - bag_start_ns) / (_NS_PER_S * self.options.rate)
             self.wait_until(deadline, bag_start_ns, wall_start, timestamp)
             if not self.ok():
-                return
+                return played
             self.publish_clock(timestamp)
             self.publishers[connection.id].publish(bytes(raw))
             self.stats.published[connection.topic] += 1
+            played += 1
+        return played
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,13 +81,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
-    if not value > 0 or not np.isfinite(value):
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f'expected a finite number, got {text}')
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f'expected a positive number, got {text}')
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f'expected a number >= 0, got {text}')
     return value
 
 
@@ -547,9 +561,10 @@ def _add_bag_commands(commands) -> None:
                       help='play only these topics (as named in the bag)')
     play.add_argument('--remap', action='append', metavar='/FROM:=/TO',
                       help='publish a bag topic under another name (repeatable)')
-    play.add_argument('--clock-rate', type=float, default=100.0, metavar='HZ',
-                      help='/clock messages per second between bag messages (default 100)')
-    play.add_argument('--delay', type=float, default=0.5, metavar='S',
+    play.add_argument('--clock-rate', type=_non_negative_float, default=100.0, metavar='HZ',
+                      help='/clock messages per second between bag messages (default 100; '
+                           '0: only with each message)')
+    play.add_argument('--delay', type=_non_negative_float, default=0.5, metavar='S',
                       help='seconds to wait before playing, for subscribers to match '
                            '(default 0.5)')
     play.set_defaults(handler=_cmd_bag_play)

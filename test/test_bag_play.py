@@ -112,6 +112,18 @@ def test_play_of_a_topic_not_in_the_bag_is_a_named_error(bag, ros_processes):
     assert player.wait(60) == 2, player.report()
     assert "topic(s) /nope not in the bag" in player.stderr()
     assert 'Traceback' not in player.stderr()
+    # A remap of a topic the bag lacks (e.g. without its leading /) would silently do nothing.
+    remap = ros_processes.start_module(
+        'remap', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--remap',
+                                             'sensors/scan:=/lidar/scan'],
+        extra_env=STRICT_WARNINGS)
+    assert remap.wait(60) == 2, remap.report()
+    assert 'remapped topic(s) sensors/scan not in the bag' in remap.stderr()
+    clock = ros_processes.start_module(
+        'clock', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--clock-rate', '-5'],
+        extra_env=STRICT_WARNINGS)
+    assert clock.wait(60) == 2, clock.report()
+    assert 'expected a number >= 0, got -5' in clock.stderr()
 
 
 def test_record_captures_a_played_bag_message_for_message(bag, tmp_path, ros_processes):
@@ -165,6 +177,12 @@ def test_record_with_a_duration_and_no_publishers_writes_an_empty_bag(tmp_path, 
     assert (recorded / 'metadata.yaml').is_file()
     with Reader(recorded) as reader:
         assert reader.message_count == 0
+    # Looping over nothing ends at once instead of spinning a core.
+    player = ros_processes.start_module(
+        'player', 'obstacle_classifier.cli', ['bag', 'play', str(recorded), '--loop',
+                                              '--delay', '0'], extra_env=STRICT_WARNINGS)
+    assert player.wait(60) == 0, player.report()
+    assert 'published 0 messages' in player.stdout()
 
 
 def test_features_of_the_live_node_under_bag_play_equal_bag_extraction_bit_for_bit(

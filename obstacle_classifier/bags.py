@@ -277,6 +277,8 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
             a label naming an unknown class, an input topic with a type the config cannot read.
     """
     from obstacle_classifier.simulation import CLASS_NAMES
+    if ignore_labels and require_labels:
+        raise ValueError('extract_bag: ignore_labels needs require_labels=False')
     config = config if config is not None else load_default_config()
     class_names = tuple(class_names) if class_names is not None else CLASS_NAMES
     class_index = {name: index for index, name in enumerate(class_names)}

@@ -321,6 +321,7 @@ class _OnlineTraining:
             logger.warning(message)
 
     def _logger(self):
+        """The node's logger; after shutdown one that still reaches stderr."""
         logger = self._node.get_logger()
         if not self._node.context.ok():  # after SIGINT: /rosout is gone, stderr still works
             logger = get_logger(f'{logger.name}_shutdown')

@@ -716,7 +716,8 @@ def test_with_sim_time_ticks_follow_clock_and_a_jump_back_resets_the_buffers(
     statuses = observer.wait_for_diagnostics(
         lambda d: d['obstacle_classifier: output'].values['time_jumps_back'] == '1')
     assert int(statuses['obstacle_classifier: input h'].values['rejected']) <= 5
-    output = statuses['obstacle_classifier: output'].values  # what the jump discarded
+    # The sim-time ticker's counters are reported (how many depends on arrival order).
+    output = statuses['obstacle_classifier: output'].values
     assert int(output['sim_events_dropped']) >= 0 and int(output['sim_ticks_dropped']) >= 0
 
 

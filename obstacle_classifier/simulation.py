@@ -828,6 +828,7 @@ class SidewalkSimulator:
         labels = self._labels[self._step % _LABEL_HISTORY_STEPS]
         labels[:] = 0
         in_path: list[tuple[float, int]] = []
+        labelled: list[_Obstacle] = []
         blocker: _Obstacle | None = None
         blocker_gap = math.inf
         speed_limit = self._cruise * _SURFACE_PHYSICS[self._surface_at(s)]['speed']
@@ -841,6 +842,7 @@ class SidewalkSimulator:
                 if near <= PATH_LOOKAHEAD_M:
                     labels[obstacle.kind] = 1
                     in_path.append((near, obstacle.kind))
+                    labelled.append(obstacle)
                 if obstacle.kind == CURB:  # crawl over kerbs
                     speed_limit = min(speed_limit, 0.3 + 0.35 * max(near - 0.5, 0.0))
                     continue
@@ -870,6 +872,11 @@ class SidewalkSimulator:
                     self._moving.remove(blocker)
                     blocker.s = math.nan  # a dog on its leash leaves with it
                 self._stopped_for = 0.0
+                # Gone before this step's readings are taken: not in its labels either.
+                if blocker in labelled:
+                    labelled.remove(blocker)
+                    labels[blocker.kind] = any(o.kind == blocker.kind for o in labelled)
+                    self._in_path = [(o.s - o.half_length - s, o.kind) for o in labelled]
         else:
             self._stopped_for = 0.0
 

@@ -3,6 +3,8 @@ subnormal flushing) against the general layer-by-layer path: bit for bit, in flo
 float64, and safe to keep their outputs."""
 import copy
 import pickle
+import re
+import sys
 import threading
 import warnings
 
@@ -124,9 +126,39 @@ def test_fused_step_rejects_what_the_layer_loop_rejects():
         model.single_step_sgd(np.zeros((5, 4)), np.zeros((5, 2)))
     with pytest.raises(ValueError, match='targets of shape'):
         model.single_step_sgd(np.zeros((5, 3)), np.zeros((4, 2)))
+    # Layers whose widths do not chain: the layer's own error, not a silent step.
+    for index, layer in ((1, ReLU(5)), (5, Sigmoid(7))):
+        broken = MLP(3, 4, 2, rng=0)
+        broken.layers[index] = layer
+        with pytest.raises(ValueError, match=re.escape(f'{layer!r} expects')):
+            broken.single_step_sgd(np.zeros((5, 3)), np.zeros((5, 2)))
     model.eval()  # inference mode: backward is an error, as in the layer loop
     with pytest.raises(RuntimeError, match='training-mode forward'):
         model.single_step_sgd(np.zeros((5, 3)), np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('make', [lambda dtype: MLP(6, 9, 3, dtype=dtype, rng=2),
+                                  lambda dtype: LinearClassifier(6, 1, dtype=dtype, rng=2)],
+                         ids=['mlp', 'linear_c1'])
+def test_every_path_agrees_on_strided_inputs(dtype, make):
+    # Views with odd strides (reversed, every other column, a column of a batch): each path
+    # copies them as np.dot does, so the products round alike (with one output, NumPy's matmul
+    # of such a view would otherwise round differently from np.dot).
+    base, Y = _data(24, 12, make(dtype).c, dtype, seed=6)
+    for X in (base[::-1, :6], base[:, ::2], np.asfortranarray(base[:, :6])):
+        fused, layerwise = make(dtype), make(dtype)
+        fused.single_step_sgd(X, Y)
+        layerwise._layerwise_sgd_step(X, Y)
+        assert all(np.array_equal(p, q) for p, q in zip(fused.parameters(),
+                                                        layerwise.parameters()))
+    model, out = make(dtype), np.empty(make(dtype).c, dtype)
+    columns = np.asfortranarray(base)
+    for row in range(len(base)):
+        for x in (base[row, ::2], base[row, 5::-1], columns[row, :6], base[row, :6]):
+            expected = model._predict_proba_layerwise(np.ascontiguousarray(x))
+            assert np.array_equal(model.predict_proba(x), expected)
+            assert np.array_equal(model.predict_proba_into(x, out), expected)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
@@ -235,6 +267,34 @@ def test_copies_leave_the_buffers_behind_and_stay_independent():
     clone.single_step_sgd(X, Y)
     assert not np.array_equal(clone.layers[0].W, model.layers[0].W)
     assert np.array_equal(model.predict_proba(X[0]), model._predict_proba_layerwise(X[0]))
+
+
+def test_concurrent_inference_leaves_the_layers_as_they_were():
+    # Three threads on one network in training mode: the third finds the fast path's buffers
+    # busy and takes the general path, which must not switch the layers' mode meanwhile (a
+    # switched layer would keep stale caches for the next training step).
+    x = np.random.default_rng(0).standard_normal(8)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    try:
+        for _ in range(10):
+            model = MLP(8, 16, 3, rng=0)
+
+            def worker():
+                out = np.empty(3)
+                for _ in range(2000):
+                    model.predict_proba_into(x, out)
+                    model.predict_proba(np.stack([x, x]))
+
+            threads = [threading.Thread(target=worker) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert all(layer.training for layer in model.layers)
+            assert model.cached_nbytes() == 0
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_two_threads_on_one_network_get_correct_results():

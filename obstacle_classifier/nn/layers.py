@@ -4,7 +4,9 @@ Every layer follows one protocol, the one the brief's ``MLP.single_step_sgd`` re
 
 - ``forward(X)`` maps a batch ``(n, d_in)`` to ``(n, d_out)``. In training mode (the default) it
   keeps exactly what ``backward`` needs and nothing else; in inference mode it keeps nothing and
-  touches no state (``eval()`` drops whatever a training forward had kept).
+  touches no state (``eval()`` drops whatever a training forward had kept). ``forward(X,
+  cache=False)`` is inference whatever the mode, without touching it (safe while other threads
+  use the layer); ``cache=True`` keeps what backward needs even in inference mode.
 - ``backward(grad_out)`` takes dL/d(output) ``(n, d_out)`` and returns a tuple
   ``(grad_in, *param_grads)``: a 1-tuple for layers without parameters, so that
   ``grad, *param_grads = layer.backward(grad)`` always unpacks correctly. It releases the cache.
@@ -52,6 +54,10 @@ def _as_batch(X: np.ndarray, width: int, dtype: np.dtype, where: object) -> np.n
         raise ValueError(f'{where!r} expects an array of shape (n, {width}), got {X.shape}')
     if X.dtype != dtype:
         X = X.astype(dtype)
+    elif not (X.flags.c_contiguous or X.flags.f_contiguous):
+        # A strided view (X[::-1], X[:, ::2]): one C-ordered copy, as np.dot makes, so that the
+        # products of every path (layers, fused step, single inference) round alike.
+        X = np.ascontiguousarray(X)
     return X
 
 
@@ -162,13 +168,13 @@ class Linear(Layer):
     def __repr__(self) -> str:
         return f'Linear({self.d_in}, {self.d_out})'
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """(n, d_in) -> (n, d_out)."""
+    def forward(self, X: np.ndarray, cache: Optional[bool] = None) -> np.ndarray:
+        """(n, d_in) -> (n, d_out). ``cache``: keep X for backward (None: in training mode)."""
         X = _as_batch(X, self.d_in, self.W.dtype, self)
         out = X @ self.W
         if self.b is not None:
             out += self.b
-        if self.training:
+        if (self.training if cache is None else cache):
             self._X = X
         return out
 
@@ -218,8 +224,8 @@ class _Rectifier(Layer):
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.h})'
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """(n, h) -> (n, h)."""
+    def forward(self, X: np.ndarray, cache: Optional[bool] = None) -> np.ndarray:
+        """(n, h) -> (n, h). ``cache``: keep the output or mask (None: in training mode)."""
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.h:
             raise ValueError(f'{self!r} expects an array of shape (n, {self.h}), got {X.shape}')
@@ -228,7 +234,7 @@ class _Rectifier(Layer):
         out = _select_new(X, mask)
         if self.gain != 1.0:
             out *= self.gain
-        if self.training:
+        if (self.training if cache is None else cache):
             self._kept = out if self.keep == 'output' else mask
         return out
 
@@ -282,13 +288,13 @@ class Sigmoid(Layer):
     def __repr__(self) -> str:
         return f'Sigmoid({self.c})'
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """(n, c) logits -> (n, c) probabilities."""
+    def forward(self, X: np.ndarray, cache: Optional[bool] = None) -> np.ndarray:
+        """(n, c) logits -> (n, c) probabilities. ``cache``: keep them (None: training mode)."""
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.c:
             raise ValueError(f'{self!r} expects an array of shape (n, {self.c}), got {X.shape}')
         out = sigmoid(X)
-        if self.training:
+        if (self.training if cache is None else cache):
             self._out = out
         return out
 
@@ -332,10 +338,10 @@ class Bias(Layer):
     def __repr__(self) -> str:
         return f'Bias({self.h})'
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """(n, h) -> (n, h)."""
+    def forward(self, X: np.ndarray, cache: Optional[bool] = None) -> np.ndarray:
+        """(n, h) -> (n, h). ``cache``: keep the batch size (None: in training mode)."""
         X = _as_batch(X, self.h, self.b.dtype, self)
-        if self.training:  # only the batch size, to check the incoming gradient's shape
+        if (self.training if cache is None else cache):  # only the batch size, to check the grad
             self._batch = X.shape[0]
         return X + self.b
 

@@ -160,12 +160,14 @@ class Network:
 
     def logits(self, X: np.ndarray, cache: bool = True) -> np.ndarray:
         """Everything but the final Sigmoid: (n, d) -> (n, c) logits. ``cache=False`` runs in
-        inference mode without touching the layers' mode."""
+        inference mode without touching the layers (so other threads may use them meanwhile)."""
         out = X
         for layer in self.layers[:-1]:
             if cache:
                 out = layer.forward(out)
-            else:
+            elif isinstance(layer, Layer):
+                out = layer.forward(out, cache=False)
+            else:  # a foreign layer without the cache argument: switch its mode around the call
                 saved, layer.training = layer.training, False
                 try:
                     out = layer.forward(out)
@@ -246,9 +248,10 @@ class Network:
         """
         first = linears[0]
         dtype = first.W.dtype
+        flags = getattr(X, 'flags', None)
         if type(X) is not np.ndarray or X.dtype != dtype or X.ndim != 2 \
-                or X.shape[1] != first.d_in:
-            X = _as_batch(X, first.d_in, dtype, first)
+                or X.shape[1] != first.d_in or not (flags.c_contiguous or flags.f_contiguous):
+            X = _as_batch(X, first.d_in, dtype, first)  # converted as the layer converts it
         n = X.shape[0]
         if type(Y) is not np.ndarray:
             Y = np.asarray(Y)
@@ -553,8 +556,8 @@ def _sigmoid_into(logits: np.ndarray, exps: np.ndarray, e: np.ndarray, e_neg: np
 
 def _layer_chain(layers: list[Layer]) -> Optional[tuple[list[Linear], list[_Rectifier]]]:
     """(linears, rectifiers) if ``layers`` are Linear, (rectifier, Linear)*, Sigmoid, every
-    Linear with a bias and all in one float dtype: the chain the fast paths support; else
-    None."""
+    Linear with a bias, all in one float dtype and of widths that chain: the chain the fast
+    paths support; else None."""
     if len(layers) < 2 or len(layers) % 2 or type(layers[-1]) is not Sigmoid:
         return None
     linears, rectifiers = layers[0:-1:2], layers[1:-1:2]
@@ -565,6 +568,12 @@ def _layer_chain(layers: list[Layer]) -> Optional[tuple[list[Linear], list[_Rect
            or linear.b.dtype != dtype for linear in linears):
         return None
     if any(not isinstance(rectifier, _Rectifier) for rectifier in rectifiers):
+        return None
+    # Widths that do not chain: the layer loop raises the layer's own error.
+    widths = [linear.d_out for linear in linears]
+    if ([rectifier.h for rectifier in rectifiers] != widths[:-1]
+            or [linear.d_in for linear in linears[1:]] != widths[:-1]
+            or layers[-1].c != widths[-1]):
         return None
     return linears, rectifiers
 
@@ -635,6 +644,8 @@ class _SingleInference:
             return False
         try:
             dot, add, multiply = np.dot, np.add, np.multiply
+            if not x.flags.c_contiguous:  # a strided view: copied, as the layers copy it
+                x = np.ascontiguousarray(x)
             row = x[None]  # (1, d)
             for W, b, buffer, bits, mask, knee, gain in self.steps:
                 dot(row, W, buffer)

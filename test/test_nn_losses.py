@@ -79,12 +79,14 @@ def test_cross_entropy_matches_torch_with_one_hot_targets():
     rng = np.random.default_rng(3)
     Z = rng.standard_normal((10, 5)) * 4
     Y = np.eye(5)[rng.integers(0, 5, 10)]
-    loss = CrossEntropyLoss()
-    value = loss.forward(Z, Y)
-    grad = loss.backward()
-    expected_value, expected_grad = _torch_pair('ce', Z, Y, 'batchmean')
-    assert value == pytest.approx(expected_value, rel=TORCH_TOL)
-    assert rel_error(grad, expected_grad) <= TORCH_TOL
+    for reduction in ('batchmean', 'mean', 'sum'):  # 'mean' is per example, as in torch
+        loss = CrossEntropyLoss(reduction)
+        value = loss.forward(Z, Y)
+        grad = loss.backward()
+        expected_value, expected_grad = _torch_pair('ce', Z, Y, reduction)
+        assert value == pytest.approx(expected_value, rel=TORCH_TOL), reduction
+        assert rel_error(grad, expected_grad) <= TORCH_TOL, reduction
+    value = CrossEntropyLoss().forward(Z, Y)
     # the slow loop of seed 004, as an independent check of the formula
     slow = np.mean([-z[y > 0][0] + np.log(np.sum(np.exp(z))) for z, y in zip(Z, Y)])
     assert value == pytest.approx(slow, rel=1e-12)

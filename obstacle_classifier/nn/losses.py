@@ -3,9 +3,10 @@
 ``value = loss.forward(pred, target)`` returns a Python float and keeps what ``backward`` needs;
 ``grad = loss.backward()`` returns dL/d(pred), same shape and dtype as ``pred``.
 
-Reductions follow PyTorch (``reduction='mean'`` averages over every element), except where the
-brief defines otherwise: its mean negative log-likelihood averages over examples and sums over
-classes (``log_loss``, ``get_grad_log_loss``, and ``reduction='batchmean'``).
+Reductions follow PyTorch (``reduction='mean'`` averages over every element; for the softmax
+cross-entropy an element is an example's distribution, so it averages over examples), except
+where the brief defines otherwise: its mean negative log-likelihood averages over examples and
+sums over classes (``log_loss``, ``get_grad_log_loss``, and ``reduction='batchmean'``).
 """
 from __future__ import annotations
 
@@ -204,7 +205,9 @@ class CrossEntropyLoss(Loss):
     def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
         Z, Y = _pair(pred, target, 'CrossEntropyLoss')
         logp = log_softmax(Z, axis=1)
-        scale = _reduce_scale(self.reduction, Z.shape)
+        # torch's 'mean' averages over the examples here (a row's k logits are one element)
+        scale = _reduce_scale('batchmean' if self.reduction == 'mean' else self.reduction,
+                              Z.shape)
         self._saved = (logp, Y, scale)
         return float(-np.vdot(Y, logp) * scale)
 

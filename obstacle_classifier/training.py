@@ -34,7 +34,8 @@ from .nn.optim import OPTIMIZERS, make_optimizer
 # tiny std would turn sensor noise on an unused input into huge activations.
 MIN_STD = 1e-6
 LOSSES = ('logits', 'brief')
-SPLIT_BLOCK = 200  # rows per block of the validation split (10 s of ticks at 20 Hz)
+SPLIT_BLOCK = 200  # rows per block of the validation split (10 s of ticks at 20 Hz)...
+MIN_SPLIT_BLOCKS = 10  # ...but at least this many blocks, so small data sets split as asked
 
 
 @dataclass
@@ -137,24 +138,30 @@ def balanced_weights(positives: np.ndarray, count: int, max_weight: float) -> np
 
 def split_indices(n: int, val_fraction: float, seed: int,
                   block: int = SPLIT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train / validation split by contiguous blocks of ``block`` rows.
+    """Seeded train / validation split by contiguous blocks of at most ``block`` rows.
 
     Consecutive ticks of a sensor stream are near-duplicates (a 0.5 s window moves 50 ms per
     tick), so a row-wise random split puts copies of training rows in validation and reports
-    scores a new run never reaches. Whole blocks (default 200 ticks = 10 s at 20 Hz) go to one
-    side or the other. No validation when the fraction is 0.
+    scores a new run never reaches. Whole blocks (default up to 200 ticks = 10 s at 20 Hz) go to
+    one side or the other. The n rows are cut into equal blocks (to a row), at least
+    :data:`MIN_SPLIT_BLOCKS` of them, so that a small data set still gets close to
+    ``val_fraction``. No validation when the fraction is 0.
+
+    Returns:
+        (train indices, validation indices), each sorted, int64.
     """
-    n_blocks = -(-n // block)
+    n_blocks = max(-(-n // block), min(n, MIN_SPLIT_BLOCKS))
     n_val_blocks = int(round(n_blocks * val_fraction))
     if val_fraction > 0 and n_val_blocks < 1:
         n_val_blocks = 1
     if val_fraction > 0 and n_val_blocks >= n_blocks:
-        raise ValueError(f'cannot split {n} examples ({n_blocks} blocks of {block}) with '
-                         f'validation fraction {val_fraction}')
+        raise ValueError(f'cannot split {n} examples ({n_blocks} blocks) with validation '
+                         f'fraction {val_fraction}')
+    edges = np.arange(n_blocks + 1) * n // n_blocks  # block k: rows edges[k] to edges[k + 1]
     val_blocks = np.random.default_rng(seed).choice(n_blocks, size=n_val_blocks, replace=False)
     is_val = np.zeros(n, dtype=bool)
-    for start in val_blocks * block:
-        is_val[start:start + block] = True
+    for index in val_blocks:
+        is_val[edges[index]:edges[index + 1]] = True
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 

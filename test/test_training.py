@@ -80,8 +80,15 @@ def test_validation_split_takes_whole_contiguous_blocks():
     assert all(start % 200 == 0 for start in starts)
     assert np.array_equal(split_indices(2000, 0.2, seed=1)[1], val_idx)
     assert not np.array_equal(split_indices(2000, 0.2, seed=2)[1], val_idx)
+    # Small data sets get smaller blocks (at least 10), so the fraction still holds: 201
+    # rows were one full block and a 1-row one, and the split went 1 / 200 for some seeds.
+    for seed in range(10):
+        train_idx, val_idx = split_indices(201, 0.2, seed=seed)
+        assert len(val_idx) in (40, 41) and len(train_idx) + len(val_idx) == 201
+    train_idx, val_idx = split_indices(150, 0.5, seed=0)
+    assert len(val_idx) == 75
     with pytest.raises(ValueError, match='cannot split'):
-        split_indices(150, 0.5, seed=0)
+        split_indices(1, 0.5, seed=0)
 
 
 def test_constant_feature_gets_unit_std():

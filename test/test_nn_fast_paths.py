@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
-from obstacle_classifier.nn import MLP, LinearClassifier, Linear, ReLU, ScaledReLU, Sigmoid
+from obstacle_classifier.nn import (MLP, Layer, LinearClassifier, Linear, ReLU, ScaledReLU,
+                                    Sigmoid)
 from obstacle_classifier.nn.functional import (FLUSH_MIN_ELEMENTS, batch_sum, flush_subnormals_,
                                                select, underflow_ignored)
 
@@ -142,9 +143,9 @@ def test_fused_step_rejects_what_the_layer_loop_rejects():
                                   lambda dtype: LinearClassifier(6, 1, dtype=dtype, rng=2)],
                          ids=['mlp', 'linear_c1'])
 def test_every_path_agrees_on_strided_inputs(dtype, make):
-    # Views with odd strides (reversed, every other column, a column of a batch): each path
-    # copies them as np.dot does, so the products round alike (with one output, NumPy's matmul
-    # of such a view would otherwise round differently from np.dot).
+    # Views with odd strides (reversed, every other column, a column of a batch) take the
+    # general path: with one output, NumPy's matmul of such a view rounds differently from the
+    # np.dot of the fast paths. Fortran-ordered arrays are fine for both.
     base, Y = _data(24, 12, make(dtype).c, dtype, seed=6)
     for X in (base[::-1, :6], base[:, ::2], np.asfortranarray(base[:, :6])):
         fused, layerwise = make(dtype), make(dtype)
@@ -156,7 +157,7 @@ def test_every_path_agrees_on_strided_inputs(dtype, make):
     columns = np.asfortranarray(base)
     for row in range(len(base)):
         for x in (base[row, ::2], base[row, 5::-1], columns[row, :6], base[row, :6]):
-            expected = model._predict_proba_layerwise(np.ascontiguousarray(x))
+            expected = model._predict_proba_layerwise(x)
             assert np.array_equal(model.predict_proba(x), expected)
             assert np.array_equal(model.predict_proba_into(x, out), expected)
 
@@ -267,6 +268,22 @@ def test_copies_leave_the_buffers_behind_and_stay_independent():
     clone.single_step_sgd(X, Y)
     assert not np.array_equal(clone.layers[0].W, model.layers[0].W)
     assert np.array_equal(model.predict_proba(X[0]), model._predict_proba_layerwise(X[0]))
+
+
+def test_a_layer_written_to_the_plain_forward_protocol_still_predicts():
+    class Tanh(Layer):  # a user's layer: forward(X) and backward(grad) only
+        def forward(self, X):
+            self._out = np.tanh(X) if self.training else None
+            return np.tanh(X)
+
+        def backward(self, grad):
+            return (grad * (1 - self._out ** 2),)
+
+    model = MLP(4, 6, 2, rng=0)
+    model.layers[1] = Tanh()
+    X = np.random.default_rng(0).standard_normal((3, 4))
+    assert model.predict_proba(X).shape == (3, 2)
+    assert model.layers[1].training and model.cached_nbytes() == 0
 
 
 def test_concurrent_inference_leaves_the_layers_as_they_were():

@@ -167,8 +167,14 @@ def test_activation_memory_is_at_the_floor_and_about_half_the_samples(dtype):
     n, d, h, c = 100, 16, 64, 8
     X = np.random.default_rng(0).standard_normal((n, d)).astype(dtype)
     model = MLP(d, h, c, dtype=dtype, rng=0)
-    model.forward(X)
     itemsize = np.dtype(dtype).itemsize
+    # The input is held by reference, never copied: also when it is a strided view (rows of a
+    # Fortran-ordered data set, as the brief's sgd slices them; every other row).
+    data = np.asfortranarray(np.concatenate([X, X]))
+    for batch in (data[:n], X.repeat(2, axis=0)[::2]):
+        model.forward(batch)
+        assert model.cached_nbytes(exclude=(batch,)) == n * (2 * h + c) * itemsize
+    model.forward(X)
     held = model.cached_nbytes(exclude=(X,))
     assert held == n * (2 * h + c) * itemsize
 

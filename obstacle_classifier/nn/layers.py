@@ -54,10 +54,6 @@ def _as_batch(X: np.ndarray, width: int, dtype: np.dtype, where: object) -> np.n
         raise ValueError(f'{where!r} expects an array of shape (n, {width}), got {X.shape}')
     if X.dtype != dtype:
         X = X.astype(dtype)
-    elif not (X.flags.c_contiguous or X.flags.f_contiguous):
-        # A strided view (X[::-1], X[:, ::2]): one C-ordered copy, as np.dot makes, so that the
-        # products of every path (layers, fused step, single inference) round alike.
-        X = np.ascontiguousarray(X)
     return X
 
 

@@ -14,6 +14,8 @@ sigmoid that the offline trainer uses for a stable loss.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 from typing import Optional, Sequence
 
@@ -65,10 +67,12 @@ class Network:
 
         For the usual chain (Linear, rectifier, ..., Linear, Sigmoid, all in training mode)
         this runs :meth:`_fused_sgd_step`: the same arithmetic, bit for bit, as the layer loop
-        below (a test holds it), in preallocated buffers. Anything else takes the layer loop.
+        below (a test holds it), in preallocated buffers. Anything else takes the layer loop,
+        and so does a strided view of X (``X[::-1]``, ``X[:, ::2]``, rows of a Fortran-ordered
+        matrix), on which np.dot and matmul may round differently.
         """
         chain = self._fused_chain()
-        if chain is not None:
+        if chain is not None and not _strided(X):
             self._fused_sgd_step(X, Y, float(lr), *chain)
             return
         self._layerwise_sgd_step(X, Y, lr)
@@ -146,7 +150,7 @@ class Network:
                              f'shape {infer.out_shape}, both {infer.dtype}; got x '
                              f'{getattr(x, "shape", None)} {getattr(x, "dtype", None)}, out '
                              f'{out.shape} {out.dtype}')
-        if not infer.run(x, out):  # another thread is using the buffers right now
+        if not infer.run(x, out):  # another thread is using the buffers, or x is strided
             out[...] = self._predict_proba_layerwise(x)
         return out
 
@@ -165,9 +169,9 @@ class Network:
         for layer in self.layers[:-1]:
             if cache:
                 out = layer.forward(out)
-            elif isinstance(layer, Layer):
+            elif _forward_takes_cache(type(layer)):
                 out = layer.forward(out, cache=False)
-            else:  # a foreign layer without the cache argument: switch its mode around the call
+            else:  # a layer written to forward(X) alone: switch its mode around the call
                 saved, layer.training = layer.training, False
                 try:
                     out = layer.forward(out)
@@ -248,10 +252,9 @@ class Network:
         """
         first = linears[0]
         dtype = first.W.dtype
-        flags = getattr(X, 'flags', None)
         if type(X) is not np.ndarray or X.dtype != dtype or X.ndim != 2 \
-                or X.shape[1] != first.d_in or not (flags.c_contiguous or flags.f_contiguous):
-            X = _as_batch(X, first.d_in, dtype, first)  # converted as the layer converts it
+                or X.shape[1] != first.d_in:
+            X = _as_batch(X, first.d_in, dtype, first)
         n = X.shape[0]
         if type(Y) is not np.ndarray:
             Y = np.asarray(Y)
@@ -453,6 +456,24 @@ class LinearClassifier(Network):
         return f'LinearClassifier(d={self.d}, c={self.c}, dtype={self.dtype.name})'
 
 
+def _strided(X: object) -> bool:
+    """True for an ndarray that is neither C- nor Fortran-contiguous (a strided view)."""
+    if type(X) is not np.ndarray:
+        return False
+    flags = X.flags
+    return not (flags.c_contiguous or flags.f_contiguous)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_cache(layer_type: type) -> bool:
+    """Whether ``layer_type.forward`` accepts ``cache=`` (the package's layers do; a user's
+    layer written to the plain ``forward(X)`` protocol may not)."""
+    try:
+        return 'cache' in inspect.signature(layer_type.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _as_generator(rng: RngLike) -> Optional[np.random.Generator]:
     """One Generator shared by all layers (None keeps NumPy's global state)."""
     if rng is None or isinstance(rng, np.random.Generator):
@@ -639,13 +660,12 @@ class _SingleInference:
 
     def run(self, x: np.ndarray, out: np.ndarray) -> bool:
         """Write sigmoid(logits(x)) into ``out`` (c,); False (nothing done) if another thread
-        holds the buffers."""
-        if not self.lock.acquire(False):
+        holds the buffers or x is not C-contiguous (the caller then takes the general path)."""
+        # A strided view of x goes the general way (np.dot and matmul may round it apart).
+        if not x.flags.c_contiguous or not self.lock.acquire(False):
             return False
         try:
             dot, add, multiply = np.dot, np.add, np.multiply
-            if not x.flags.c_contiguous:  # a strided view: copied, as the layers copy it
-                x = np.ascontiguousarray(x)
             row = x[None]  # (1, d)
             for W, b, buffer, bits, mask, knee, gain in self.steps:
                 dot(row, W, buffer)

@@ -723,7 +723,10 @@ class ClassifierNode(Node):
                 if stamp_ns is None:  # a zero stamp would fake freshness
                     self._reject(state, 'no_stamp')
                     return
-                receive_ns = clock_ns() or None  # 0: sim time before any /clock
+                # Its arrival, for the future_stamp check: with sim time its bag time (given,
+                # as bag extraction uses); live the node clock (0 before any /clock: unchecked).
+                if receive_ns is None:
+                    receive_ns = clock_ns() or None
             else:
                 if receive_ns is None:
                     receive_ns = now().nanoseconds
@@ -739,9 +742,11 @@ class ClassifierNode(Node):
 
         def on_message_in_bag_order(msg: Any, info: MessageInfo) -> None:
             # It may wait (and ticks or readings published before it may run first).
+            # Every reading gets its bag time: the stamp of a receive-stamped one, the arrival
+            # a header stamp is checked against (future_stamp) for the others.
             self._run_events(self._sim_ticker.on_message(
                 info['source_timestamp'], (on_message, msg), time.monotonic_ns(),
-                needs_bag_time=not from_header))
+                needs_bag_time=True))
 
         return on_message_in_bag_order
 

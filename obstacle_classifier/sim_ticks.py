@@ -41,6 +41,10 @@ __all__ = ['Event', 'SimTimeTicker']
 #: /clock messages remembered to map a reading's source timestamp to bag time; readings are
 #: released within a few /clock messages of their own, so a short history is plenty.
 CLOCK_HISTORY = 256
+#: After a jump back, readings published before it are dropped until this many more /clock
+#: messages have arrived: long enough for any reading overtaken by up to two publications,
+#: short enough that a publisher whose clock lags (not bag play) loses only that much.
+JUMP_GUARD_CLOCKS = 2
 
 
 class Event(NamedTuple):
@@ -68,8 +72,8 @@ class SimTimeTicker:
         ticks_dropped: grid points skipped because /clock jumped ahead by more than
             ``max_jump_ticks`` ticks at once (those ticks would all be stale).
         events_dropped: events discarded because time jumped back: those queued at the jump,
-            and readings published before the ``/clock`` that jumped which arrive after it
-            (the end of the previous bag loop: they would land in freshly cleared buffers
+            and readings published before the ``/clock`` that jumped which arrive soon after
+            it (the end of the previous bag loop: they would land in freshly cleared buffers
             with stamps newer than everything of the new loop).
     """
 
@@ -89,7 +93,10 @@ class SimTimeTicker:
         self._arrivals = 0
         self._next_tick: Optional[int] = None
         self._last_clock_ns: Optional[int] = None
-        self._jump_source_ns: Optional[int] = None  # source timestamp of the last jump back
+        # Source timestamp of the /clock that jumped back, until JUMP_GUARD_CLOCKS more
+        # /clock messages have arrived (only an overtaken reading can be from before it then).
+        self._jump_source_ns: Optional[int] = None
+        self._clocks_since_jump = 0
 
     @property
     def waiting(self) -> int:
@@ -102,15 +109,19 @@ class SimTimeTicker:
 
         After a jump back everything queued is dropped (the caller clears its buffers) and the
         grid restarts at the new time; so is every reading published before this ``/clock``
-        that arrives later.
+        that arrives after it (until :data:`JUMP_GUARD_CLOCKS` more ``/clock`` messages).
         """
         jumped_back = self._last_clock_ns is not None and clock_ns < self._last_clock_ns
         if jumped_back:
-            self._jump_source_ns = source_ns
+            self._jump_source_ns, self._clocks_since_jump = source_ns, 0
             self.events_dropped += len(self._queue)
             self._queue.clear()
             self._clock.clear()
             self._next_tick = None
+        elif self._jump_source_ns is not None:
+            self._clocks_since_jump += 1
+            if self._clocks_since_jump >= JUMP_GUARD_CLOCKS:
+                self._jump_source_ns = None
         self._clock.append((source_ns, clock_ns))
         self._last_clock_ns = clock_ns
         if self._next_tick is None:

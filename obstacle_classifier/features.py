@@ -470,7 +470,7 @@ def _check_input(spec: InputSpec, source: str, index: int) -> None:
         if spec.sectors is None:
             raise fail('sector_span_deg', 'only meaningful together with sectors')
         span_low, span_high = spec.sector_span_deg
-        if not -360.0 <= span_low < span_high <= span_low + 360.0 <= 720.0:
+        if not (-360.0 <= span_low < 360.0 and span_low < span_high <= span_low + 360.0):
             raise fail('sector_span_deg', 'must be [low, high] in degrees, -360 <= low < 360, '
                                           'low < high <= low + 360 (at most one turn), got '
                                           f'{list(spec.sector_span_deg)}')

@@ -151,6 +151,8 @@ def split_indices(n: int, val_fraction: float, seed: int,
         (train indices, validation indices), each sorted, int64.
     """
     n_blocks = max(-(-n // block), min(n, MIN_SPLIT_BLOCKS))
+    if n_blocks == 0:  # no rows
+        return np.arange(0), np.arange(0)
     n_val_blocks = int(round(n_blocks * val_fraction))
     if val_fraction > 0 and n_val_blocks < 1:
         n_val_blocks = 1

@@ -152,6 +152,8 @@ INPUT_ERRORS = [
      'sector_span_deg'),
     ('sector span beyond a turn', lidar_input, _set('sector_span_deg', [-180, 270]),
      'sector_span_deg'),
+    ('sector span starting at 360', lidar_input, _set('sector_span_deg', [360, 400]),
+     'sector_span_deg'),
     ('scalar fields dim mismatch', imu_input, _set('dim', 4), 'dim'),
     ('array field not alone', lidar_input, _set('fields', ['ranges', 'intensities']), 'fields'),
     ('unknown msg_type', range_input, _set('msg_type', 'sensor_msgs/msg/Sonar'), 'msg_type'),

@@ -34,11 +34,13 @@ def _torch_pair(loss_name, Z, Y, reduction='mean', pos_weight=None):
             Z_t, Y_t, pos_weight=pw, reduction='sum')
     elif loss_name == 'mse':
         value = torch.nn.functional.mse_loss(Z_t, Y_t, reduction='sum')
+    elif reduction == 'mean':  # torch's own 'mean' of the cross-entropy: per example
+        value = torch.nn.functional.cross_entropy(Z_t, Y_t, reduction='mean')
     else:
         value = torch.nn.functional.cross_entropy(Z_t, Y_t, reduction='sum')
     scale = {'mean': 1 / Z.size, 'batchmean': 1 / Z.shape[0], 'sum': 1.0}[reduction]
     if loss_name == 'ce' and reduction == 'mean':
-        scale = 1 / Z.shape[0]
+        scale = 1.0
     value = value * scale
     value.backward()
     return value.item(), Z_t.grad.numpy()

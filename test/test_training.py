@@ -89,6 +89,7 @@ def test_validation_split_takes_whole_contiguous_blocks():
     assert len(val_idx) == 75
     with pytest.raises(ValueError, match='cannot split'):
         split_indices(1, 0.5, seed=0)
+    assert all(len(part) == 0 for part in split_indices(0, 0.0, seed=0))
 
 
 def test_constant_feature_gets_unit_std():

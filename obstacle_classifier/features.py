@@ -118,6 +118,7 @@ class InputSpec:
     neginf_value: float | None = None
     sectors: int | None = None
     sector_span_deg: tuple[float, float] | None = None
+    blind_sector_value: float | None = None
     max_rate_hz: float = DEFAULT_MAX_RATE_HZ
 
     @property
@@ -152,7 +153,7 @@ def _seconds_to_ns(seconds: float) -> int:
 _REQUIRED_INPUT_KEYS = ('name', 'topic', 'msg_type', 'fields', 'dim', 'valid_range', 'timeout_s',
                         'window_s', 'aggregations', 'policy')
 _OPTIONAL_INPUT_KEYS = ('fill_value', 'stamp_source', 'qos', 'posinf_value', 'neginf_value',
-                        'sectors', 'sector_span_deg', 'max_rate_hz')
+                        'sectors', 'sector_span_deg', 'blind_sector_value', 'max_rate_hz')
 _TOP_LEVEL_KEYS = ('rate_hz', 'inputs')
 _OPTIONAL_TOP_LEVEL_KEYS = ('max_stamp_lead_s',)
 
@@ -381,6 +382,8 @@ def _parse_input(item: object, source: str, index: int) -> InputSpec:
         values['sectors'] = integer('sectors')
     if 'sector_span_deg' in item:
         values['sector_span_deg'] = pair('sector_span_deg')
+    if 'blind_sector_value' in item:
+        values['blind_sector_value'] = number('blind_sector_value', allow_none=True)
     if 'max_rate_hz' in item:
         values['max_rate_hz'] = number('max_rate_hz')
     return InputSpec(**values)
@@ -474,6 +477,12 @@ def _check_input(spec: InputSpec, source: str, index: int) -> None:
             raise fail('sector_span_deg', 'must be [low, high] in degrees, -360 <= low < 360, '
                                           'low < high <= low + 360 (at most one turn), got '
                                           f'{list(spec.sector_span_deg)}')
+    if spec.blind_sector_value is not None:
+        if spec.sectors is None:
+            raise fail('blind_sector_value', 'only meaningful together with sectors')
+        if not low <= spec.blind_sector_value <= high:
+            raise fail('blind_sector_value', f'{spec.blind_sector_value} lies outside '
+                                             f'valid_range {list(spec.valid_range)}')
     if not _is_number(spec.max_rate_hz) or not 0 < spec.max_rate_hz < math.inf:
         raise fail('max_rate_hz', f'must be a positive number, got {spec.max_rate_hz!r}')
 
@@ -534,7 +543,9 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
       into one of ``sectors`` equal sectors spanning ``sector_span_deg`` (default: the whole scan),
       angles compared as directions (modulo 360 degrees: a [0, 2 pi) scan fits [-60, 60]);
       each sector yields the minimum of its beams that are finite and inside ``valid_range``
-      (after the infinity mappings), NaN if it has none, which ``add`` then rejects as non-finite.
+      (after the infinity mappings); a sector whose beams are all unusable yields
+      ``blind_sector_value``, or NaN without one, which ``add`` then rejects as non-finite (and a
+      sector no beam falls into is always NaN: the span does not fit the scan).
 
     Args:
         raw: array-like (k,) of raw values (float32 or float64).
@@ -562,11 +573,18 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
     # NaN. Written into a copy: ``values`` may be the caller's array.
     masked = values.take(beams)
     masked[(masked < low) | (masked > high)] = np.nan  # NaN compares False: it stays NaN
+    blind = spec.blind_sector_value
     if occupied.shape[0] == spec.sectors:
-        return np.fmin.reduceat(masked, starts)
+        sector_min = np.fmin.reduceat(masked, starts)
+        if blind is not None:
+            sector_min[np.isnan(sector_min)] = blind
+        return sector_min
     sector_min = np.full(spec.sectors, np.nan)  # a sector without beams has no value
     if beams.shape[0]:
-        sector_min[occupied] = np.fmin.reduceat(masked, starts)
+        occupied_min = np.fmin.reduceat(masked, starts)
+        if blind is not None:
+            occupied_min[np.isnan(occupied_min)] = blind
+        sector_min[occupied] = occupied_min
     return sector_min
 
 

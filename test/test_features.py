@@ -362,6 +362,23 @@ def test_laserscan_sector_reduction():
     np.testing.assert_array_equal(pipeline.tick(2 * MS).features, [3.0, 1.25, 7.5, 2.0])
 
 
+def test_blind_sector_value_stands_in_for_a_sector_without_a_usable_beam():
+    # A glass door or a dusty window blinds a few beams: with blind_sector_value the scan
+    # keeps its other sectors instead of being refused whole.
+    beams = [5.0, 3.0, math.nan, 0.01, math.inf, 7.5, math.inf, math.inf, 2.0]
+    spec = make_config(lidar_input(blind_sector_value=12.0)).input('lidar')
+    np.testing.assert_array_equal(extract_values(scan_msg(beams), spec), [3.0, 12.0, 7.5, 2.0])
+    # A sector no beam falls into is a span that does not fit the scan: still NaN (refused).
+    wide = make_config(lidar_input(blind_sector_value=12.0, sectors=6, dim=6,
+                                   sector_span_deg=[-135, 135])).input('lidar')
+    np.testing.assert_array_equal(extract_values(scan_msg(beams), wide),
+                                  [math.nan, 3.0, 12.0, 7.5, 12.0, 2.0])
+    for item, fragment in ((lidar_input(blind_sector_value=20.0), 'outside valid_range'),
+                           (range_input(blind_sector_value=1.0), 'only meaningful')):
+        with pytest.raises(FeatureConfigError, match=fragment):
+            make_config(item)
+
+
 def test_laserscan_sector_span_ignores_beams_outside():
     # A 270-degree scanner; only the front 180 degrees, in 2 sectors, are used.
     spec = make_config(lidar_input(sectors=2, dim=2, sector_span_deg=[-90, 90])).input('lidar')

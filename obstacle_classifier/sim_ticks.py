@@ -49,8 +49,8 @@ JUMP_GUARD_CLOCKS = 2
 
 class Event(NamedTuple):
     """What to do next: a tick at ``tick_ns`` (``payload`` None), or a reading: ``payload`` as
-    given to :meth:`SimTimeTicker.on_message`, with its ``bag_ns`` (receive-stamped readings;
-    None before any /clock or for header-stamped ones)."""
+    given to :meth:`SimTimeTicker.on_message`, with its ``bag_ns`` (the value of the last /clock
+    published before it, if ``needs_bag_time`` was given; else None, as before any /clock)."""
 
     tick_ns: Optional[int]
     payload: Any
@@ -140,8 +140,8 @@ class SimTimeTicker:
 
     def on_message(self, source_ns: int, payload: Any, steady_ns: int,
                    needs_bag_time: bool) -> list[Event]:
-        """A reading published at ``source_ns`` (``needs_bag_time``: it is receive-stamped):
-        the events to run now, in order (this reading waits for a later /clock)."""
+        """A reading published at ``source_ns`` (``needs_bag_time``: give it its bag time, e.g.
+        to stamp it): the events to run now, in order (this reading waits for a later /clock)."""
         if self._jump_source_ns is not None and source_ns < self._jump_source_ns:
             self.events_dropped += 1  # from before time jumped back: see events_dropped
             return []

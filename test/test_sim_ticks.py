@@ -114,8 +114,11 @@ def test_a_reading_from_before_a_jump_back_that_arrives_after_it_is_dropped():
                        ('msg', 5, 'new loop', False), ('clock', 6, 1001 * MS)])
     assert out == [('msg', 'new loop', None)]
     assert ticker.events_dropped - dropped == 1 + 20  # the reading; ticks 1000 ... 1950
-    # Two /clock messages later the guard is off: a publisher whose clock lags (stamping its
-    # readings "before" the jump) is not silenced for as long as it lags.
+    # Overtaken by two publications (the jump and the next /clock): still dropped.
+    assert run(ticker, [('msg', 3, 'old loop, later still', False)]) == []
+    assert ticker.events_dropped - dropped == 2 + 20
+    # Two /clock messages after the jump the guard is off: a publisher whose clock lags
+    # (stamping its readings "before" the jump) is not silenced for as long as it lags.
     out = run(ticker, [('clock', 7, 1002 * MS), ('msg', 2, 'lagging clock', False),
                        ('clock', 8, 1003 * MS)])
     assert ('msg', 'lagging clock', None) in out

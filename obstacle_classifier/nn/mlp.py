@@ -169,7 +169,7 @@ class Network:
         for layer in self.layers[:-1]:
             if cache:
                 out = layer.forward(out)
-            elif _forward_takes_cache(type(layer)):
+            elif _forward_takes_cache(layer):
                 out = layer.forward(out, cache=False)
             else:  # a layer written to forward(X) alone: switch its mode around the call
                 saved, layer.training = layer.training, False
@@ -457,20 +457,31 @@ class LinearClassifier(Network):
 
 
 def _strided(X: object) -> bool:
-    """True for an ndarray that is neither C- nor Fortran-contiguous (a strided view)."""
-    if type(X) is not np.ndarray:
+    """True for an ndarray (or subclass, e.g. a memmap) that is neither C- nor
+    Fortran-contiguous: a strided view."""
+    if not isinstance(X, np.ndarray):
         return False
     flags = X.flags
     return not (flags.c_contiguous or flags.f_contiguous)
 
 
+def _forward_takes_cache(layer: object) -> bool:
+    """Whether ``layer.forward`` accepts ``cache=`` (the package's layers do; a user's layer
+    written to the plain ``forward(X)`` protocol may not)."""
+    if 'forward' in getattr(layer, '__dict__', ()):  # set on the instance: look at it
+        return _accepts_cache(layer.forward)
+    return _class_forward_takes_cache(type(layer))
+
+
 @functools.lru_cache(maxsize=None)
-def _forward_takes_cache(layer_type: type) -> bool:
-    """Whether ``layer_type.forward`` accepts ``cache=`` (the package's layers do; a user's
-    layer written to the plain ``forward(X)`` protocol may not)."""
+def _class_forward_takes_cache(layer_type: type) -> bool:
+    return _accepts_cache(getattr(layer_type, 'forward', None))
+
+
+def _accepts_cache(forward: object) -> bool:
     try:
-        return 'cache' in inspect.signature(layer_type.forward).parameters
-    except (TypeError, ValueError):
+        return 'cache' in inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # not a callable, or no signature to read
         return False
 
 

@@ -276,8 +276,10 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     Each topic is subscribed to as soon as a publisher appears, with raw (serialised) delivery:
     the CDR bytes are written unchanged, stamped with their receive time on the node clock (bag
     time follows /clock when run with ``use_sim_time``). The subscription is best effort if any
-    publisher is (it then matches every publisher), and the publishers' offered QoS is what the
-    bag records for ``bag play``.
+    publisher is (it then matches every publisher present), and transient local if all of them
+    are (latched messages are recorded); the publishers' offered QoS is what the bag records for
+    ``bag play``. A topic whose message type is not installed here is logged and left out;
+    whatever ends the recording (duration, signal, error), what was recorded is a readable bag.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -288,25 +290,34 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     bag = new_bag_directory(path, options.storage)
     plugin = StoragePlugin.MCAP if options.storage == 'mcap' else StoragePlugin.SQLITE3
     stats = RecordStats(recorded={topic: 0 for topic in options.topics})
+    writer = Writer(bag, version=9, storage_plugin=plugin)
     try:
-        with Writer(bag, version=9, storage_plugin=plugin) as writer:
-            try:
-                with sigint_shuts_down() as interrupted, \
-                        rclpy.init(args=ros_args if ros_args is not None else []):
-                    if interrupted():
-                        raise ExternalShutdownException()
-                    node = rclpy.create_node('obstacle_classifier_bag_recorder')
-                    executor = SingleThreadedExecutor()
-                    executor.add_node(node)
-                    try:
-                        _Recording(node, writer, options, stats).run(executor)
-                    finally:
-                        executor.shutdown()
-                        node.destroy_node()
-            except (KeyboardInterrupt, ExternalShutdownException):
-                stats.interrupted = True
+        writer.open()
     except WriterError as exc:
         raise BagError(f'{bag}: cannot write bag: {exc}') from exc
+    # Closed (index and metadata.yaml written) whatever ends the recording, an error included:
+    # what was recorded stays a bag (rosbags' context manager would abort it on an exception).
+    try:
+        try:
+            with sigint_shuts_down() as interrupted, \
+                    rclpy.init(args=ros_args if ros_args is not None else []):
+                if interrupted():
+                    raise ExternalShutdownException()
+                node = rclpy.create_node('obstacle_classifier_bag_recorder')
+                executor = SingleThreadedExecutor()
+                executor.add_node(node)
+                try:
+                    _Recording(node, writer, options, stats).run(executor)
+                finally:
+                    executor.shutdown()
+                    node.destroy_node()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            stats.interrupted = True
+    finally:
+        try:
+            writer.close()
+        except WriterError as exc:
+            raise BagError(f'{bag}: cannot write bag: {exc}') from exc
     stats.never_seen = tuple(topic for topic, count in stats.recorded.items() if not count)
     return stats
 
@@ -321,31 +332,44 @@ class _Recording:
         self.typestore = get_typestore(Stores.ROS2_KILTED)
         self.subscriptions: dict[str, Any] = {}
         self.connections: dict[str, Any] = {}
+        self.unreadable: set[str] = set()  # topics whose message type is not installed here
         self.clock = node.get_clock()
 
     def subscribe_discovered(self) -> None:
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         from obstacle_classifier.ros_io import message_class
         types = dict(self.node.get_topic_names_and_types())
         for topic in self.options.topics:
-            if topic in self.subscriptions or topic not in types:
+            if topic in self.subscriptions or topic in self.unreadable or topic not in types:
                 continue
             publishers = self.node.get_publishers_info_by_topic(topic)
             if not publishers:
                 continue
             msg_type = types[topic][0]
+            try:
+                msg_class = message_class(msg_type)
+            except ValueError as exc:  # not installed here: the other topics go on
+                self.unreadable.add(topic)
+                self.node.get_logger().error(f'cannot record {topic}: {exc}')
+                continue
             offered = publishers[0].qos_profile
             best_effort = any(p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
                               for p in publishers)
+            # Transient local only if every publisher offers it (a volatile one would not
+            # match): then what was latched before the recording started is recorded too.
+            latched = all(p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                          for p in publishers)
             qos = QoSProfile(depth=max(int(offered.depth), 10),
                              reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
-                                          else ReliabilityPolicy.RELIABLE))
+                                          else ReliabilityPolicy.RELIABLE),
+                             durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                                         else DurabilityPolicy.VOLATILE))
             self.connections[topic] = self.writer.add_connection(
                 topic, msg_type, typestore=self.typestore,
                 offered_qos_profiles=[_to_rosbags_qos(offered)])
             self.subscriptions[topic] = self.node.create_subscription(
-                message_class(msg_type), topic, self._callback(topic), qos, raw=True)
+                msg_class, topic, self._callback(topic), qos, raw=True)
             self.node.get_logger().info(f'recording {topic} ({msg_type})')
 
     def _callback(self, topic: str):
@@ -358,6 +382,8 @@ class _Recording:
         return on_message
 
     def run(self, executor: Any) -> None:
+        from rclpy.executors import ExternalShutdownException
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
         deadline = (time.monotonic() + self.options.duration_s
                     if self.options.duration_s is not None else None)
         next_discovery = 0.0
@@ -368,4 +394,11 @@ class _Recording:
             if now >= next_discovery and len(self.subscriptions) < len(self.options.topics):
                 self.subscribe_discovered()
                 next_discovery = now + 0.2
-            executor.spin_once(timeout_sec=0.05)
+            try:
+                executor.spin_once(timeout_sec=0.05)
+            except (RuntimeError, _rclpy.RCLError):
+                # A signal shut the context down between the check and the wait (see
+                # ros_io.spin_until_shutdown): the normal end; while it is up, a real error.
+                if self.node.context.ok():
+                    raise
+                raise ExternalShutdownException() from None

@@ -166,6 +166,40 @@ def test_record_captures_a_played_bag_message_for_message(bag, tmp_path, ros_pro
     assert qos['/obstacle_labels'].reliability.name == 'RELIABLE'
 
 
+def test_record_takes_latched_messages_published_before_it_started(
+        ros, tmp_path, ros_processes):
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    topic = f'/{ros_helpers.unique_name("latched")}'
+    latched = ros.node.create_publisher(
+        String, topic, QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    latched.publish(String(data='["pole", "curb"]'))  # once, like obstacle_classes
+    recorded = tmp_path / 'latched'
+    recorder = ros_processes.start_module(
+        'recorder', 'obstacle_classifier.cli',
+        ['bag', 'record', str(recorded), '--duration', '4', '--topics', topic],
+        extra_env=STRICT_WARNINGS)
+    assert ros.spin_until(lambda: recorder.poll() is not None, timeout=60), recorder.report()
+    assert recorder.wait(5) == 0, recorder.report()
+    assert [m.data for m in _bag_contents(recorded, topic)[1]] == ['["pole", "curb"]']
+
+
+def test_a_recording_that_ends_in_an_error_is_still_a_readable_bag(tmp_path, monkeypatch):
+    from obstacle_classifier import bag_player
+
+    def write_one_then_fail(recording, executor):
+        connection = recording.writer.add_connection(
+            '/speed', 'std_msgs/msg/Float64', typestore=recording.typestore)
+        recording.writer.write(connection, 1, bytes(
+            recording.typestore.serialize_cdr(Float64(data=2.5), 'std_msgs/msg/Float64')))
+        raise RuntimeError('the recording failed')
+
+    monkeypatch.setattr(bag_player._Recording, 'run', write_one_then_fail)
+    path = tmp_path / 'failed'
+    with pytest.raises(RuntimeError, match='the recording failed'):
+        bag_player.record_bag(str(path), bag_player.RecordOptions(topics=('/speed',)))
+    assert [m.data for m in _bag_contents(path, '/speed')[1]] == [2.5]
+
+
 def test_record_with_a_duration_and_no_publishers_writes_an_empty_bag(tmp_path, ros_processes):
     recorded = tmp_path / 'empty'
     recorder = ros_processes.start_module(

@@ -251,8 +251,10 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     kinds = dict(LAYOUTS[spec.msg_type])
     # A sequence field is an input's only field (FeatureConfig refuses others next to it).
     sequence_only = kinds[spec.fields[0]] in _VARIABLE
-    posinf, neginf = spec.posinf_value, spec.neginf_value
-    inf = math.inf
+    # the infinity mappings of prepare_values, for scalars: value -> what it reads as
+    infinities = {value: mapped for value, mapped in ((math.inf, spec.posinf_value),
+                                                      (-math.inf, spec.neginf_value))
+                  if mapped is not None}
 
     little_endian = _little_endian_reader(steps)
 
@@ -278,10 +280,8 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
         # scalars: the infinity mappings on the list, then one float64 array (what
         # prepare_values gives, without its array calls)
         values = [members[index] for index in field_index]
-        if posinf is not None:
-            values = [posinf if value == inf else value for value in values]
-        if neginf is not None:
-            values = [neginf if value == -inf else value for value in values]
+        if infinities:
+            values = [infinities.get(value, value) for value in values]
         return stamp_ns, np.array(values, dtype=np.float64)
 
     return read

@@ -573,18 +573,13 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
     # NaN. Written into a copy: ``values`` may be the caller's array.
     masked = values.take(beams)
     masked[(masked < low) | (masked > high)] = np.nan  # NaN compares False: it stays NaN
-    blind = spec.blind_sector_value
+    occupied_min = np.fmin.reduceat(masked, starts) if beams.shape[0] else masked
+    if spec.blind_sector_value is not None:  # beams, none of them usable
+        occupied_min[np.isnan(occupied_min)] = spec.blind_sector_value
     if occupied.shape[0] == spec.sectors:
-        sector_min = np.fmin.reduceat(masked, starts)
-        if blind is not None:
-            sector_min[np.isnan(sector_min)] = blind
-        return sector_min
+        return occupied_min
     sector_min = np.full(spec.sectors, np.nan)  # a sector without beams has no value
-    if beams.shape[0]:
-        occupied_min = np.fmin.reduceat(masked, starts)
-        if blind is not None:
-            occupied_min[np.isnan(occupied_min)] = blind
-        sector_min[occupied] = occupied_min
+    sector_min[occupied] = occupied_min
     return sector_min
 
 

@@ -27,14 +27,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence, Union
+from typing import BinaryIO, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from obstacle_classifier.atomic import atomic_write
 
-__all__ = ['Dataset', 'DatasetError', 'check_compatible', 'load_dataset', 'save_dataset',
-           'DEFAULT_LABEL_PREFIX']
+__all__ = ['Dataset', 'DatasetError', 'check_compatible', 'class_name_problem', 'load_dataset',
+           'save_dataset', 'DEFAULT_LABEL_PREFIX']
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_LABEL_PREFIX = 'label:'
@@ -106,6 +106,21 @@ def _first_true(mask: np.ndarray) -> tuple[int, int, int]:
     return flat.size, int(row), int(column)
 
 
+def class_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot be a class name, or None if it can.
+
+    Class names travel comma-separated on ``obstacle_labels`` and are read back stripped, so a
+    comma or surrounding white space would come back as different names.
+    """
+    if not name:
+        return 'is empty'
+    if ',' in name:
+        return f'{name!r} contains a comma (obstacle_labels separates names with commas)'
+    if name != name.strip():
+        return f'{name!r} starts or ends with white space (obstacle_labels strips it)'
+    return None
+
+
 def _as_names(source: str, kind: str, names: object) -> tuple[str, ...]:
     """Normalise a sequence of names to a tuple of ``str``, refusing anything that is not one."""
     if isinstance(names, (str, bytes)):
@@ -123,6 +138,9 @@ def _as_names(source: str, kind: str, names: object) -> tuple[str, ...]:
                                  f'string')
         if not name:
             raise _error(source, f'{kind} name {index} is empty')
+        problem = class_name_problem(name) if kind == 'class' else None
+        if problem:
+            raise _error(source, f'class name {index} {problem}')
     return tuple(str(name) for name in items)
 
 

@@ -24,7 +24,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .atomic import atomic_write
-from .datasets import NPZ_DAMAGE_ERRORS, name_differences, npz_signature_problem
+from .datasets import (NPZ_DAMAGE_ERRORS, class_name_problem, name_differences,
+                       npz_signature_problem)
 from .nn import MLP, Linear, LinearClassifier, Network
 
 FORMAT_NAME = 'obstacle_classifier.model'
@@ -304,6 +305,10 @@ class ObstacleModel:
         for ok, problem in checks:
             if not ok:
                 return problem
+        for index, name in enumerate(self.class_names):
+            problem = class_name_problem(name)
+            if problem:
+                return f'class name {index} {problem}'
         if not (np.all(np.isfinite(self.input_mean)) and np.all(np.isfinite(self.input_std))
                 and np.all(self.input_std > 0)):
             return 'input normalisation must be finite with positive std'

@@ -40,6 +40,7 @@ from rclpy.serialization import deserialize_message
 from std_msgs.msg import MultiArrayDimension, String
 
 from obstacle_classifier.cdr import Reading, UnsupportedEncapsulation, cdr_reader
+from obstacle_classifier.datasets import class_name_problem
 from obstacle_classifier.features import (MSG_TYPES, InputSpec, extract_values,
                                           message_stamp_ns)
 
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 NS_PER_S = 1_000_000_000
+_MAX_STAMP_SEC = 2**31 - 1  # builtin_interfaces/Time.sec is an int32
 #: Seconds of readings an input subscription queues (see :func:`input_qos`).
 INPUT_QUEUE_S = 0.5
 _MSG_TYPE_PATTERN = re.compile(r'([A-Za-z][A-Za-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)\Z')
@@ -382,11 +384,15 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
 # ----------------------------------------------------------------------------------------------
 
 def ns_to_stamp(stamp_ns: int) -> Time:
-    """Integer nanoseconds -> ``builtin_interfaces/Time`` (non-negative times only)."""
+    """Integer nanoseconds -> ``builtin_interfaces/Time``: 0 up to 2**31 s (its ``sec`` is an
+    int32, so 2038-01-19 is the last time it holds); ValueError outside."""
     stamp_ns = int(stamp_ns)
     if stamp_ns < 0:
         raise ValueError(f'a ROS time stamp cannot be negative, got {stamp_ns} ns')
     sec, nanosec = divmod(stamp_ns, NS_PER_S)
+    if sec > _MAX_STAMP_SEC:
+        raise ValueError(f'{stamp_ns} ns is past the last time builtin_interfaces/Time holds '
+                         f'(int32 seconds: {_MAX_STAMP_SEC})')
     return Time(sec=sec, nanosec=nanosec)
 
 
@@ -556,7 +562,11 @@ def encode_obstacles(stamp_ns: int, labels: Sequence[str], probabilities: Mappin
     Formatted by hand (names JSON-quoted once and cached): it runs on every tick, and this is
     several times faster than ``json.dumps`` of the equivalent dict, with the same result.
     """
-    probs = ','.join(f'{_quoted(name)}:{float(p):.4f}' for name, p in probabilities.items())
+    values = [float(p) for p in probabilities.values()]
+    if not all(map(math.isfinite, values)):
+        # JSON has no NaN or infinity; json.loads elsewhere would refuse the whole report.
+        raise ValueError(f'obstacle probabilities must be finite, got {dict(probabilities)}')
+    probs = ','.join(f'{_quoted(name)}:{p:.4f}' for name, p in zip(probabilities, values))
     return (f'{{{_stamp_json(stamp_ns)},'
             f'"labels":[{",".join(map(_quoted, labels))}],'
             f'"probabilities":{{{probs}}},'
@@ -625,7 +635,15 @@ def decode_obstacles(data: Any) -> ObstacleReport:
 
 
 def encode_labels(names: Sequence[str]) -> str:
-    """Ground truth on ``obstacle_labels``: comma-separated class names, '' when none."""
+    """Ground truth on ``obstacle_labels``: comma-separated class names, '' when none.
+
+    ValueError for a name :func:`decode_labels` would not give back (see
+    :func:`~obstacle_classifier.datasets.class_name_problem`).
+    """
+    for name in names:
+        problem = class_name_problem(name)
+        if problem:
+            raise ValueError(f'class name {problem}')
     return ','.join(names)
 
 

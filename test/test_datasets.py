@@ -439,6 +439,9 @@ def test_dataset_validates():
     memory_error('single string', feature_names='ab')
     memory_error('feature name 1 is empty', feature_names=('a', ''))
     memory_error('class name 0 is int', class_names=(3,))
+    # Class names travel comma-separated on obstacle_labels and come back stripped.
+    memory_error("class name 0 'trash,can' contains a comma", class_names=('trash,can',))
+    memory_error("class name 0 'dog ' starts or ends with white space", class_names=('dog ',))
 
 
 def test_dataset_accepts_name_sequences_and_is_frozen():

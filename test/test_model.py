@@ -227,6 +227,7 @@ def _rewrite_consistently(path, edit):
     (lambda a: a.__setitem__('layers.4.W', np.full((8, 3), np.nan)), 'NaN or Inf'),
     (lambda a: a.__setitem__('format_version', np.array(99)), 'format version 99'),
     (lambda a: a.__setitem__('class_names', np.array(['a', 'b'])), '2 class names'),
+    (lambda a: a.__setitem__('class_names', np.array(['a', 'b,c', 'd'])), 'contains a comma'),
     (lambda a: a.__setitem__('input_std', np.zeros(4)), 'positive std'),
     (lambda a: a.__setitem__('thresholds', np.array([0.5, 1.5, 0.5])), r'thresholds must lie'),
     (lambda a: a.pop('layers.4.b'), 'layers.4.b'),

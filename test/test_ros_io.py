@@ -102,6 +102,12 @@ def test_negative_time_is_refused():
         ros_io.ns_to_stamp(-1)
 
 
+def test_time_past_int32_seconds_is_refused():
+    # Time.sec is an int32: 2**31 s would be serialized as a negative time, not as 2038.
+    with pytest.raises(ValueError, match='int32 seconds'):
+        ros_io.ns_to_stamp(2**31 * S)
+
+
 # -- building messages ------------------------------------------------------------------------
 
 def _cdr_round_trip(msg):
@@ -227,6 +233,13 @@ def test_obstacles_json_round_trips():
     assert ros_io.decode_obstacles(text) == report
 
 
+@pytest.mark.parametrize('value', [math.nan, math.inf, -math.inf])
+def test_obstacles_json_refuses_non_finite_probabilities(value):
+    # 'nan' or 'inf' in the text would make every JSON reader refuse the whole report.
+    with pytest.raises(ValueError, match='must be finite'):
+        ros_io.encode_obstacles(S, [], {'pedestrian': 0.5, 'dog': value}, [], 'ok')
+
+
 @pytest.mark.parametrize('text', ['', '[]', '{"stamp": 3}', '{"labels": []}',
                                   '{"stamp": {"sec": 1, "nanosec": 0}, "labels": [], '
                                   '"probabilities": {}, "stale_inputs": [], "status": "odd"}'])
@@ -239,6 +252,10 @@ def test_labels_and_classes_formats():
     assert ros_io.encode_labels([]) == ''
     assert ros_io.decode_labels(String(data='')) == ()
     assert ros_io.decode_labels(ros_io.encode_labels(['pole', 'curb'])) == ('pole', 'curb')
+    # Names that would come back as other names are refused rather than sent.
+    for name, problem in [('bin,bag', 'comma'), (' pole', 'white space'), ('', 'empty')]:
+        with pytest.raises(ValueError, match=problem):
+            ros_io.encode_labels(['curb', name])
     names = ('pedestrian', 'bicycle')
     assert ros_io.decode_classes(ros_io.encode_classes(names)) == names
     with pytest.raises(ValueError):

@@ -40,3 +40,25 @@ def test_central_differences_are_second_order_accurate():
 
 def test_rel_error_of_two_zero_arrays_is_zero():
     assert rel_error(np.zeros(3), np.zeros(3)) == 0.0
+
+
+def test_rel_error_is_scale_free_at_the_ends_of_float64():
+    # Squared norms of 1e-170 underflow to 0: every gradient, even the negated one, passed.
+    for scale in (1e-170, 1e-300, 1e170, 1e300):
+        right = scale * np.array([1.0, -2.0, 3.0])
+        assert rel_error(right, right * (1 + 1e-12)) < 1e-11
+        assert rel_error(right, -right) == 1.0
+        assert rel_error(right, 2 * right) > 0.3
+    assert np.isnan(rel_error(np.array([np.inf]), np.array([1.0])))
+    assert np.isnan(rel_error(np.array([np.nan]), np.array([1.0])))
+
+
+def test_check_gradient_rejects_a_wrong_gradient_that_is_tiny():
+    # sum(sigmoid(x)) at x near -400: a right gradient of ~1e-174.
+    def f(x):
+        return float(np.sum(np.exp(x)))
+
+    x = np.linspace(-410.0, -400.0, 4)
+    assert check_gradient(f, np.exp, x, step=1e-4)
+    assert not check_gradient(f, lambda v: -np.exp(v), x, step=1e-4)
+    assert not check_gradient(f, lambda v: 2 * np.exp(v), x, step=1e-4)

@@ -7,13 +7,21 @@ import numpy as np
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Relative error ``||a - b|| / max(||a|| + ||b||, tiny)`` (0 when both are zero)."""
+    """Relative error ``||a - b|| / (||a|| + ||b||)`` (0 when both are all zero).
+
+    Both are divided by their largest magnitude first: the ratio is unchanged, but the squared
+    norms of gradients near 1e-170 or 1e170 would otherwise underflow to 0 (and any gradient
+    would pass) or overflow to inf (and a right one would fail).
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    denom = np.linalg.norm(a) + np.linalg.norm(b)
-    if denom == 0:
+    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
+    if scale == 0:
         return 0.0
-    return float(np.linalg.norm(a - b) / max(denom, np.finfo(np.float64).tiny))
+    if not np.isfinite(scale):
+        return float('nan')  # compares False against any tolerance
+    a, b = a / scale, b / scale
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b)))
 
 
 def numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray,

@@ -210,6 +210,17 @@ def test_backward_releases_the_cache(kind):
     assert layer.cached_arrays() == ()
 
 
+@pytest.mark.parametrize('X', [np.array([[0, 1, 2, 3]]), np.array([[True, False, True, True]])])
+def test_scaled_relu_takes_integer_and_bool_input(X):
+    # The gain 2.0 cannot scale an integer array in place; the answer is the float one.
+    layer = ScaledReLU(4)
+    out = layer.forward(X)
+    assert np.array_equal(out, layer.forward(X.astype(np.float64))) and out.dtype == np.float64
+    layer.forward(X)
+    grad = layer.backward(np.ones((1, 4), dtype=np.int64))[0]
+    assert np.array_equal(grad, 2.0 * (X > 1))
+
+
 def test_parameter_free_layers_return_one_tuple_and_ignore_updates():
     for layer in (ScaledReLU(3), ReLU(3), Sigmoid(3)):
         layer.forward(np.ones((2, 3)))

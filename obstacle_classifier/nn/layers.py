@@ -227,9 +227,7 @@ class _Rectifier(Layer):
             raise ValueError(f'{self!r} expects an array of shape (n, {self.h}), got {X.shape}')
         mask = X > self.knee
         # Select, do not multiply by the mask: -inf * False would be NaN (NaN inputs give 0).
-        out = _select_new(X, mask)
-        if self.gain != 1.0:
-            out *= self.gain
+        out = self._scaled(_select_new(X, mask))
         if (self.training if cache is None else cache):
             self._kept = out if self.keep == 'output' else mask
         return out
@@ -241,11 +239,18 @@ class _Rectifier(Layer):
             raise self._missing_cache()
         grad_out = _check_grad(grad_out, kept.shape, grad_out.dtype, self)
         mask = kept if kept.dtype == np.bool_ else kept > 0
-        grad_in = _select_new(grad_out, mask)
-        if self.gain != 1.0:
-            grad_in *= self.gain
+        grad_in = self._scaled(_select_new(grad_out, mask))
         self._kept = None
         return (grad_in,)
+
+    def _scaled(self, values: np.ndarray) -> np.ndarray:
+        """``values * gain``, in place for a float array (a new float64 one for integers)."""
+        if self.gain == 1.0:
+            return values
+        if values.dtype.kind != 'f':
+            return values * self.gain
+        values *= self.gain
+        return values
 
     def cached_arrays(self) -> tuple[np.ndarray, ...]:
         return () if self._kept is None else (self._kept,)

@@ -293,7 +293,10 @@ def test_a_layer_written_to_the_plain_forward_protocol_still_predicts():
         model.layers[1] = layer
         assert model.predict_proba(X).shape == (3, 2)
         assert layer.training  # switched to inference for the call only
-    assert Tanh.modes == [False]
+        layer.training = False
+        model.logits(X)  # cache=True: switched to training for the call only
+        assert not layer.training
+    assert Tanh.modes == [False, True]
 
 
 def test_concurrent_inference_leaves_the_layers_as_they_were():

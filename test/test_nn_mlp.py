@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from obstacle_classifier.nn import (MLP, Bias, CrossEntropyLoss, Linear, MSELoss, ReLU,
-                                    ScaledReLU, Sigmoid, cached_nbytes, check_gradient,
+from obstacle_classifier.nn import (MLP, BCEWithLogitsLoss, Bias, CrossEntropyLoss, Linear,
+                                    MSELoss, ReLU, ScaledReLU, Sigmoid, cached_nbytes,
+                                    check_gradient,
                                     get_grad_log_loss, log_loss, rel_error)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
@@ -207,6 +208,20 @@ def test_nothing_is_held_after_backward_or_in_inference():
     model.eval()
     model.forward(X)
     assert model.cached_nbytes() == 0
+
+
+def test_logits_with_cache_trains_in_inference_mode_too():
+    # As torch's eval(): the mode says what forward keeps by default, cache=True overrides it.
+    X, Y = _multilabel_data(n=32)
+    trained, evaluated = MLP(16, 8, 8, rng=0), MLP(16, 8, 8, rng=0)
+    evaluated.eval()
+    grads = []
+    for model in (trained, evaluated):
+        loss = BCEWithLogitsLoss()
+        loss.forward(model.logits(X), Y)
+        grads.append(model.backward_logits(loss.backward()))
+    assert all(np.array_equal(a, b) for a, b in zip(*grads))
+    assert not any(layer.training for layer in evaluated.layers)
 
 
 def test_predict_proba_single_vector_equals_batch_row():

@@ -163,16 +163,18 @@ class Network:
         return probs[0] if single else probs
 
     def logits(self, X: np.ndarray, cache: bool = True) -> np.ndarray:
-        """Everything but the final Sigmoid: (n, d) -> (n, c) logits. ``cache=False`` runs in
-        inference mode without touching the layers (so other threads may use them meanwhile)."""
+        """Everything but the final Sigmoid: (n, d) -> (n, c) logits.
+
+        ``cache=True`` keeps what :meth:`backward_logits` needs, in inference mode too (as
+        ``torch``'s ``eval()`` still trains); ``cache=False`` keeps nothing and leaves the
+        layers untouched (so other threads may use them meanwhile).
+        """
         out = X
         for layer in self.layers[:-1]:
-            if cache:
-                out = layer.forward(out)
-            elif _forward_takes_cache(layer):
-                out = layer.forward(out, cache=False)
-            else:  # a layer written to forward(X) alone: switch its mode around the call
-                saved, layer.training = layer.training, False
+            if _forward_takes_cache(layer):
+                out = layer.forward(out, cache=cache)
+            else:  # a layer written to forward(X) alone caches by its mode: set it around
+                saved, layer.training = layer.training, cache
                 try:
                     out = layer.forward(out)
                 finally:

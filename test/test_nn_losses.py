@@ -166,6 +166,20 @@ def test_shape_mismatch_and_backward_before_forward(make):
         make().backward()
 
 
+@pytest.mark.parametrize('make', [BCELoss, BCEWithLogitsLoss, MSELoss, CrossEntropyLoss])
+def test_a_mean_over_an_empty_batch_is_refused_and_a_sum_is_zero(make):
+    # torch's NaN (and before, a ZeroDivisionError) would only surface steps later.
+    empty = np.zeros((0, 3))
+    for reduction in ('mean', 'batchmean'):
+        with pytest.raises(ValueError, match=f'{make.__name__}: no mean of an empty batch'):
+            make(reduction).forward(empty, empty)
+    loss = make('sum')
+    assert loss.forward(empty, empty) == 0.0 and loss.backward().shape == (0, 3)
+    for function in (log_loss, get_grad_log_loss):
+        with pytest.raises(ValueError, match=f'{function.__name__}: no mean of an empty'):
+            function(empty, empty)
+
+
 def test_bce_rejects_logits_and_bad_pos_weight():
     with pytest.raises(ValueError, match='BCEWithLogitsLoss'):
         BCELoss().forward(np.array([[2.0]]), np.array([[1.0]]))

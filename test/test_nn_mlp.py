@@ -240,6 +240,12 @@ def test_constructor_and_input_errors():
         MLP(2, 3, 4).forward(np.zeros((5, 3)))
     with pytest.raises(ValueError, match='3 rows but Y_train has 2'):
         MLP(2, 3, 4).sgd(np.zeros((3, 2)), np.zeros((2, 4)))
+    model = MLP(2, 3, 4)
+    for step in (model.single_step_sgd, model._layerwise_sgd_step):  # fused and layer loop
+        with pytest.raises(ValueError, match='no mean of an empty batch'):
+            step(np.zeros((0, 2)), np.zeros((0, 4)))
+        with pytest.raises(ValueError, match=r'targets of shape \(2, 4\) do not match'):
+            step(np.zeros((3, 2)), np.zeros((2, 4)))
 
 
 def test_seed_003_regression_task_reaches_mse_below_1e_3():

@@ -35,13 +35,15 @@ def _pair(pred: np.ndarray, target: np.ndarray, where: str) -> tuple[np.ndarray,
     return pred, target.astype(pred.dtype, copy=False)
 
 
-def _reduce_scale(reduction: str, shape: tuple[int, int]) -> float:
-    """The factor that turns a sum over elements into the requested reduction."""
-    if reduction == 'mean':
-        return 1.0 / (shape[0] * shape[1])
-    if reduction == 'batchmean':
-        return 1.0 / shape[0]
-    return 1.0
+def _reduce_scale(reduction: str, shape: tuple[int, int], where: str) -> float:
+    """The factor that turns a sum over elements into the requested reduction; ValueError for
+    a mean over nothing (PyTorch's NaN would pass silently into a training step)."""
+    if reduction == 'sum':
+        return 1.0
+    count = shape[0] * shape[1] if reduction == 'mean' else shape[0]
+    if count == 0:
+        raise ValueError(f'{where}: no mean of an empty batch (shape {shape})')
+    return 1.0 / count
 
 
 def _clamped_log(x: np.ndarray) -> np.ndarray:
@@ -61,6 +63,7 @@ def log_loss(Y: np.ndarray, Y_hat: np.ndarray) -> float:
         Y_hat: (n, c) predicted probabilities.
     """
     Y_hat, Y = _pair(Y_hat, Y, 'log_loss')
+    _reduce_scale('batchmean', Y.shape, 'log_loss')  # refuses n = 0
     nll = Y * _clamped_log(Y_hat) + (1 - Y) * _clamped_log(1 - Y_hat)
     return float(-nll.sum() / Y.shape[0])
 
@@ -73,12 +76,13 @@ def get_grad_log_loss(Y: np.ndarray, Y_hat: np.ndarray, eps: float = 1e-8) -> np
     ``Y_hat``'s dtype.
     """
     Y_hat, Y = _pair(Y_hat, Y, 'get_grad_log_loss')
+    inverse_n = _reduce_scale('batchmean', Y.shape, 'get_grad_log_loss')
     denom = 1 - Y_hat
     denom *= Y_hat
     denom += eps
     grad = Y_hat - Y
     grad /= denom
-    grad *= 1.0 / len(Y)
+    grad *= inverse_n
     return grad
 
 
@@ -110,7 +114,7 @@ class BCELoss(Loss):
         if np.any((P < 0) | (P > 1)):
             raise ValueError('BCELoss expects probabilities in [0, 1]; use BCEWithLogitsLoss '
                              'for logits')
-        scale = _reduce_scale(self.reduction, P.shape)
+        scale = _reduce_scale(self.reduction, P.shape, 'BCELoss')
         self._saved = (P, Y, scale)
         nll = Y * _clamped_log(P) + (1 - Y) * _clamped_log(1 - P)
         return float(-nll.sum() * scale)
@@ -152,7 +156,7 @@ class BCEWithLogitsLoss(Loss):
 
     def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
         Z, Y = _pair(pred, target, 'BCEWithLogitsLoss')
-        scale = _reduce_scale(self.reduction, Z.shape)
+        scale = _reduce_scale(self.reduction, Z.shape, 'BCEWithLogitsLoss')
         weights = self._weights(Z, Y)
         self._saved = (Z, Y, weights, scale)
         log_term = softplus_neg(Z)
@@ -181,7 +185,7 @@ class MSELoss(Loss):
     def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
         P, Y = _pair(pred, target, 'MSELoss')
         diff = P - Y
-        scale = _reduce_scale(self.reduction, P.shape)
+        scale = _reduce_scale(self.reduction, P.shape, 'MSELoss')
         self._saved = (diff, scale)
         return float(np.vdot(diff, diff) * scale)
 
@@ -207,7 +211,7 @@ class CrossEntropyLoss(Loss):
         logp = log_softmax(Z, axis=1)
         # torch's 'mean' averages over the examples here (a row's k logits are one element)
         scale = _reduce_scale('batchmean' if self.reduction == 'mean' else self.reduction,
-                              Z.shape)
+                              Z.shape, 'CrossEntropyLoss')
         self._saved = (logp, Y, scale)
         return float(-np.vdot(Y, logp) * scale)
 

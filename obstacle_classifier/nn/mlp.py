@@ -260,9 +260,9 @@ class Network:
         n = X.shape[0]
         if type(Y) is not np.ndarray:
             Y = np.asarray(Y)
-        if Y.shape != (n, linears[-1].d_out):
-            raise ValueError(f'get_grad_log_loss: targets of shape {Y.shape} do not match '
-                             f'predictions of shape {(n, linears[-1].d_out)}')
+        if Y.shape != (n, linears[-1].d_out) or n == 0:
+            # The layer loop's get_grad_log_loss refuses these; the same error from the same code.
+            get_grad_log_loss(Y, np.empty((n, linears[-1].d_out), dtype))
         if Y.dtype != dtype:
             Y = Y.astype(dtype)
         work = self._training_workspace(n, dtype, linears)

@@ -59,6 +59,14 @@ def test_bad_arguments_are_refused():
         SGD([np.ones(2)], lr=0.0)
     with pytest.raises(ValueError, match='momentum'):
         SGD([np.ones(2)], momentum=1.0)
+    # A NaN decay would turn every decayed weight into NaN at the first step.
+    for make in (SGD, Adam):
+        for decay in (-0.1, float('nan'), float('inf')):
+            with pytest.raises(ValueError, match='weight_decay must be a finite number >= 0'):
+                make([np.ones(2)], weight_decay=decay)
+    for eps in (-1.0, float('nan')):
+        with pytest.raises(ValueError, match='eps must be a finite number >= 0'):
+            Adam([np.ones(2)], eps=eps)
     with pytest.raises(ValueError, match='optimizer must be one of'):
         make_optimizer('rmsprop', [np.ones(2)])
     with pytest.raises(ValueError, match=r'gradient 0 has shape \(3,\)'):

@@ -22,8 +22,8 @@ class Optimizer:
                  decay_mask: Optional[Sequence[bool]] = None) -> None:
         if lr <= 0 or not math.isfinite(lr):
             raise ValueError(f'learning rate must be a positive finite number, got {lr}')
-        if weight_decay < 0:
-            raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
+        if not (weight_decay >= 0 and math.isfinite(weight_decay)):  # NaN fails both
+            raise ValueError(f'weight_decay must be a finite number >= 0, got {weight_decay}')
         self.params = list(params)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
@@ -101,6 +101,8 @@ class Adam(Optimizer):
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f'betas must be in [0, 1), got {betas}')
         self.eps = float(eps)
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f'eps must be a finite number >= 0, got {eps}')
         self._m = [np.zeros_like(p) for p in self.params]
         self._v = [np.zeros_like(p) for p in self.params]
 

@@ -229,7 +229,7 @@ class ObstacleModel:
             'input_mean': self.input_mean,
             'input_std': self.input_std,
             'thresholds': self.thresholds,
-            'metadata': np.array(json.dumps(self.metadata, sort_keys=True)),
+            'metadata': np.array(_metadata_json(self.metadata)),
         }
         for index, layer in enumerate(net.layers):
             if isinstance(layer, Linear):
@@ -318,6 +318,20 @@ class ObstacleModel:
 
 
 ARCHITECTURES = ('mlp', 'linear')
+
+
+def _metadata_json(metadata: dict[str, Any]) -> str:
+    """The metadata as JSON; NumPy scalars and arrays (a score, a count) become their Python
+    values, anything else that JSON cannot hold is a ValueError (before the file is touched)."""
+    def numpy_value(value: Any) -> Any:
+        if isinstance(value, (np.generic, np.ndarray)):
+            return value.tolist()
+        raise TypeError(f'{type(value).__name__} {value!r}')
+
+    try:
+        return json.dumps(metadata, sort_keys=True, default=numpy_value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'model metadata must be JSON-serialisable: {exc}') from None
 
 
 def _build_network(architecture: Any, d: int, h: int, c: int, dtype: Any, activation: str,

@@ -52,6 +52,19 @@ def test_round_trip_is_bitwise(tmp_path, dtype):
     assert loaded.version == original.version
 
 
+def test_numpy_values_in_metadata_are_saved_and_other_objects_refused(tmp_path):
+    # A score computed with NumPy is a NumPy scalar; json alone refuses it, at save time.
+    model = _model()
+    model.metadata.update(best_f1=np.float32(0.5), epochs=np.int64(3), counts=np.arange(2))
+    model.save(tmp_path / 'model.npz')
+    assert ObstacleModel.load(tmp_path / 'model.npz').metadata == {
+        **model.metadata, 'best_f1': 0.5, 'epochs': 3, 'counts': [0, 1]}
+    model.metadata['classes'] = {'dog'}
+    with pytest.raises(ValueError, match='metadata must be JSON-serialisable: set'):
+        model.save(tmp_path / 'other.npz')
+    assert not (tmp_path / 'other.npz').exists()
+
+
 def test_same_model_gives_identical_bytes(tmp_path):
     _model().save(tmp_path / 'a.npz')
     _model().save(tmp_path / 'b.npz')

@@ -14,6 +14,9 @@ most ``label_max_age_s`` old.
 """
 from __future__ import annotations
 
+import copy
+import heapq
+import operator
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -91,10 +94,11 @@ def _from_storage_library(exc: Exception) -> bool:
 
 
 def _iterate(bag: Path, reader, connections) -> Iterator[tuple[Any, int, bytes]]:
-    """``reader.messages(connections)`` with storage failures turned into BagError."""
+    """The bag's (connection, timestamp, raw) messages in timestamp order, with storage
+    failures turned into BagError."""
     from rosbags.rosbag2 import ReaderError
     try:
-        yield from reader.messages(connections=connections)
+        yield from _in_time_order(reader, connections)
     except ReaderError as exc:
         raise BagError(f'{bag}: cannot read messages: {exc}') from exc
     except (sqlite3.Error, OSError, ValueError, KeyError, EOFError, AssertionError) as exc:
@@ -104,6 +108,28 @@ def _iterate(bag: Path, reader, connections) -> Iterator[tuple[Any, int, bytes]]
             raise BagError(f'{bag}: corrupt or truncated bag '
                            f'({type(exc).__name__}: {exc})') from exc
         raise
+
+
+def _in_time_order(reader, connections) -> Iterator[tuple[Any, int, bytes]]:
+    """``reader.messages(connections)``, merged by timestamp across a split bag's files.
+
+    rosbags reads a split bag file after file, and each file is in time order; but a recorder
+    writes from a cache, so the first messages of one file can be older than the last ones of
+    the previous file (ros2/rosbag2#857). Read in file order, such a bag would be refused as
+    out of order or pair ticks with the wrong labels, and its replay would send /clock
+    backwards. Equal timestamps keep file order.
+    """
+    directory = reader.storage
+    storages = getattr(directory, 'storages', ())
+    if len(storages) < 2:
+        return reader.messages(connections=connections)
+    connections = connections or directory.connections  # as Reader.messages: () means all
+    per_file = []
+    for storage in storages:
+        one_file = copy.copy(directory)  # the same reader, over one storage file
+        one_file.storages = [storage]
+        per_file.append(one_file.messages(connections))
+    return heapq.merge(*per_file, key=operator.itemgetter(1))
 
 
 def _typestore():

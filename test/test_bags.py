@@ -339,3 +339,54 @@ def test_bag_too_short_for_one_tick_is_refused(tmp_path):
     bag = _write_bag(tmp_path / 'short', _speed_messages(100 * SECOND, 0.1))
     with pytest.raises(BagError, match='no usable ticks'):
         extract_bag(bag, SPEED_CONFIG, require_labels=False)
+
+
+def _write_split_bag(path: Path, parts: list[list[tuple[str, str, int, object]]]) -> Path:
+    """One bag directory holding one sqlite3 file per part, as ``ros2 bag record`` splits
+    (each file written by rosbags, then the metadata of all of them joined)."""
+    import yaml
+    path.mkdir()
+    joined = None
+    for index, part in enumerate(parts):
+        single = _write_bag(path.parent / f'{path.name}_part{index}', part)
+        info = yaml.safe_load((single / 'metadata.yaml').read_text())
+        info = info['rosbag2_bagfile_information']
+        name = f'{path.name}_{index}.db3'
+        (single / info['relative_file_paths'][0]).rename(path / name)
+        info['files'][0]['path'] = name
+        if joined is None:
+            joined = dict(info, relative_file_paths=[], files=[], message_count=0)
+            counts = collections.Counter()
+        joined['relative_file_paths'].append(name)
+        joined['files'] += info['files']
+        joined['message_count'] += info['message_count']
+        counts.update({entry['topic_metadata']['name']: entry['message_count']
+                       for entry in info['topics_with_message_count']})
+    for entry in joined['topics_with_message_count']:
+        entry['message_count'] = counts[entry['topic_metadata']['name']]
+    (path / 'metadata.yaml').write_text(yaml.safe_dump({'rosbag2_bagfile_information': joined}))
+    return path
+
+
+def test_a_split_bag_is_read_in_time_order_across_its_files(tmp_path):
+    # A recorder's cache can put a message into the next file after newer ones went into the
+    # previous file (ros2/rosbag2#857): here a speed reading and a label, 30 ms each.
+    start = 100 * SECOND
+    messages = _speed_messages(start, 3.0)
+    messages += [('/obstacle_labels', 'std_msgs/msg/String', start + k * 100_000_000,
+                  _label('pole' if k == 15 else '')) for k in range(30)]
+    messages.sort(key=lambda item: item[2])
+    whole = _write_bag(tmp_path / 'whole', messages)
+    cut = next(k for k, item in enumerate(messages) if item[2] >= start + 1_530_000_000)
+    late = [k for k in range(cut - 6, cut) if messages[k][2] >= start + 1_500_000_000]
+    assert {messages[k][0] for k in late} == {'/sensors/speed', '/obstacle_labels'}
+    first = [item for k, item in enumerate(messages[:cut]) if k not in late]
+    second = [messages[k] for k in late] + messages[cut:]
+    split = _write_split_bag(tmp_path / 'split', [first, second])
+    with Reader(split) as reader:
+        assert len(reader.storage.storages) == 2
+    expected, extracted = extract_bag(whole, SPEED_CONFIG), extract_bag(split, SPEED_CONFIG)
+    assert np.array_equal(extracted.dataset.X, expected.dataset.X)
+    assert np.array_equal(extracted.dataset.Y, expected.dataset.Y)
+    assert np.array_equal(extracted.stamps_ns, expected.stamps_ns)
+    assert expected.dataset.Y[:, CLASS_NAMES.index('pole')].sum() == 1

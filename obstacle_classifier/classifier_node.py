@@ -62,7 +62,6 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType, SetParametersResult)
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterException
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -568,7 +567,7 @@ class ClassifierNode(Node):
     def _threshold_from(self, value: float) -> Optional[float]:
         problem = self._threshold_problem(value)
         if problem:
-            raise ParameterException(problem)
+            raise ValueError(problem)
         return None if value == USE_MODEL_THRESHOLDS else float(value)
 
     def _describe_threshold(self) -> str:

@@ -725,10 +725,14 @@ def test_an_unusable_configuration_stops_the_node_with_the_reason(ros_processes,
     missing = ros_processes.start_module('missing_config', NODE, [
         '--ros-args', '-p', f'feature_config:={tmp_path / "nope.yaml"}'],
         extra_env=STRICT_WARNINGS)
-    bad_threshold = ros_processes.start_module('bad_threshold', NODE, [
-        '--ros-args', '-p', 'threshold:=1.5'], extra_env=STRICT_WARNINGS)
+    # 1.5 is outside the declared range (rclpy refuses it); 0.0 inside it, but not (0, 1).
+    bad_thresholds = [ros_processes.start_module(f'bad_threshold_{k}', NODE, [
+        '--ros-args', '-p', f'threshold:={value}'], extra_env=STRICT_WARNINGS)
+        for k, value in enumerate(['1.5', '0.0'])]
     assert missing.wait(STARTUP_TIMEOUT) == 1, missing.report()
     assert 'nope.yaml' in missing.stderr() and 'cannot start' in missing.stderr()
-    assert bad_threshold.wait(STARTUP_TIMEOUT) == 1, bad_threshold.report()
-    assert 'threshold' in bad_threshold.stderr()
-    assert 'Traceback' not in missing.stderr() + bad_threshold.stderr()
+    for bad_threshold in bad_thresholds:
+        assert bad_threshold.wait(STARTUP_TIMEOUT) == 1, bad_threshold.report()
+        assert 'cannot start' in bad_threshold.stderr() and 'threshold' in bad_threshold.stderr()
+        assert 'Traceback' not in bad_threshold.stderr()
+    assert 'Traceback' not in missing.stderr()

@@ -53,6 +53,7 @@ class PlaybackStats:
     loops: int = 0
     clock_messages: int = 0
     interrupted: bool = False
+    left_out: dict[str, str] = field(default_factory=dict)  # bag topic -> why not played
 
 
 def parse_remaps(items: Sequence[str]) -> dict[str, str]:
@@ -93,9 +94,14 @@ def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] 
              ) -> PlaybackStats:
     """Play the bag at ``path`` until its end (or forever with ``loop``) or SIGINT / SIGTERM.
 
+    Two kinds of topic are left out, named in ``stats.left_out``: a recorded ``/clock`` (the
+    player publishes the bag time there itself; two clocks would make sim-time nodes see time
+    jump back at every message), and, unless asked for with ``topics``, a topic whose message
+    type is not installed here (a robot's full recording holds many).
+
     Raises:
         BagError: the bag cannot be opened or read (from :mod:`obstacle_classifier.bags`).
-        ValueError: a requested topic is not in the bag, or a message type is not installed.
+        ValueError: a requested topic is not in the bag, or its message type is not installed.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException
@@ -118,6 +124,10 @@ def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] 
             if missing:
                 raise BagError(f'{bag}: {what} {", ".join(missing)} not in the bag (topics: '
                                f'{", ".join(sorted(in_bag))})')
+        connections = _playable(connections, options, stats.left_out)
+        if not connections:  # (and reader.messages of no connections would read them all)
+            raise BagError(f'{bag}: nothing to play: ' + '; '.join(
+                f'{topic}: {reason}' for topic, reason in stats.left_out.items()))
         try:
             with rclpy.init(args=ros_args if ros_args is not None else []):
                 node = rclpy.create_node('obstacle_classifier_bag_player')
@@ -132,6 +142,24 @@ def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] 
     return stats
 
 
+def _playable(connections: list, options: PlaybackOptions, left_out: dict[str, str]) -> list:
+    """The connections to publish, each with its message class; the others go to
+    ``left_out`` (bag topic -> reason)."""
+    from obstacle_classifier.ros_io import message_class
+    playable = []
+    for connection in connections:
+        if options.remaps.get(connection.topic, connection.topic) == '/clock':
+            left_out[connection.topic] = 'the player publishes /clock from the bag time'
+            continue
+        try:
+            playable.append((connection, message_class(connection.msgtype)))
+        except ValueError as exc:
+            if connection.topic in options.topics:
+                raise ValueError(f'cannot play {connection.topic}: {exc}') from None
+            left_out[connection.topic] = str(exc)
+    return playable
+
+
 class _Playback:
     """The publishing loop of one ``play_bag`` call (one node, its publishers, the clock)."""
 
@@ -139,18 +167,17 @@ class _Playback:
                  options: PlaybackOptions, stats: PlaybackStats, iterate: Any) -> None:
         from rosgraph_msgs.msg import Clock
 
-        from obstacle_classifier.ros_io import message_class
         self.node, self.bag, self.reader = node, bag, reader
-        self.connections, self.options, self.stats = connections, options, stats
+        self.connections = [connection for connection, _ in connections]
+        self.options, self.stats = options, stats
         self.iterate = iterate
         self.clock_type = Clock
         self.clock_pub = node.create_publisher(Clock, '/clock', 10)
         self.publishers = {}
-        for connection in connections:
+        for connection, msg_class in connections:
             topic = options.remaps.get(connection.topic, connection.topic)
             self.publishers[connection.id] = node.create_publisher(
-                message_class(connection.msgtype), topic,
-                recorded_qos(connection.ext.offered_qos_profiles))
+                msg_class, topic, recorded_qos(connection.ext.offered_qos_profiles))
             stats.published.setdefault(connection.topic, 0)
         self.ok = node.context.ok
 

@@ -240,6 +240,8 @@ def _cmd_bag_play(args: argparse.Namespace) -> int:
     print(f'published {total} messages on {len(stats.published)} topics'
           f'{f" over {stats.loops + 1} loops" if stats.loops else ""}, '
           f'{stats.clock_messages} on /clock{" (interrupted)" if stats.interrupted else ""}')
+    for topic, reason in stats.left_out.items():
+        print(f'left out {topic}: {reason}')
     return 0
 
 

@@ -126,6 +126,59 @@ def test_play_of_a_topic_not_in_the_bag_is_a_named_error(bag, ros_processes):
     assert 'expected a number >= 0, got -5' in clock.stderr()
 
 
+def _write_bag_with_clock_and_tf(path: Path) -> Path:
+    """Speed at 50 Hz plus what ``ros2 bag record -a`` of a sim-time robot also holds: its
+    /clock (1 ms behind the messages) and /tf, whose type is not installed here."""
+    from rosbags.rosbag2 import Writer
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    types = typestore.types
+    with Writer(path, version=9) as writer:
+        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
+                                      typestore=typestore)
+        clock = writer.add_connection('/clock', 'rosgraph_msgs/msg/Clock', typestore=typestore)
+        tf = writer.add_connection('/tf', 'tf2_msgs/msg/TFMessage', typestore=typestore)
+        for k in range(50):
+            time_ns = 100 * SECOND + k * 20_000_000
+            lagging = types['builtin_interfaces/msg/Time'](sec=100, nanosec=k * 20_000_000)
+            writer.write(clock, time_ns + 1_000_000, typestore.serialize_cdr(
+                types['rosgraph_msgs/msg/Clock'](clock=lagging), 'rosgraph_msgs/msg/Clock'))
+            writer.write(speed, time_ns, typestore.serialize_cdr(
+                types['std_msgs/msg/Float64'](data=float(k)), 'std_msgs/msg/Float64'))
+            writer.write(tf, time_ns, typestore.serialize_cdr(
+                types['tf2_msgs/msg/TFMessage'](transforms=[]), 'tf2_msgs/msg/TFMessage'))
+    return path
+
+
+def test_a_recorded_clock_and_an_uninstalled_type_are_left_out_and_named(
+        tmp_path, ros, ros_processes):
+    bag = _write_bag_with_clock_and_tf(tmp_path / 'clock_tf')
+    clock = ros.collect(Clock, '/clock')
+    speeds = ros.collect(Float64, '/sensors/speed', 10)
+    player = ros_processes.start_module(
+        'player', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--delay', '2'],
+        extra_env=STRICT_WARNINGS)
+    assert ros.spin_until(lambda: player.poll() is not None, timeout=60), player.report()
+    ros.spin_for(0.5)
+    assert player.returncode == 0, player.report()
+    assert 'left out /clock: the player publishes /clock from the bag time' in player.stdout()
+    assert "left out /tf: message type 'tf2_msgs/msg/TFMessage'" in player.stdout()
+    # The recorded clock, 1 ms behind, is not replayed beside the player's: time never goes back.
+    clock_ns = [stamp_to_ns(msg.clock) for msg in clock]
+    assert clock_ns and all(later >= earlier for earlier, later in zip(clock_ns, clock_ns[1:]))
+    assert [msg.data for msg in speeds] == [float(k) for k in range(50)]
+    # Asked for by name, a topic that cannot be played is an error.
+    asked = ros_processes.start_module(
+        'asked', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--topics', '/tf'],
+        extra_env=STRICT_WARNINGS)
+    assert asked.wait(60) == 2, asked.report()
+    assert 'cannot play /tf' in asked.stderr() and 'Traceback' not in asked.stderr()
+    only_clock = ros_processes.start_module(
+        'only_clock', 'obstacle_classifier.cli', ['bag', 'play', str(bag), '--topics', '/clock'],
+        extra_env=STRICT_WARNINGS)
+    assert only_clock.wait(60) == 2, only_clock.report()
+    assert 'nothing to play: /clock: the player publishes' in only_clock.stderr()
+
+
 def test_record_captures_a_played_bag_message_for_message(bag, tmp_path, ros_processes):
     recorded = tmp_path / 'recorded'
     recorder = ros_processes.start_module(

@@ -799,10 +799,11 @@ class ClassifierNode(Node):
 
     def _on_clock(self, msg: ClockMessage, info: MessageInfo) -> None:
         clock_ns = stamp_to_ns(msg.clock)
+        previous_clock_ns = self._sim_ticker.last_clock_ns
         events, jumped_back = self._sim_ticker.on_clock(
             info['source_timestamp'], clock_ns, time.monotonic_ns())
         if jumped_back and self._last_tick_ns is not None:
-            self._on_time_jump(clock_ns)
+            self._on_time_jump(previous_clock_ns - clock_ns)
             self._last_tick_ns = None
         self._run_events(events)
 
@@ -828,7 +829,7 @@ class ClassifierNode(Node):
             started = time.perf_counter_ns()
         last = self._last_tick_ns
         if last is not None and now_ns < last:
-            self._on_time_jump(now_ns)
+            self._on_time_jump(last - now_ns)
         elif last is not None:
             # Ticks that should have come between the last one and this one (a late timer
             # fires once, not once per period missed): counted from the node clock's own gap.
@@ -893,14 +894,15 @@ class ClassifierNode(Node):
         if elapsed > self._period_processing_max_ns:
             self._period_processing_max_ns = elapsed
 
-    def _on_time_jump(self, now_ns: int) -> None:
-        """Time went backwards (a bag looping under sim time): start the buffers afresh."""
+    def _on_time_jump(self, back_ns: int) -> None:
+        """Time went ``back_ns`` backwards (a bag looping under sim time): start the buffers
+        afresh."""
         self._time_jumps += 1
         self._pipeline.reset()
         for state in self._inputs.values():
             state.last_receive_stamp_ns = -1
         self.get_logger().warning(
-            f'time jumped back by {(self._last_tick_ns - now_ns) / 1e9:.3f} s (bag loop?): '
+            f'time jumped back by {back_ns / 1e9:.3f} s (bag loop?): '
             'feature buffers cleared')
 
     # -- diagnostics ---------------------------------------------------------------------------

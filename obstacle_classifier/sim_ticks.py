@@ -70,11 +70,13 @@ class SimTimeTicker:
 
     Attributes:
         ticks_dropped: grid points skipped because /clock jumped ahead by more than
-            ``max_jump_ticks`` ticks at once (those ticks would all be stale).
-        events_dropped: events discarded because time jumped back: those queued at the jump,
-            and readings published before the ``/clock`` that jumped which arrive soon after
-            it (the end of the previous bag loop: they would land in freshly cleared buffers
-            with stamps newer than everything of the new loop).
+            ``max_jump_ticks`` ticks at once: the first ``max_jump_ticks`` run (they see the
+            readings of just before the gap), the later ones are dropped (by then every input
+            has long gone stale, and a node would spend seconds on them).
+        events_dropped: events discarded because time jumped back: those published before
+            the ``/clock`` that jumped, queued or arriving soon after it (the end of the
+            previous bag loop: they would land in freshly cleared buffers with stamps newer
+            than everything of the new loop).
     """
 
     def __init__(self, period_ns: int, max_jump_ticks: int = 1000) -> None:
@@ -99,6 +101,11 @@ class SimTimeTicker:
         self._clocks_since_jump = 0
 
     @property
+    def last_clock_ns(self) -> Optional[int]:
+        """The last ``/clock`` value received (None before the first)."""
+        return self._last_clock_ns
+
+    @property
     def waiting(self) -> int:
         """Ticks and readings queued (normally a few)."""
         return len(self._queue)
@@ -107,15 +114,19 @@ class SimTimeTicker:
                  ) -> tuple[list[Event], bool]:
         """A ``/clock`` message: (events to run now; whether time jumped back).
 
-        After a jump back everything queued is dropped (the caller clears its buffers) and the
-        grid restarts at the new time; so is every reading published before this ``/clock``
-        that arrives after it (until :data:`JUMP_GUARD_CLOCKS` more ``/clock`` messages).
+        After a jump back everything queued that was published before this ``/clock`` is
+        dropped (the caller clears its buffers) and the grid restarts at the new time; so is
+        every reading published before it that arrives after it (until
+        :data:`JUMP_GUARD_CLOCKS` more ``/clock`` messages). A reading published after it
+        that overtook it (the new loop's first) stays queued.
         """
         jumped_back = self._last_clock_ns is not None and clock_ns < self._last_clock_ns
         if jumped_back:
             self._jump_source_ns, self._clocks_since_jump = source_ns, 0
-            self.events_dropped += len(self._queue)
-            self._queue.clear()
+            # The queue is in source order: the entries published before the jump lead it.
+            before = bisect.bisect_left(self._queue, (source_ns,))
+            self.events_dropped += before
+            del self._queue[:before]
             self._clock.clear()
             self._next_tick = None
         elif self._jump_source_ns is not None:
@@ -127,15 +138,15 @@ class SimTimeTicker:
         if self._next_tick is None:
             self._next_tick = -(-clock_ns // self.period_ns) * self.period_ns
         behind = (clock_ns - 1 - self._next_tick) // self.period_ns + 1  # grid points < clock
+        # Due now, but they run after everything published before this /clock message (some
+        # of it may still be on its way) and before anything published after it.
+        for _ in range(min(behind, self.max_jump_ticks)):
+            self._enqueue(source_ns, steady_ns, self._next_tick, None, False)
+            self._next_tick += self.period_ns
         if behind > self.max_jump_ticks:
             skipped = behind - self.max_jump_ticks
             self.ticks_dropped += skipped
             self._next_tick += skipped * self.period_ns
-        # Due now, but they run after everything published before this /clock message (some
-        # of it may still be on its way) and before anything published after it.
-        while self._next_tick < clock_ns:
-            self._enqueue(source_ns, steady_ns, self._next_tick, None, False)
-            self._next_tick += self.period_ns
         return self._release(), jumped_back
 
     def on_message(self, source_ns: int, payload: Any, steady_ns: int,

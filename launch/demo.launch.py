@@ -12,6 +12,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -44,8 +45,12 @@ def generate_launch_description():
             name='sidewalk_simulator',
             output='screen',
             emulate_tty=True,
-            parameters=[simulator_params, {'seed': seed, 'scenario': scenario,
-                                           'real_time_factor': real_time_factor}],
+            # Typed: launch_ros reads a bare argument as YAML, so real_time_factor:=2 would
+            # be an integer, which the node's double parameter refuses at start-up.
+            parameters=[simulator_params, {
+                'seed': ParameterValue(seed, value_type=int),
+                'scenario': ParameterValue(scenario, value_type=str),
+                'real_time_factor': ParameterValue(real_time_factor, value_type=float)}],
         ),
         Node(
             package='obstacle_classifier',

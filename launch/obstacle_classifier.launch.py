@@ -11,6 +11,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -42,7 +43,8 @@ def generate_launch_description():
             namespace=namespace,
             output='screen',
             emulate_tty=True,
-            parameters=[params_file, {'use_sim_time': use_sim_time}],
+            parameters=[params_file, {
+                'use_sim_time': ParameterValue(use_sim_time, value_type=bool)}],
             arguments=['--ros-args', '--log-level', log_level],
         ),
     ])

@@ -462,6 +462,12 @@ class ClassifierNode(Node):
             f'classifying {len(self._config.inputs)} inputs ({len(self._pipeline.feature_names)} '
             f'features from {self._config.source}) at {self._rate_hz:g} Hz; threshold '
             f'{self._describe_threshold()}')
+        if self._rate_hz != self._config.rate_hz:
+            # Someone editing the feature config to retune the node would otherwise not know.
+            self.get_logger().warning(
+                f'ticking at rate_hz {self._rate_hz:g} Hz, the node parameter; the feature '
+                f'config\'s rate_hz {self._config.rate_hz:g} is the rate of bag extraction and '
+                'simulation (a tick\'s features do not depend on the rate)')
 
     # -- parameters ----------------------------------------------------------------------------
 

@@ -474,7 +474,8 @@ def test_reload_refuses_a_bad_file_keeps_the_old_model_and_loads_a_good_one(
         ros, ros_processes, tmp_path):
     namespace = ros_helpers.unique_name('reload')
     node = f'/{namespace}/obstacle_classifier'
-    config = write_config(tmp_path / 'features.yaml', [scalar_input('a')])
+    # (At another rate than the node's: it says so, and ticks at its own.)
+    config = write_config(tmp_path / 'features.yaml', [scalar_input('a')], rate_hz=5.0)
     path = tmp_path / 'model.npz'
     model_a = linear_model(path, ['a.last'], ['near', 'far'], weights=[[0.5, -0.5]])
     p_a = {'near': round(1 / (1 + math.exp(-0.5)), 4), 'far': round(1 / (1 + math.exp(0.5)), 4)}
@@ -484,8 +485,12 @@ def test_reload_refuses_a_bad_file_keeps_the_old_model_and_loads_a_good_one(
                                  lambda m: classes.append(decode_classes(m)), classes_qos())
     feeder = Feeder(ros, period=0.05)
     feeder.add('a', Float64, f'/{namespace}/in/a', RELIABLE_10, lambda: float64(1.0))
-    start_classifier(ros_processes, namespace, feature_config=config, model_path=path)
+    classifier = start_classifier(ros_processes, namespace, feature_config=config,
+                                  model_path=path)
     observer.wait_for_output(lambda r: r.probabilities == p_a)
+    classifier.wait_for_output(r"ticking at rate_hz 20 Hz, the node parameter; the feature "
+                               r"config's rate_hz 5 is the rate of bag extraction",
+                               stream='stderr')
 
     # A corrupt file: refused with the reason, version A keeps serving.
     path.write_bytes(b'PK\x03\x04 definitely not a model')

@@ -30,7 +30,10 @@ KNOWN_API = {
     'launch.conditions': {'IfCondition', 'UnlessCondition'},
     'launch_ros.actions': {'Node', 'PushRosNamespace', 'SetParameter'},
     'launch_ros.substitutions': {'FindPackageShare'},
+    'launch_ros.parameter_descriptions': {'ParameterValue'},
 }
+#: ParameterValue value_type -> rcl_interfaces ParameterType of the declared parameter.
+PARAMETER_TYPES = {'bool': 1, 'int': 2, 'float': 3, 'str': 4}
 #: Parameters every rclpy node has; not part of what a params file needs to know about.
 IMPLICIT_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
 NAMESPACED_RATE_HZ = 7.0  # not the default: shows the params file applied
@@ -112,13 +115,18 @@ class LaunchFile:
         return files
 
     def parameter_names(self, node_call: ast.Call) -> set[str]:
+        return set(self.parameter_values(node_call))
+
+    def parameter_values(self, node_call: ast.Call) -> dict[str, ast.AST]:
+        """Parameter name -> value expression, from the dicts a Node gets."""
         parameters = _keywords(node_call).get('parameters')
-        names = set()
+        values = {}
         for element in getattr(parameters, 'elts', []):
             element = self.resolve(element)
             if isinstance(element, ast.Dict):
-                names.update(_const(key) for key in element.keys)
-        return names
+                values.update({_const(key): value
+                               for key, value in zip(element.keys, element.values)})
+        return values
 
 
 @pytest.fixture(scope='module')
@@ -286,3 +294,22 @@ def test_the_params_files_apply_in_a_namespace(running_nodes):
     # silently ignored under namespace:=robot1; the shipped files use /**/<node name>.
     _, _, values = running_nodes['classifier_node']
     assert values['rate_hz'].double_value == NAMESPACED_RATE_HZ
+
+
+def test_launch_arguments_reach_parameters_with_their_declared_type(launch_files, running_nodes):
+    # launch_ros reads a bare LaunchConfiguration value as YAML: real_time_factor:=2 would be
+    # an integer, and the node refuses an integer for a double at start-up.
+    for launch in launch_files:
+        for node in launch.nodes:
+            _, declared, _ = running_nodes[_const(_keywords(node)['executable'])]
+            for name, value in launch.parameter_values(node).items():
+                value = launch.resolve(value)
+                if launch.launch_configuration(value) is not None:
+                    raise AssertionError(f'{launch.path}: {name} takes a launch argument '
+                                         'untyped: wrap it in ParameterValue(value_type=...)')
+                if isinstance(value, ast.Call) and _call_name(value) == 'ParameterValue':
+                    value_type = _keywords(value)['value_type']
+                    assert isinstance(value_type, ast.Name), ast.dump(value_type)
+                    assert PARAMETER_TYPES[value_type.id] == declared[name].type, (
+                        f'{launch.path}: {name} given as {value_type.id}, declared as '
+                        f'type {declared[name].type}')

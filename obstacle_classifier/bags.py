@@ -245,7 +245,8 @@ class BagExtraction:
             reason (the pipeline's reasons, plus 'no_stamp' and 'malformed' as the node counts).
         skipped_messages: messages not used, by 'topic (type)' with the reason: an unknown
             message type, or a type other than the config's for an input topic.
-        missing_inputs: configured inputs whose topic is not in the bag.
+        missing_inputs: configured inputs whose topic is not in the bag or has no messages
+            (a driver that died before the recording).
     """
 
     dataset: Dataset
@@ -274,7 +275,7 @@ class BagExtraction:
         for what, count in self.skipped_messages.items():
             lines.append(f'skipped {count} message(s) on {what}')
         if self.missing_inputs:
-            lines.append(f'inputs not in the bag: {", ".join(self.missing_inputs)}')
+            lines.append(f'inputs without messages in the bag: {", ".join(self.missing_inputs)}')
         return '\n'.join(lines)
 
 
@@ -323,7 +324,7 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
         skipped_messages, present_inputs = selection.skipped_messages, selection.present_inputs
         all_topics = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
         if not present_inputs:
-            raise BagError(f'{bag}: none of the configured input topics is in the bag '
+            raise BagError(f'{bag}: none of the configured input topics has messages in the bag '
                            f'(expected {", ".join(sorted(specs_by_topic))}; the bag has '
                            f'{all_topics})')
         if require_labels and not label_connections:
@@ -433,7 +434,7 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
     X = np.asarray(rows_x, dtype=np.float64).reshape(len(rows_x), d)
     Y = np.asarray(rows_y, dtype=np.uint8).reshape(len(rows_x), c)
     if not len(X):
-        absent = f'; inputs not in the bag: {", ".join(missing)}' if missing else ''
+        absent = f'; inputs without messages in the bag: {", ".join(missing)}' if missing else ''
         raise BagError(f'{bag}: no usable ticks: {len(results)} ticks, {skipped} skipped as '
                        f'stale, {unlabelled} without a label at most {label_max_age_s:g} s old'
                        f'{absent}')
@@ -481,7 +482,8 @@ def _select_connections(bag: Path, connections, specs_by_topic: dict, label_key:
             selection.skip(connection, f'input {spec.name!r} expects {spec.msg_type}')
         else:
             selection.inputs.append(connection)
-            selection.present_inputs.add(spec.name)
+            if connection.msgcount:  # a topic without messages is as good as absent
+                selection.present_inputs.add(spec.name)
     return selection
 
 

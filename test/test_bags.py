@@ -331,8 +331,20 @@ def test_no_usable_ticks_names_the_inputs_the_bag_lacks(tmp_path):
     config = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [
         SPEED_INPUT, {**SPEED_INPUT, 'name': 'noise', 'topic': 'sensors/noise'}]})
     bag = _write_bag(tmp_path / 'no_noise', _speed_messages(100 * SECOND, 2.0))
-    with pytest.raises(BagError, match='no usable ticks: .* inputs not in the bag: noise'):
+    with pytest.raises(BagError, match='no usable ticks: .* inputs without messages in the '
+                                       'bag: noise'):
         extract_bag(bag, config, require_labels=False)
+    # A topic that is in the bag without a single message (its driver died) is named too.
+    from rosbags.rosbag2 import StoragePlugin
+    empty_noise = tmp_path / 'empty_noise'
+    with Writer(empty_noise, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        writer.add_connection('/sensors/noise', 'std_msgs/msg/Float64', typestore=TYPESTORE)
+        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
+                                      typestore=TYPESTORE)
+        for _, msgtype, time_ns, msg in _speed_messages(100 * SECOND, 2.0):
+            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+    with pytest.raises(BagError, match='inputs without messages in the bag: noise'):
+        extract_bag(empty_noise, config, require_labels=False)
 
 
 def test_bag_too_short_for_one_tick_is_refused(tmp_path):

@@ -61,10 +61,8 @@ def is_bag_directory(path: PathLike) -> bool:
     return Path(path).is_dir()
 
 
-def _open_reader(path: PathLike):
-    """An open ``rosbags.rosbag2.Reader``; BagError naming the problem otherwise."""
-    from rosbags.rosbag2 import Reader, ReaderError
-    bag = Path(path)
+def _check_bag_directory(bag: Path) -> None:
+    """BagError unless ``bag`` is a directory with a metadata.yaml."""
     if not bag.exists():
         raise BagError(f'{bag}: no such bag directory')
     if not bag.is_dir():
@@ -73,6 +71,13 @@ def _open_reader(path: PathLike):
     if not (bag / 'metadata.yaml').is_file():
         raise BagError(f'{bag}: missing metadata.yaml: not a rosbag2 bag, or an unfinished one '
                        '(a recording that was killed before it closed)')
+
+
+def _open_reader(path: PathLike):
+    """An open ``rosbags.rosbag2.Reader``; BagError naming the problem otherwise."""
+    from rosbags.rosbag2 import Reader, ReaderError
+    bag = Path(path)
+    _check_bag_directory(bag)
     reader = Reader(bag)
     try:
         reader.open()
@@ -158,7 +163,8 @@ class TopicSummary:
 
 @dataclass(frozen=True)
 class BagInfo:
-    """What ``bag info`` shows: storage, time span, message count and the topics."""
+    """What ``bag info`` shows: storage, compression, time span, message count and the topics
+    (``end_ns``: the time of the last message)."""
 
     path: str
     storage: str
@@ -166,6 +172,7 @@ class BagInfo:
     end_ns: int
     message_count: int
     topics: tuple[TopicSummary, ...]
+    compression: str = 'none'
 
     @property
     def duration_s(self) -> float:
@@ -173,35 +180,39 @@ class BagInfo:
 
 
 def bag_info(path: PathLike) -> BagInfo:
-    """Describe a bag from its metadata (the messages themselves are not read)."""
+    """Describe a bag from its metadata.yaml alone: no storage file is opened (opening a
+    compressed bag would decompress all of it into a temporary directory first)."""
+    import yaml
     bag = Path(path)
-    reader = _open_reader(bag)
+    _check_bag_directory(bag)
     try:
+        metadata = yaml.safe_load((bag / 'metadata.yaml').read_text())
+        info = metadata['rosbag2_bagfile_information']
         counts: dict[tuple[str, str], list] = {}
-        for connection in reader.connections:
-            key = (connection.topic, connection.msgtype)
-            entry = counts.setdefault(key, [0, connection.ext.serialization_format])
-            entry[0] += connection.msgcount
-        topics = tuple(TopicSummary(topic, msg_type, count, fmt)
-                       for (topic, msg_type), (count, fmt) in sorted(counts.items()))
-        storage = _storage_identifier(bag)
-        count = reader.message_count
-        start = reader.start_time if count else 0
-        end = reader.end_time if count else 0
-        return BagInfo(path=str(bag), storage=storage, start_ns=start, end_ns=end,
-                       message_count=count, topics=topics)
-    finally:
-        reader.close()
-
-
-def _storage_identifier(bag: Path) -> str:
-    """The storage plugin of a bag: from its storage files' suffix (.db3 or .mcap)."""
-    suffixes = {child.suffix for child in bag.iterdir()}
-    if '.mcap' in suffixes:
-        return 'mcap'
-    if '.db3' in suffixes:
-        return 'sqlite3'
-    return 'unknown'
+        for entry in info['topics_with_message_count']:
+            topic = entry['topic_metadata']
+            key = (topic['name'], topic['type'])
+            counts.setdefault(key, [0, topic['serialization_format']])[0] += int(
+                entry['message_count'])
+        count = int(info['message_count'])
+        start = int(info['starting_time']['nanoseconds_since_epoch']) if count else 0
+        end = start + int(info['duration']['nanoseconds']) if count else 0
+        mode = str(info.get('compression_mode') or 'none').lower()
+        compression = 'none' if mode in ('', 'none') else (
+            f'{info.get("compression_format") or "unknown"} ({mode})')
+        storage = str(info['storage_identifier'])
+        absent = [name for name in map(str, info['relative_file_paths'])
+                  if not (bag / Path(name).name).is_file()]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BagError(f'{bag}: cannot read metadata.yaml ({exc})') from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BagError(f'{bag}: invalid metadata.yaml ({type(exc).__name__}: {exc})') from exc
+    if absent:
+        raise BagError(f'{bag}: storage file(s) missing: {", ".join(absent)}')
+    topics = tuple(TopicSummary(topic, msg_type, topic_count, fmt)
+                   for (topic, msg_type), (topic_count, fmt) in sorted(counts.items()))
+    return BagInfo(path=str(bag), storage=storage, start_ns=start, end_ns=end,
+                   message_count=count, topics=topics, compression=compression)
 
 
 def _format_ns(stamp_ns: int) -> str:
@@ -214,6 +225,7 @@ def format_bag_info(info: BagInfo) -> str:
     """The ``bag info`` text: a summary, then one line per topic."""
     lines = [f'bag:       {info.path}',
              f'storage:   {info.storage}',
+             f'compress:  {info.compression}',
              f'duration:  {info.duration_s:.3f} s',
              f'start:     {_format_ns(info.start_ns)} s',
              f'end:       {_format_ns(info.end_ns)} s',

@@ -105,6 +105,9 @@ def test_damaged_bags_are_named_errors_not_tracebacks(simulated_bag, tmp_path, c
             'extract': ['bag', 'extract', broken, '--output', tmp_path / 'x.npz'],
             'train': ['train', broken, '--output', tmp_path / 'm.npz']}[command]
     code, _, err = _run(capsys, *argv)
+    if command == 'info' and damage == 'truncate':
+        assert code == 0, err  # info reads metadata.yaml alone: the storage is not opened
+        return
     assert code == 2
     assert str(broken) in err and expected in err and 'Traceback' not in err
 

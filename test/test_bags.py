@@ -145,6 +145,44 @@ def test_bag_info_gives_topics_types_counts_duration_and_storage(simulated_bags,
     assert f'storage:   {storage}' in text and '/sensors/imu' in text
 
 
+def test_bag_info_of_a_compressed_bag_reads_only_its_metadata(tmp_path, monkeypatch):
+    import tempfile
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin
+    bag = tmp_path / 'compressed'
+    writer = Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3)
+    writer.set_compression(CompressionMode.FILE, CompressionFormat.ZSTD)  # before opening
+    with writer:
+        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
+                                      typestore=TYPESTORE)
+        for _, msgtype, time_ns, msg in _speed_messages(100 * SECOND, 2.0):
+            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+    # Opening it with rosbags would decompress every file into the temporary directory.
+    scratch = tmp_path / 'tmp'
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+    info = bag_info(bag)
+    assert list(scratch.iterdir()) == []
+    assert (info.storage, info.compression, info.message_count) == ('sqlite3', 'zstd (file)', 100)
+    assert info.start_ns == 100 * SECOND and info.end_ns == 100 * SECOND + 99 * 20_000_000
+    assert 'compress:  zstd (file)' in format_bag_info(info)
+    assert extract_bag(bag, SPEED_CONFIG, require_labels=False).readings == {'speed': 100}
+
+
+def test_bag_info_of_damaged_metadata_is_a_bag_error(simulated_bags, tmp_path):
+    bag = shutil.copytree(simulated_bags['sqlite3'], tmp_path / 'bag')
+    (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: {version: 9}\n')
+    with pytest.raises(BagError, match="invalid metadata.yaml .*KeyError"):
+        bag_info(bag)
+    (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: [\n')
+    with pytest.raises(BagError, match='cannot read metadata.yaml'):
+        bag_info(bag)
+    shutil.copy(simulated_bags['sqlite3'] / 'metadata.yaml', bag / 'metadata.yaml')
+    (storage_file,) = bag.glob('*.db3')
+    storage_file.unlink()
+    with pytest.raises(BagError, match=f'storage file.s. missing: {storage_file.name}'):
+        bag_info(bag)
+
+
 # -- extraction -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
@@ -255,7 +293,8 @@ def test_garbage_storage_file_is_reported_not_raised_raw(simulated_bags, tmp_pat
     (storage_file,) = broken.glob('*.db3')
     storage_file.write_bytes(b'not a database at all' * 100)
     with pytest.raises(BagError, match='garbage: cannot open bag'):
-        bag_info(broken)
+        extract_bag(broken)
+    assert bag_info(broken).message_count > 0  # info reads the metadata alone
 
 
 def test_not_a_directory_and_no_such_bag_are_named(tmp_path):

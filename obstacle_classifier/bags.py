@@ -9,7 +9,8 @@ bytes, :meth:`FeaturePipeline.add`, :func:`features.replay`): readings in bag (r
 stamped like the node stamps them (header stamp for ``stamp_source: header``, bag time
 otherwise), ticks on the absolute ``rate_hz`` grid of bag time. Labels come from the
 ``obstacle_labels`` topic (std_msgs/String, comma-separated class names, as the simulator node
-publishes them): a tick takes the newest label received at or before it, if that label is at
+publishes them; or std_msgs/UInt8MultiArray, 0/1 per class, as the node's
+``train.labels_format: multi_hot`` takes them): a tick takes the newest label received at or before it, if that label is at
 most ``label_max_age_s`` old.
 """
 from __future__ import annotations
@@ -40,6 +41,9 @@ PathLike = Union[str, os.PathLike]
 
 LABELS_TOPIC = 'obstacle_labels'
 LABELS_MSG_TYPE = 'std_msgs/msg/String'
+#: The label message types extraction reads, as the node's ``train.labels_format`` takes them:
+#: comma-separated class names, or 0/1 per class in class order.
+LABEL_MSG_TYPES = (LABELS_MSG_TYPE, 'std_msgs/msg/UInt8MultiArray')
 #: ``--storage`` choices: rosbags' sqlite3 (``.db3``) and MCAP storage plugins.
 BAG_STORAGES = ('sqlite3', 'mcap')
 #: Bag time of simulated time zero in ``write_simulated_bag`` (a plausible wall-clock epoch;
@@ -327,8 +331,8 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
     try:
         specs_by_topic = {_topic_key(spec.topic): spec for spec in config.inputs}
         label_key = _topic_key(labels_topic)
-        selection = _select_connections(bag, reader.connections, specs_by_topic, label_key,
-                                        typestore)
+        selection = _select_connections(bag, reader.connections, specs_by_topic,
+                                        None if ignore_labels else label_key, typestore)
         label_connections = selection.labels
         if ignore_labels or not sum(c.msgcount for c in label_connections):
             label_connections = []  # not read (or a topic without a single message)
@@ -341,8 +345,8 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
                            f'{all_topics})')
         if require_labels and not label_connections:
             what = (f'label topic {label_key} has no messages' if selection.labels else
-                    f'no label topic {label_key} ({LABELS_MSG_TYPE}, comma-separated class '
-                    f'names) in the bag')
+                    f'no label topic {label_key} ({LABELS_MSG_TYPE}: comma-separated class '
+                    f'names, or {LABEL_MSG_TYPES[1]}: 0/1 in class order) in the bag')
             raise BagError(f'{bag}: {what}: it cannot be used for training or evaluation '
                            f'(topics: {all_topics})')
         missing = tuple(spec.name for spec in config.inputs if spec.name not in present_inputs)
@@ -385,7 +389,8 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
                 if connection.topic == label_key:
                     msg = decode(raw, connection, timestamp)
                     label_times.append(timestamp)
-                    label_rows.append(_label_row(bag, msg.data, class_index, timestamp))
+                    label_rows.append(_label_row(bag, msg.data, class_index, timestamp,
+                                                 connection.msgtype))
                     continue
                 spec = specs_by_topic[connection.topic]
                 readings_count[spec.name] += 1
@@ -475,9 +480,10 @@ class _ConnectionSelection:
         self.skipped_messages[key] = self.skipped_messages.get(key, 0) + connection.msgcount
 
 
-def _select_connections(bag: Path, connections, specs_by_topic: dict, label_key: str,
+def _select_connections(bag: Path, connections, specs_by_topic: dict, label_key: Optional[str],
                         typestore) -> _ConnectionSelection:
-    """Sort a bag's connections into input, label, skipped (counted) and unrelated ones."""
+    """Sort a bag's connections into input, label (none when ``label_key`` is None),
+    skipped (counted) and unrelated ones."""
     selection = _ConnectionSelection()
     for connection in connections:
         spec = specs_by_topic.get(connection.topic)
@@ -486,9 +492,10 @@ def _select_connections(bag: Path, connections, specs_by_topic: dict, label_key:
         elif connection.topic != label_key and spec is None:
             continue  # a topic this extraction does not read
         elif connection.topic == label_key:
-            if connection.msgtype != LABELS_MSG_TYPE:
+            if connection.msgtype not in LABEL_MSG_TYPES:
                 raise BagError(f'{bag}: label topic {connection.topic} has type '
-                               f'{connection.msgtype}, expected {LABELS_MSG_TYPE}')
+                               f'{connection.msgtype}, expected one of '
+                               f'{", ".join(LABEL_MSG_TYPES)}')
             selection.labels.append(connection)
         elif connection.msgtype != spec.msg_type:
             selection.skip(connection, f'input {spec.name!r} expects {spec.msg_type}')
@@ -499,10 +506,20 @@ def _select_connections(bag: Path, connections, specs_by_topic: dict, label_key:
     return selection
 
 
-def _label_row(bag: Path, text: str, class_index: dict[str, int], timestamp: int) -> np.ndarray:
+def _label_row(bag: Path, data: Any, class_index: dict[str, int], timestamp: int,
+               msg_type: str) -> np.ndarray:
+    """One label message's ``data`` (names text, or 0/1 per class) -> uint8 (c,)."""
+    from obstacle_classifier.online_training import parse_multi_hot
     from obstacle_classifier.ros_io import decode_labels
+    if msg_type != LABELS_MSG_TYPE:
+        row, problem = parse_multi_hot(data, len(class_index))
+        if problem:
+            raise BagError(f'{bag}: multi-hot label at {timestamp} ns is {problem} (expected '
+                           f'{len(class_index)} values of 0 or 1, in the order '
+                           f'{", ".join(class_index)})')
+        return row
     row = np.zeros(len(class_index), dtype=np.uint8)
-    for name in decode_labels(text):
+    for name in decode_labels(data):
         index = class_index.get(name)
         if index is None:
             raise BagError(f'{bag}: label {name!r} at {timestamp} ns is not a known class '

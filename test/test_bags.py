@@ -366,6 +366,36 @@ def test_label_naming_an_unknown_class_is_refused(tmp_path):
         extract_bag(bag, SPEED_CONFIG)
 
 
+def test_multi_hot_labels_are_read_as_the_node_takes_them(tmp_path):
+    # A robot whose trainer runs with train.labels_format: multi_hot records UInt8MultiArray.
+    start = 100 * SECOND
+    multi_hot = TYPESTORE.types['std_msgs/msg/UInt8MultiArray']
+    layout = TYPESTORE.types['std_msgs/msg/MultiArrayLayout'](dim=[], data_offset=0)
+
+    def label(*names):
+        row = np.array([name in names for name in CLASS_NAMES], dtype=np.uint8)
+        return ('/obstacle_labels', 'std_msgs/msg/UInt8MultiArray', start + SECOND,
+                multi_hot(layout=layout, data=row))
+
+    as_names = _speed_messages(start, 2.0) + [
+        ('/obstacle_labels', 'std_msgs/msg/String', start + SECOND, _label('dog,curb'))]
+    expected = extract_bag(_write_bag(tmp_path / 'names', sorted(as_names, key=lambda m: m[2])),
+                           SPEED_CONFIG)
+    bag = _write_bag(tmp_path / 'multi_hot', sorted(_speed_messages(start, 2.0) +
+                                                    [label('dog', 'curb')], key=lambda m: m[2]))
+    extracted = extract_bag(bag, SPEED_CONFIG)
+    assert np.array_equal(extracted.dataset.Y, expected.dataset.Y)
+    assert np.array_equal(extracted.dataset.X, expected.dataset.X)
+    assert extracted.dataset.Y.sum() == 2 * extracted.dataset.n > 0
+    # Predictions do not read labels: a label topic of any type is left alone.
+    assert extract_bag(bag, SPEED_CONFIG, require_labels=False, ignore_labels=True).dataset.c == 0
+    wide = _write_bag(tmp_path / 'wide', sorted(_speed_messages(start, 2.0) + [
+        (*label()[:3], multi_hot(layout=layout, data=np.ones(3, np.uint8)))],
+        key=lambda m: m[2]))
+    with pytest.raises(BagError, match='multi-hot label at .* is wrong_width .*expected 8'):
+        extract_bag(wide, SPEED_CONFIG)
+
+
 def test_no_usable_ticks_names_the_inputs_the_bag_lacks(tmp_path):
     config = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [
         SPEED_INPUT, {**SPEED_INPUT, 'name': 'noise', 'topic': 'sensors/noise'}]})

@@ -10,8 +10,10 @@ stamped like the node stamps them (header stamp for ``stamp_source: header``, ba
 otherwise), ticks on the absolute ``rate_hz`` grid of bag time. Labels come from the
 ``obstacle_labels`` topic (std_msgs/String, comma-separated class names, as the simulator node
 publishes them; or std_msgs/UInt8MultiArray, 0/1 per class, as the node's
-``train.labels_format: multi_hot`` takes them): a tick takes the newest label received at or before it, if that label is at
-most ``label_max_age_s`` old.
+``train.labels_format: multi_hot`` takes them): a tick takes the newest label received at or
+before it, if that label is at most ``label_max_age_s`` old. An input recorded with another
+definition of its message type than the installed one is skipped and counted, unless the
+members the node reads are where the installed definition has them.
 """
 from __future__ import annotations
 
@@ -499,11 +501,94 @@ def _select_connections(bag: Path, connections, specs_by_topic: dict, label_key:
             selection.labels.append(connection)
         elif connection.msgtype != spec.msg_type:
             selection.skip(connection, f'input {spec.name!r} expects {spec.msg_type}')
+        elif (problem := _definition_problem(connection, spec, typestore)) is not None:
+            selection.skip(connection, problem)  # read as the installed type: garbage
         else:
             selection.inputs.append(connection)
             if connection.msgcount:  # a topic without messages is as good as absent
                 selection.present_inputs.add(spec.name)
     return selection
+
+
+#: rosbags base type -> the member kind of cdr.LAYOUTS (struct format character or 'string')
+_BASE_KINDS = {'bool': '?', 'byte': 'B', 'char': 'B', 'int8': 'b', 'uint8': 'B', 'int16': 'h',
+               'uint16': 'H', 'int32': 'i', 'uint32': 'I', 'int64': 'q', 'uint64': 'Q',
+               'float32': 'f', 'float64': 'd', 'string': 'string', 'wstring': 'wstring'}
+
+
+def wire_layout(typestore: Any, msg_type: str, prefix: str = '') -> list[tuple[str, str]]:
+    """A message type's members in wire order as :data:`cdr.LAYOUTS` spells them, from a
+    rosbags typestore: (path, kind), nested messages flattened, fixed arrays one member per
+    element; a sequence is one member ('float32[]', 'dimensions' or '<element>[]')."""
+    from rosbags.typesys.base import Nodetype
+    members: list[tuple[str, str]] = []
+    for name, (node_type, detail) in typestore.fielddefs[msg_type][1]:
+        path = f'{prefix}{name}'
+        if node_type == Nodetype.BASE:
+            members.append((path, _BASE_KINDS.get(detail[0], detail[0])))
+        elif node_type == Nodetype.NAME:
+            members.extend(wire_layout(typestore, detail, f'{path}.'))
+        elif node_type == Nodetype.ARRAY:
+            (element_type, element), length = detail
+            kind = (_BASE_KINDS.get(element[0], element[0]) if element_type == Nodetype.BASE
+                    else str(element))
+            members.extend((f'{path}[{index}]', kind) for index in range(length))
+        else:  # a sequence
+            (element_type, element), _ = detail
+            kind = f'{element[0] if element_type == Nodetype.BASE else element}[]'
+            members.append((path, {'float32[]': 'float32[]',
+                                   'std_msgs/msg/MultiArrayDimension[]': 'dimensions'}.get(
+                                       kind, kind)))
+    return members
+
+
+def _recorded_types(connection: Any) -> Any:
+    """A typestore of the definitions the bag recorded for ``connection`` (None if none)."""
+    from rosbags.interfaces import MessageDefinitionFormat
+    from rosbags.typesys import Stores, get_typestore, get_types_from_idl, get_types_from_msg
+    definition = connection.msgdef
+    if definition.format == MessageDefinitionFormat.MSG:
+        types = get_types_from_msg(definition.data, connection.msgtype)
+    elif definition.format == MessageDefinitionFormat.IDL:
+        separator = '=' * 80 + '\n'
+        types = {}
+        for idl in definition.data.split(separator):  # one section per type, 'IDL: ' headed
+            if idl.startswith('IDL: '):
+                idl = idl.split('\n', 1)[1]
+            if idl.strip():
+                types.update(get_types_from_idl(idl))
+    else:
+        return None
+    typestore = get_typestore(Stores.EMPTY)
+    typestore.register(types)
+    return typestore
+
+
+def _definition_problem(connection: Any, spec: InputSpec, typestore: Any) -> Optional[str]:
+    """Why the node's reader cannot read ``connection``'s messages as ``spec.msg_type``, or
+    None: the bag's type hash is the installed one, or its recorded definition agrees with
+    :data:`cdr.LAYOUTS` up to the last member read (an older Range without ``variance`` is
+    read correctly when only ``range`` is)."""
+    from obstacle_classifier.cdr import LAYOUTS, members_read
+    if not connection.digest or connection.digest == typestore.hash_rihs01(spec.msg_type):
+        return None  # the installed definition, or a bag that records no hash (Humble)
+    try:
+        recorded = _recorded_types(connection)
+        layout = wire_layout(recorded, spec.msg_type) if recorded is not None else None
+    except Exception as exc:  # rosbags' parsers raise their own errors for bad text
+        return f'its recorded definition cannot be parsed ({type(exc).__name__}: {exc})'
+    if layout is None:
+        return 'its type hash differs from the installed definition and it records no other'
+    expected = LAYOUTS[spec.msg_type]
+    last = max(expected.index(member) for member in expected
+               if member[0] in members_read(spec))
+    if layout[:last + 1] != list(expected[:last + 1]):
+        differing = next(k for k, member in enumerate(expected[:last + 1])
+                         if k >= len(layout) or layout[k] != member)
+        found = layout[differing] if differing < len(layout) else 'nothing'
+        return (f'its recorded definition differs from the installed one: member '
+                f'{differing} is {found}, expected {expected[differing]}')
+    return None
 
 
 def _label_row(bag: Path, data: Any, class_index: dict[str, int], timestamp: int,

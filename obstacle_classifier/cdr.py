@@ -28,7 +28,7 @@ import numpy as np
 from obstacle_classifier.features import InputSpec, prepare_values
 
 __all__ = ['LAYOUTS', 'CdrError', 'UnsupportedEncapsulation', 'cdr_reader',
-           'encapsulation_byte_order']
+           'encapsulation_byte_order', 'members_read']
 
 Buffer = Union[bytes, bytearray, memoryview]
 #: (header stamp in ns, or None without a header or for a zero stamp; values float64 (k,))
@@ -224,6 +224,22 @@ def _little_endian_reader(steps: tuple[tuple[str, object], ...]
     return header_and_fixed
 
 
+def members_read(spec: InputSpec) -> tuple[str, ...]:
+    """The members of ``spec.msg_type`` that :func:`cdr_reader` reads for ``spec``, in wire
+    order (paths as in :data:`LAYOUTS`): the fields, the header stamp, a scan's geometry."""
+    if spec.msg_type not in LAYOUTS:
+        raise ValueError(f'no CDR layout for {spec.msg_type!r}')
+    paths = [path for path, _ in LAYOUTS[spec.msg_type]]
+    unknown = [field for field in spec.fields if field not in paths]
+    if unknown:
+        raise ValueError(f'{spec.msg_type} has no member {unknown[0]!r}')
+    geometry = ('angle_min', 'angle_increment') if spec.sectors is not None else ()
+    wanted = set(spec.fields) | set(geometry) | (
+        {'header.stamp.sec', 'header.stamp.nanosec'} if paths[0] == 'header.stamp.sec'
+        else set())
+    return tuple(path for path in paths if path in wanted)
+
+
 def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     """``data -> (stamp_ns, values)`` for serialized messages of ``spec.msg_type``.
 
@@ -233,18 +249,10 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     :class:`UnsupportedEncapsulation` for encodings other than plain CDR (deserialise those) and
     :class:`CdrError` for bytes that end too early.
     """
-    if spec.msg_type not in LAYOUTS:
-        raise ValueError(f'no CDR layout for {spec.msg_type!r}')
-    paths = [path for path, _ in LAYOUTS[spec.msg_type]]
-    unknown = [field for field in spec.fields if field not in paths]
-    if unknown:
-        raise ValueError(f'{spec.msg_type} has no member {unknown[0]!r}')
-    has_header = paths[0] == 'header.stamp.sec'
+    in_wire_order = members_read(spec)
+    has_header = in_wire_order[0] == 'header.stamp.sec'
     geometry = ('angle_min', 'angle_increment') if spec.sectors is not None else ()
-    wanted = set(spec.fields) | set(geometry) | (
-        {'header.stamp.sec', 'header.stamp.nanosec'} if has_header else set())
-    in_wire_order = [path for path in paths if path in wanted]
-    steps = _program(spec.msg_type, tuple(in_wire_order))
+    steps = _program(spec.msg_type, in_wire_order)
     # where each needed member lands in the values read (wire order)
     field_index = [in_wire_order.index(field) for field in spec.fields]
     geometry_index = [in_wire_order.index(name) for name in geometry]

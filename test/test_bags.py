@@ -396,6 +396,67 @@ def test_multi_hot_labels_are_read_as_the_node_takes_them(tmp_path):
         extract_bag(wide, SPEED_CONFIG)
 
 
+RANGE_INPUT = {**SPEED_INPUT, 'name': 'range', 'topic': 'sensors/range/front',
+               'msg_type': 'sensor_msgs/msg/Range', 'fields': ['range'],
+               'valid_range': [0.0, 4.0], 'policy': 'fill', 'fill_value': 4.0}
+_RANGE_HEAD = 'std_msgs/Header header\nuint8 radiation_type\n'
+
+
+def _ranges_with_definition(path: Path, definition: str) -> Path:
+    """Speed, and Range messages serialised with another definition of sensor_msgs/msg/Range,
+    recorded in the bag with that definition and its type hash (as ros2 bag record does)."""
+    from rosbags.typesys import get_types_from_msg
+    store = get_typestore(Stores.EMPTY)
+    store.register({name: TYPESTORE.fielddefs[name]
+                    for name in ('std_msgs/msg/Header', 'builtin_interfaces/msg/Time')})
+    store.register(get_types_from_msg(definition, 'sensor_msgs/msg/Range'))
+    range_type = store.types['sensor_msgs/msg/Range']
+    msgdef, _ = store.generate_msgdef('sensor_msgs/msg/Range', ros_version=2)
+    with Writer(path, version=9) as writer:
+        ranges = writer.add_connection('/sensors/range/front', 'sensor_msgs/msg/Range',
+                                       msgdef=msgdef,
+                                       rihs01=store.hash_rihs01('sensor_msgs/msg/Range'))
+        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
+                                      typestore=TYPESTORE)
+        for _, msgtype, time_ns, msg in _speed_messages(100 * SECOND, 2.0):
+            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+            stamp = TYPESTORE.types['builtin_interfaces/msg/Time'](
+                sec=time_ns // SECOND, nanosec=time_ns % SECOND)
+            header = TYPESTORE.types['std_msgs/msg/Header'](stamp=stamp, frame_id='sonar')
+            fields = {name: 0.5 if name == 'range' else 0
+                      for name in range_type.__dataclass_fields__ if name != 'header'}
+            writer.write(ranges, time_ns, store.serialize_cdr(
+                range_type(header=header, **fields), 'sensor_msgs/msg/Range'))
+    return path
+
+
+def test_the_cdr_layouts_are_the_installed_definitions():
+    # What the recorded definitions are compared with (and what the node's reader assumes).
+    from obstacle_classifier.bags import wire_layout
+    from obstacle_classifier.cdr import LAYOUTS
+    for msg_type, layout in LAYOUTS.items():
+        assert wire_layout(TYPESTORE, msg_type) == list(layout), msg_type
+
+
+def test_an_input_recorded_with_another_definition_of_its_type_is_skipped_and_named(tmp_path):
+    config = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [SPEED_INPUT, RANGE_INPUT]})
+    # A vendor's float64 Range: read with the installed layout its range would be garbage.
+    vendor = _ranges_with_definition(tmp_path / 'vendor', _RANGE_HEAD + ''.join(
+        f'float64 {name}\n' for name in ('field_of_view', 'min_range', 'max_range', 'range')))
+    extraction = extract_bag(vendor, config, require_labels=False)
+    assert extraction.skipped_messages == {
+        '/sensors/range/front (sensor_msgs/msg/Range): its recorded definition differs from '
+        "the installed one: member 4 is ('field_of_view', 'd'), expected "
+        "('field_of_view', 'f')": 100}
+    assert extraction.missing_inputs == ('range',) and extraction.readings['range'] == 0
+    # An older Range without the variance member: the members read are where they were.
+    older = _ranges_with_definition(tmp_path / 'older', _RANGE_HEAD + ''.join(
+        f'float32 {name}\n' for name in ('field_of_view', 'min_range', 'max_range', 'range')))
+    extraction = extract_bag(older, config, require_labels=False)
+    assert extraction.skipped_messages == {} and extraction.readings['range'] == 100
+    assert set(extraction.dataset.X[:, config.feature_names.index('range.last')]) == {0.5}
+
+
 def test_no_usable_ticks_names_the_inputs_the_bag_lacks(tmp_path):
     config = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [
         SPEED_INPUT, {**SPEED_INPUT, 'name': 'noise', 'topic': 'sensors/noise'}]})

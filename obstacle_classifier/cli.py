@@ -288,6 +288,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data, validation = data.subset(train_idx), data.subset(val_idx)
     result = train_model(data, config, validation=validation, progress=not args.quiet)
     model = result.model
+    ignored = model.metadata['constant_features']
+    if ignored:
+        print(f'obstacle-classifier train: warning: features constant in the training data '
+              f'are ignored (zero weights in the model): {", ".join(ignored)}', file=sys.stderr)
     model.metadata['training_data'] = str(args.data)
     if args.tune_thresholds:
         if validation is None:

@@ -10,7 +10,8 @@ Two ways to take its gradient:
   an output saturates (p (1 - p) << 1e-8) it damps the gradient to almost nothing.
 
 ``BRIEF_REGIME`` (sgd, lr 0.1, 10 epochs, batch 100, data order, no validation split, no input
-normalisation, ``loss='brief'``) reproduces the brief's ``MLP.sgd`` bit for bit.
+normalisation, ``loss='brief'``) reproduces the brief's ``MLP.sgd`` bit for bit on data without
+constant features (those are ignored: see :func:`ignore_features`).
 
 :class:`Trainer` owns one model's optimisation state and performs guarded steps (a non-finite
 loss or gradient discards the update and keeps the weights); offline training here and online
@@ -27,7 +28,7 @@ import numpy as np
 from .datasets import Dataset
 from .metrics import multilabel_report
 from .model import ARCHITECTURES, ObstacleModel
-from .nn import ACTIVATIONS, BCEWithLogitsLoss, get_grad_log_loss, log_loss
+from .nn import ACTIVATIONS, BCEWithLogitsLoss, Network, get_grad_log_loss, log_loss
 from .nn.optim import OPTIMIZERS, make_optimizer
 
 # A feature whose training std is below this is treated as constant (std 1): dividing by a
@@ -114,11 +115,36 @@ class TrainResult:
 
 
 def fit_normalisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (d,) of training features (n, d), in float64."""
+    """Per-feature mean and std (d,) of training features (n, d), in float64; std 1 for a
+    feature that is constant (:func:`constant_features`)."""
     mean = X.mean(axis=0, dtype=np.float64)
     std = X.std(axis=0, dtype=np.float64)
-    std[std < MIN_STD] = 1.0
+    std[_constant(std)] = 1.0
     return mean, std
+
+
+def constant_features(X: np.ndarray) -> np.ndarray:
+    """(d,) bool: which features of training data X (n, d) are constant (std below
+    :data:`MIN_STD`). The data say nothing about how such a feature bears on the classes."""
+    return _constant(X.std(axis=0, dtype=np.float64))
+
+
+def _constant(std: np.ndarray) -> np.ndarray:
+    return std < MIN_STD
+
+
+def ignore_features(network: Network, features: np.ndarray) -> None:
+    """Zero the first-layer weight rows of ``features`` ((d,) bool) so the network's output
+    does not depend on them at all.
+
+    Used for features constant in the training data: their normalised input is 0, so their
+    gradient is 0 and their rows would otherwise keep the random initial weights, and any
+    change of such a feature at run time would swing the predictions at random. A row stays
+    exactly 0 while training as long as its input column is exactly 0 (every optimiser, with
+    weight decay, maps a zero gradient on a zero weight to a zero update).
+    """
+    first = network.linears[0]
+    first.W[np.asarray(features, dtype=bool), :] = 0
 
 
 def balanced_pos_weight(Y: np.ndarray, max_weight: float) -> np.ndarray:
@@ -236,8 +262,10 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
 
     Validation data is ``validation`` if given, else a ``config.val_fraction`` split of
     ``data``. With validation and ``patience > 0`` training stops after ``patience`` epochs
-    without a lower validation loss and the best epoch's weights are restored. Deterministic:
-    the same data and config give bitwise the same model.
+    without a lower validation loss and the best epoch's weights are restored. Features
+    constant in the training data are ignored (:func:`ignore_features`; their names are in
+    ``metadata['constant_features']``). Deterministic: the same data and config give bitwise
+    the same model.
     """
     config.validate()
     if validation is None and config.val_fraction > 0:
@@ -253,13 +281,20 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
     X_raw = train.X.astype(np.float64, copy=False)
     mean, std = (fit_normalisation(X_raw) if config.normalise
                  else (np.zeros(train.d), np.ones(train.d)))
+    constant = constant_features(X_raw)
     model = ObstacleModel.create(train.feature_names, train.class_names, hidden=config.hidden,
                                  dtype=config.dtype, activation=config.activation,
                                  architecture=config.architecture, rng=config.seed,
                                  input_mean=mean, input_std=std,
                                  metadata={'train_config': asdict(config)})
+    ignore_features(model.network, constant)
+    model.metadata['constant_features'] = [name for name, flag
+                                           in zip(train.feature_names, constant) if flag]
     dtype = model.network.dtype
     X = model.normalise(X_raw)
+    # Exactly 0, not the rounding residue of x - mean (which Adam would scale up to full
+    # steps): the zeroed rows then get a zero gradient and stay zero.
+    X[:, constant] = 0
     Y = train.Y.astype(dtype)
     X_val = model.normalise(validation.X) if validation is not None else None
     Y_val = validation.Y.astype(dtype) if validation is not None else None

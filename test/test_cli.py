@@ -66,6 +66,23 @@ def test_train_evaluate_tune_predict(files, capsys):
         assert np.array_equal(saved['probabilities'], expected)
 
 
+def test_train_warns_about_features_constant_in_the_training_data(tmp_path, capsys):
+    data = load_dataset(_write_data(tmp_path / 'train.npz', n=300))
+    X = data.X.copy()
+    X[:, 2] = 0.0
+    path = tmp_path / 'constant.npz'
+    save_dataset(path, Dataset(X=X, Y=data.Y, feature_names=FEATURES, class_names=CLASSES))
+    code, _, err = _run(capsys, 'train', path, '--output', tmp_path / 'm.npz', '--epochs', 1,
+                        '--quiet')
+    assert code == 0
+    assert 'warning: features constant in the training data' in err and 'sensor2.mean' in err
+    assert ObstacleModel.load(tmp_path / 'm.npz').metadata['constant_features'] == [
+        'sensor2.mean']
+    code, _, err = _run(capsys, 'train', tmp_path / 'train.npz', '--output', tmp_path / 'm.npz',
+                        '--epochs', 1, '--quiet')
+    assert code == 0 and 'warning' not in err
+
+
 def test_mlp_scores_clearly_above_the_linear_baseline(files, capsys):
     scores = {}
     for architecture in ('mlp', 'linear'):

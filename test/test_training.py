@@ -98,6 +98,30 @@ def test_constant_feature_gets_unit_std():
     assert std[0] == 1.0 and mean[0] == 4.0 and std[1] > 0
 
 
+@pytest.mark.parametrize('optimizer,weight_decay', [('sgd', 0.0), ('momentum', 1e-2),
+                                                    ('adam', 0.0), ('adam', 1e-2)])
+@pytest.mark.parametrize('normalise', [True, False])
+def test_features_constant_in_training_are_ignored(optimizer, weight_decay, normalise):
+    # A flag never set in the training data (0) and a constant reading (0.1, whose mean is
+    # not exactly 0.1 in floating point): the data say nothing about them, so the model must
+    # not react to them at run time.
+    base = _dataset(600)
+    X = np.column_stack([base.X[:, :3], np.zeros(600), base.X[:, 3:], np.full(600, 0.1)])
+    names = FEATURES[:3] + ('lidar.stale',) + FEATURES[3:] + ('imu.rate',)
+    data = Dataset(X=X, Y=base.Y, feature_names=names, class_names=CLASS_NAMES)
+    config = TrainConfig(optimizer=optimizer, weight_decay=weight_decay, normalise=normalise,
+                         epochs=3, val_fraction=0)
+    model = train_model(data, config).model
+    first_W = model.network.linears[0].W
+    assert not first_W[3].any() and not first_W[-1].any()
+    assert np.abs(first_W[[0, 1, 2, 4]]).min(axis=1).all()  # the others are learnt
+    assert model.metadata['constant_features'] == ['lidar.stale', 'imu.rate']
+    changed = X[:50].copy()
+    changed[:, 3], changed[:, -1] = 1.0, 7.5
+    assert np.array_equal(model.predict_proba(changed), model.predict_proba(X[:50]))
+    assert train_model(base, TrainConfig(epochs=1)).model.metadata['constant_features'] == []
+
+
 def test_early_stopping_restores_the_best_epoch():
     data = _dataset(400)
     # a learning rate this high overfits / oscillates quickly on 320 examples

@@ -31,9 +31,9 @@ from .model import ARCHITECTURES, ObstacleModel
 from .nn import ACTIVATIONS, BCEWithLogitsLoss, Network, get_grad_log_loss, log_loss
 from .nn.optim import OPTIMIZERS, make_optimizer
 
-# A feature whose training std is below this is treated as constant (std 1): dividing by a
-# tiny std would turn sensor noise on an unused input into huge activations.
-MIN_STD = 1e-6
+# A feature whose training std is at most this fraction of its largest magnitude is constant
+# (see constant_features).
+CONSTANT_RELATIVE_STD = 1e-9
 LOSSES = ('logits', 'brief')
 SPLIT_BLOCK = 200  # rows per block of the validation split (10 s of ticks at 20 Hz)...
 MIN_SPLIT_BLOCKS = 10  # ...but at least this many blocks, so small data sets split as asked
@@ -119,18 +119,30 @@ def fit_normalisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     feature that is constant (:func:`constant_features`)."""
     mean = X.mean(axis=0, dtype=np.float64)
     std = X.std(axis=0, dtype=np.float64)
-    std[_constant(std)] = 1.0
+    std[_constant(X, std)] = 1.0
     return mean, std
 
 
 def constant_features(X: np.ndarray) -> np.ndarray:
-    """(d,) bool: which features of training data X (n, d) are constant (std below
-    :data:`MIN_STD`). The data say nothing about how such a feature bears on the classes."""
-    return _constant(X.std(axis=0, dtype=np.float64))
+    """(d,) bool: which features of training data X (n, d) are constant. The data say nothing
+    about how such a feature bears on the classes.
+
+    Constant means ``std <= CONSTANT_RELATIVE_STD * max|x|`` (1e-9) over the column: the test
+    is relative, so a feature in small units (std 5e-7) is a feature, while an exactly
+    constant column (std 0, or the ~1e-16 relative rounding of its float mean) and float64
+    rounding noise around a large value are constant. The bound is where normalising stops
+    making sense: at run time ``x - mean`` carries a rounding error of ~1e-16 ``|x|``, which
+    dividing by a std of 1e-9 ``|x|`` already makes 1e-7, float32 resolution.
+    """
+    return _constant(X, X.std(axis=0, dtype=np.float64))
 
 
-def _constant(std: np.ndarray) -> np.ndarray:
-    return std < MIN_STD
+def _constant(X: np.ndarray, std: np.ndarray) -> np.ndarray:
+    if len(X) == 0:
+        return np.ones(X.shape[1], dtype=bool)
+    # max |x| per column without an (n, d) temporary
+    magnitude = np.maximum(X.max(axis=0), -X.min(axis=0)).astype(np.float64)
+    return std <= CONSTANT_RELATIVE_STD * magnitude
 
 
 def ignore_features(network: Network, features: np.ndarray) -> None:

@@ -7,8 +7,9 @@ import pytest
 from obstacle_classifier.datasets import Dataset
 from obstacle_classifier.nn import MLP
 from obstacle_classifier.training import (BRIEF_REGIME, TrainConfig, Trainer,
-                                          balanced_pos_weight, fit_normalisation, plot_history,
-                                          split_indices, train_model)
+                                          balanced_pos_weight, constant_features,
+                                          fit_normalisation, plot_history, split_indices,
+                                          train_model)
 
 FEATURES = tuple(f'f{i}' for i in range(16))
 CLASS_NAMES = ('pedestrian', 'bicycle', 'trash_can', 'pole', 'dog', 'scooter', 'barrier',
@@ -120,6 +121,34 @@ def test_features_constant_in_training_are_ignored(optimizer, weight_decay, norm
     changed[:, 3], changed[:, -1] = 1.0, 7.5
     assert np.array_equal(model.predict_proba(changed), model.predict_proba(X[:50]))
     assert train_model(base, TrainConfig(epochs=1)).model.metadata['constant_features'] == []
+
+
+def test_constant_means_relative_to_the_features_magnitude():
+    rng = np.random.default_rng(0)
+    n = 2000
+    large = np.full(n, 1.0e6)
+    X = np.column_stack([
+        np.zeros(n), np.full(n, 0.1),                         # exactly constant
+        large + rng.integers(-3, 4, n) * np.spacing(large),   # rounding noise around 1e6
+        rng.standard_normal(n) * 5e-7,                        # a feature in small units
+        rng.standard_normal(n) * 1e-12 + 3e-12,               # ... in very small units
+        large + rng.standard_normal(n) * 1e-2,                # a small change of a large value
+    ])
+    assert constant_features(X).tolist() == [True, True, True, False, False, False]
+    _, std = fit_normalisation(X)
+    assert np.array_equal(std[:3], [1.0, 1.0, 1.0])
+    assert np.allclose(std[3:], X[:, 3:].std(axis=0))
+    assert not constant_features(X[:, 3:].astype(np.float32)).any()
+
+
+def test_a_feature_in_small_units_is_learnt():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 3))
+    Y = (X[:, :1] > 0).astype(np.uint8)
+    data = Dataset(X=X * 5e-7, Y=Y, feature_names=('f0', 'f1', 'f2'), class_names=('c',))
+    result = train_model(data, TrainConfig(epochs=10))
+    assert result.model.metadata['constant_features'] == []
+    assert result.history[-1].val_micro_f1 > 0.9
 
 
 def test_early_stopping_restores_the_best_epoch():

@@ -297,7 +297,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if validation is None:
             raise CliError('--tune-thresholds needs validation data (--validation or '
                            '--val-fraction > 0)')
-        thresholds, _ = best_f1_thresholds(validation.Y, model.predict_proba(validation.X))
+        thresholds, _ = best_f1_thresholds(validation.Y, model.predict_proba(validation.X),
+                                           default_threshold=model.thresholds)
         model.thresholds = np.clip(thresholds, 1e-6, 1 - 1e-6)
         model.metadata['thresholds_tuned_on'] = 'validation split'
     if validation is not None:
@@ -362,14 +363,19 @@ def _cmd_tune_thresholds(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     data = _load_data(args.data, args)
     before = _evaluation(model, data)
-    thresholds, best_f1 = best_f1_thresholds(data.Y, model.predict_proba(data.X))
+    # A class without positives in these data keeps the threshold the model has: the data
+    # say nothing about it (an earlier tuning may have).
+    thresholds, best_f1 = best_f1_thresholds(data.Y, model.predict_proba(data.X),
+                                             default_threshold=model.thresholds)
+    absent = np.count_nonzero(data.Y, axis=0) == 0
     # thresholds must lie strictly inside (0, 1) for the model file
     model.thresholds = np.clip(thresholds, 1e-6, 1 - 1e-6)
     model.metadata['thresholds_tuned_on'] = str(args.data)
     after = _evaluation(model, data)
     model.save(output)
-    for name, threshold, f1 in zip(model.class_names, model.thresholds, best_f1):
-        print(f'  {name:<12} threshold {threshold:.4f}  F1 {f1:.3f}')
+    for name, threshold, f1, kept in zip(model.class_names, model.thresholds, best_f1, absent):
+        outcome = 'kept (no positives in the data)' if kept else f'F1 {f1:.3f}'
+        print(f'  {name:<12} threshold {threshold:.4f}  {outcome}')
     print(f'micro F1 {before["micro"]["f1"]:.3f} -> {after["micro"]["f1"]:.3f}, '
           f'macro F1 {before["macro"]["f1"]:.3f} -> {after["macro"]["f1"]:.3f} on {args.data}')
     print(f'wrote {output} (version {model.version})')

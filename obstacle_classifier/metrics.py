@@ -152,7 +152,8 @@ def format_report(report: dict, digits: int = 3) -> str:
 
 
 def best_f1_thresholds(Y_true: ArrayLike, P: ArrayLike, candidates: ArrayLike | None = None, *,
-                       default_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                       default_threshold: float | ArrayLike = 0.5
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per class, the decision threshold that maximises F1 on (Y_true, P).
 
     Args:
@@ -160,7 +161,8 @@ def best_f1_thresholds(Y_true: ArrayLike, P: ArrayLike, candidates: ArrayLike | 
         P: (n, c) predicted probabilities (any real scores work; NaN is refused).
         candidates: optional 1-D thresholds shared by all classes. If None, every distinct score
             of the class is a candidate, which covers every achievable prediction set.
-        default_threshold: returned for a class with no positive sample in Y_true.
+        default_threshold: returned for a class with no positive sample in Y_true: one number,
+            or one per class (c,), e.g. the thresholds a model already has.
 
     Returns:
         ``(thresholds, best_f1)``, both float64 (c,). Predicting ``P[:, k] >= thresholds[k]``
@@ -186,13 +188,18 @@ def best_f1_thresholds(Y_true: ArrayLike, P: ArrayLike, candidates: ArrayLike | 
     n_samples, n_classes = truth.shape
     if n_samples == 0:
         raise ValueError('need at least one sample')
+    try:
+        defaults = np.broadcast_to(np.asarray(default_threshold, dtype=np.float64), n_classes)
+    except ValueError:
+        raise ValueError(f'default_threshold must be one number or one per class '
+                         f'({n_classes},), got shape {np.shape(default_threshold)}') from None
     n_positive = np.count_nonzero(truth, axis=0)  # (c,)
     if candidates is None:
         thresholds, best_f1 = _best_over_observed_scores(truth, scores, n_positive)
     else:
         thresholds, best_f1 = _best_over_candidates(truth, scores, n_positive, candidates)
     no_positives = n_positive == 0
-    thresholds[no_positives] = default_threshold
+    thresholds[no_positives] = defaults[no_positives]
     best_f1[no_positives] = 0.0
     return thresholds, best_f1
 

@@ -83,6 +83,28 @@ def test_train_warns_about_features_constant_in_the_training_data(tmp_path, caps
     assert code == 0 and 'warning' not in err
 
 
+def test_a_class_absent_from_the_tuning_data_keeps_its_threshold(files, capsys):
+    model_path, tuned = files['dir'] / 'model.npz', files['dir'] / 'tuned.npz'
+    _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 3, '--quiet')
+    model = ObstacleModel.load(model_path)
+    model.thresholds = np.array([0.3, 0.62, 0.45])  # as an earlier tuning left them
+    model.save(model_path)
+    data = load_dataset(files['test'])
+    no_dogs = files['dir'] / 'no_dogs.npz'
+    Y = data.Y.copy()
+    Y[:, 2] = 0
+    save_dataset(no_dogs, Dataset(X=data.X, Y=Y, feature_names=FEATURES, class_names=CLASSES))
+    code, out, _ = _run(capsys, 'tune-thresholds', model_path, no_dogs, '--output', tuned)
+    assert code == 0
+    assert ObstacleModel.load(tuned).thresholds[2] == 0.45
+    dog_line = next(line for line in out.splitlines() if line.strip().startswith('dog'))
+    assert 'kept' in dog_line and 'F1' not in dog_line
+    # train --tune-thresholds: a class absent from validation keeps the new model's 0.5
+    code, _, _ = _run(capsys, 'train', files['train'], '--output', tuned, '--epochs', 3,
+                      '--quiet', '--validation', no_dogs, '--tune-thresholds')
+    assert code == 0 and ObstacleModel.load(tuned).thresholds[2] == 0.5
+
+
 def test_mlp_scores_clearly_above_the_linear_baseline(files, capsys):
     scores = {}
     for architecture in ('mlp', 'linear'):

@@ -234,6 +234,16 @@ def test_best_f1_thresholds_float32_and_default_threshold():
     np.testing.assert_array_equal(threshold_predictions(p, thresholds)[:, 0], y[:, 0])
 
 
+def test_best_f1_thresholds_default_per_class():
+    # e.g. a model's current thresholds: a class absent from the data keeps its own
+    y = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]], dtype=np.uint8)
+    p = np.array([[0.7, 0.9, 0.1], [0.2, 0.8, 0.3], [0.6, 0.1, 0.2]])
+    thresholds, best_f1 = best_f1_thresholds(y, p, default_threshold=[0.5, 0.31, 0.77])
+    assert thresholds.tolist() == [0.6, 0.31, 0.77] and best_f1.tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r'one per class \(3,\), got shape \(2,\)'):
+        best_f1_thresholds(y, p, default_threshold=[0.5, 0.5])
+
+
 def test_best_f1_thresholds_scale():
     # Vectorised: 200,000 samples x 8 classes must be quick (a Python loop over samples is not).
     rng = np.random.default_rng(3)

@@ -65,6 +65,9 @@ EXAMPLES = {
 }
 
 
+PLOT_SUFFIXES = ('.png', '.svg', '.pdf')  # what matplotlib's Agg backend writes
+
+
 class CliError(Exception):
     """A user-facing error: printed as ``obstacle-classifier: error: <message>``, exit 2."""
 
@@ -278,11 +281,17 @@ def _train_config(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from .metrics import best_f1_thresholds
     from .training import plot_history, split_indices, train_model
+    # Every option is checked before the data are loaded and the model trained (minutes).
     output = _check_output_path(args.output, ('.npz',))
-    data = _load_data(args.data, args)
-    validation = _load_data(args.validation, args) if args.validation else None
     config = _train_config(args)
     config.validate()
+    if args.tune_thresholds and not args.validation and config.val_fraction == 0:
+        raise CliError('--tune-thresholds needs validation data (--validation or '
+                       '--val-fraction > 0; --brief-regime uses no validation split)')
+    if args.plot:
+        _check_output_path(args.plot, PLOT_SUFFIXES)
+    data = _load_data(args.data, args)
+    validation = _load_data(args.validation, args) if args.validation else None
     if validation is None and config.val_fraction > 0:
         train_idx, val_idx = split_indices(data.n, config.val_fraction, config.seed)
         data, validation = data.subset(train_idx), data.subset(val_idx)
@@ -294,9 +303,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f'are ignored (zero weights in the model): {", ".join(ignored)}', file=sys.stderr)
     model.metadata['training_data'] = str(args.data)
     if args.tune_thresholds:
-        if validation is None:
-            raise CliError('--tune-thresholds needs validation data (--validation or '
-                           '--val-fraction > 0)')
         thresholds, _ = best_f1_thresholds(validation.Y, model.predict_proba(validation.X),
                                            default_threshold=model.thresholds)
         model.thresholds = np.clip(thresholds, 1e-6, 1 - 1e-6)
@@ -493,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--tune-thresholds', action='store_true',
                        help='choose per-class thresholds for best F1 on the validation data')
     train.add_argument('--seed', type=int, default=0, help='initialisation / split / shuffle')
-    train.add_argument('--plot', help='write training curves to this PNG')
+    train.add_argument('--plot', help='write training curves to this image (.png, .svg or '
+                                      '.pdf)')
     train.add_argument('--quiet', action='store_true', help='no progress bar')
     _add_label_options(train)
     train.set_defaults(handler=_cmd_train)

@@ -161,6 +161,26 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(files, capsys, argv, 
     assert code == 2 and message in err and 'Traceback' not in err
 
 
+@pytest.mark.parametrize('options,message', [
+    (['--val-fraction', '0', '--tune-thresholds'], 'needs validation data'),
+    (['--brief-regime', '--tune-thresholds'], 'needs validation data'),
+    (['--plot', '{dir}/nodir/curves.png'], 'does not exist'),
+    (['--plot', '{dir}/curves.txt'], 'must end in .png or .svg or .pdf'),
+    (['--lr', '1', '--loss', 'brief', '--pos-weight', 'balanced'], 'positive class weights'),
+])
+def test_train_checks_its_options_before_loading_data(files, capsys, options, message):
+    # The data file does not exist: an option error must come before it is read (and before
+    # minutes of training), and no model file is written.
+    model_path = files['dir'] / 'm.npz'
+    options = [option.format(dir=files['dir']) for option in options]
+    code, _, err = _run(capsys, 'train', files['dir'] / 'missing.npz', '--output', model_path,
+                        '--quiet', *options)
+    assert code == 2 and message in err and 'Traceback' not in err
+    code, _, err = _run(capsys, 'train', files['train'], '--output', model_path, '--quiet',
+                        '--epochs', 1, *options)
+    assert code == 2 and message in err and not model_path.exists()
+
+
 def test_model_and_data_width_mismatch_is_named(files, capsys):
     model_path = files['dir'] / 'model.npz'
     _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 1, '--quiet')

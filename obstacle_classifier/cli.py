@@ -19,7 +19,7 @@ import numpy as np
 
 from .datasets import Dataset, DatasetError, check_compatible, load_dataset, save_dataset
 from .model import ModelFileError, ObstacleModel
-from .nn import ACTIVATIONS, MLP, flops_report
+from .nn import ACTIVATIONS, flops_report, mlp_shapes
 from .nn.optim import OPTIMIZERS
 
 EXAMPLES = {
@@ -66,6 +66,11 @@ EXAMPLES = {
 
 
 PLOT_SUFFIXES = ('.png', '.svg', '.pdf')  # what matplotlib's Agg backend writes
+
+
+# What to make smaller when a command runs out of memory (default: 'less data').
+MEMORY_HINTS = {'train': 'a smaller --hidden or --batch-size, or less data',
+                'simulate': 'fewer --ticks'}
 
 
 class CliError(Exception):
@@ -417,8 +422,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
-    model = MLP(args.d, args.h, args.c, rng=0)
-    print(flops_report(model, args.n))
+    print(flops_report(mlp_shapes(args.d, args.h, args.c), args.n))
     return 0
 
 
@@ -624,6 +628,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.handler(args) or 0)
     except (CliError, DatasetError, ModelFileError, ValueError, OSError) as exc:
         print(f'{parser.prog} {args.command}: error: {exc}', file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        hint = MEMORY_HINTS.get(args.command, 'less data')
+        print(f'{parser.prog} {args.command}: error: not enough memory ({exc or "MemoryError"}); '
+              f'try {hint}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'{parser.prog}: interrupted', file=sys.stderr)

@@ -181,6 +181,21 @@ def test_train_checks_its_options_before_loading_data(files, capsys, options, me
     assert code == 2 and message in err and not model_path.exists()
 
 
+def test_out_of_memory_exits_2_naming_the_size_options(files, capsys, monkeypatch):
+    from obstacle_classifier import training
+
+    def too_big(*args, **kwargs):
+        raise MemoryError('Unable to allocate 7.28 TiB for an array with shape '
+                          '(1000000, 1000000) and data type float64')
+
+    monkeypatch.setattr(training, 'train_model', too_big)
+    code, _, err = _run(capsys, 'train', files['train'], '--output', files['dir'] / 'm.npz',
+                        '--hidden', 1000000, '--quiet')
+    assert code == 2 and 'Traceback' not in err
+    assert 'not enough memory (Unable to allocate 7.28 TiB' in err and '--hidden' in err
+    assert not (files['dir'] / 'm.npz').exists()
+
+
 def test_model_and_data_width_mismatch_is_named(files, capsys):
     model_path = files['dir'] / 'model.npz'
     _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 1, '--quiet')

@@ -2,7 +2,7 @@
 import pytest
 
 from obstacle_classifier.cli import main
-from obstacle_classifier.nn import MLP, layer_flops, matmul_flops
+from obstacle_classifier.nn import MLP, flops_report, layer_flops, matmul_flops, mlp_shapes
 
 
 def test_briefs_mlp_trains_at_exactly_three_times_inference_at_n_10000():
@@ -40,3 +40,19 @@ def test_cli_rejects_bad_numbers_without_traceback(capsys):
         main(['flops', '--h', '-3'])
     assert exit_info.value.code == 2
     assert 'positive integer' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('d,h,c', [(16, 64, 8), (3, 5, 2), (7, 1, 13)])
+def test_shapes_count_exactly_as_the_mlp_itself(d, h, c):
+    assert layer_flops(mlp_shapes(d, h, c), 17) == layer_flops(MLP(d, h, c, rng=0), 17)
+    assert flops_report(mlp_shapes(d, h, c), 17) == flops_report(MLP(d, h, c, rng=0), 17)
+
+
+def test_cli_counts_any_size_without_allocating_the_network(capsys):
+    # An MLP of these widths needs 8 TB of weights; the count needs none.
+    assert main(['flops', '--d', '1000000', '--h', '1000000', '--c', '8', '--n', '10']) == 0
+    out = capsys.readouterr().out
+    inference = 2 * 10 * (10**6 * 10**6 + 10**6 * 10**6 + 10**6 * 8)
+    assert f'{inference:,}' in out and f'{3 * inference:,}' in out
+    with pytest.raises(ValueError, match='positive'):
+        mlp_shapes(0, 4, 2)

@@ -15,12 +15,46 @@ The package's own fused step (:meth:`~obstacle_classifier.nn.mlp.Network.single_
 the first layer's input gradient, dL/dX of the data, which nothing uses: it performs ``2 n d h``
 FLOPs fewer than counted here (2.82x inference at (d, h, c) = (16, 64, 8)). Setting that layer's
 ``needs_input_grad = False`` makes the count follow it.
+
+The counts need only the layer shapes: :func:`mlp_shapes` describes ``MLP(d, h, c)`` without
+allocating its weights, so any size can be counted (d = h = 10^6 would need 8 TB of weights).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .layers import Linear
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """What the FLOP count needs of a :class:`~obstacle_classifier.nn.Linear` layer: its
+    widths (W is (d_in, d_out)) and whether it passes a gradient to its input."""
+
+    d_in: int
+    d_out: int
+    needs_input_grad: bool = True
+
+    def __repr__(self) -> str:
+        return f'Linear({self.d_in}, {self.d_out})'  # as Linear's, for the report
+
+
+@dataclass(frozen=True)
+class NetworkShapes:
+    """Stands in for a network in :func:`layer_flops`: ``layers`` at the network's positions,
+    each Linear as a :class:`LinearShape` and each parameter-free layer by its name."""
+
+    layers: tuple
+
+
+def mlp_shapes(d: int, h: int, c: int) -> NetworkShapes:
+    """The layers of the brief's ``MLP(d, h, c)`` as shapes, allocating nothing:
+    Linear(d, h), activation, Linear(h, h), activation, Linear(h, c), Sigmoid."""
+    if min(d, h, c) < 1:
+        raise ValueError(f'widths must be positive, got d={d}, h={h}, c={c}')
+    d, h, c = int(d), int(h), int(c)
+    return NetworkShapes(layers=(LinearShape(d, h), 'activation', LinearShape(h, h),
+                                 'activation', LinearShape(h, c), 'Sigmoid'))
 
 
 @dataclass(frozen=True)
@@ -38,12 +72,13 @@ class LayerFlops:
 
 
 def layer_flops(model, n: int) -> list[LayerFlops]:
-    """Per-Linear FLOP counts of ``model`` (anything with ``.layers``) for n examples."""
+    """Per-Linear FLOP counts of ``model`` (anything with ``.layers``, e.g. a network or
+    :func:`mlp_shapes`) for n examples."""
     if n < 0:
         raise ValueError(f'n must be non-negative, got {n}')
     rows = []
     for index, layer in enumerate(model.layers):
-        if not isinstance(layer, Linear):
+        if not isinstance(layer, (Linear, LinearShape)):
             continue
         product = 2 * n * layer.d_in * layer.d_out
         rows.append(LayerFlops(name=f'layers[{index}] {layer!r}', forward=product,

@@ -302,6 +302,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data, validation = data.subset(train_idx), data.subset(val_idx)
     result = train_model(data, config, validation=validation, progress=not args.quiet)
     model = result.model
+    discarded = sum(record.discarded_steps for record in result.history)
+    if discarded:
+        print(f'obstacle-classifier train: warning: {discarded} training steps were discarded '
+              f'(non-finite loss, gradient or update); try a smaller --lr or --weight-decay',
+              file=sys.stderr)
     ignored = model.metadata['constant_features']
     if ignored:
         print(f'obstacle-classifier train: warning: features constant in the training data '

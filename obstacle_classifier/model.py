@@ -178,8 +178,13 @@ class ObstacleModel:
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the model atomically as a deterministic ``.npz``."""
+        """Write the model atomically as a deterministic ``.npz``. ValueError (and the file
+        untouched) if a weight is NaN or infinite: :meth:`load` would refuse the file."""
         arrays = self._arrays()
+        for key, value in arrays.items():
+            if key.startswith('layers.') and not np.all(np.isfinite(value)):
+                raise ValueError(f'{key} contains NaN or Inf; refusing to save a model that '
+                                 f'cannot be loaded')
         arrays['checksum'] = np.array(self._checksum(arrays))
         atomic_write(Path(path), lambda fileobj: _write_npz(fileobj, arrays))
 

@@ -227,10 +227,19 @@ class Trainer:
         self.loss = BCEWithLogitsLoss('batchmean', pos_weight=pos_weight)
         self.steps = 0
         self.discarded_steps = 0
+        # What a step changes in place (weights, momentum / Adam moments), and room to copy it
+        # to before each step, so that a step that overflows can be undone. The network's
+        # flat parameter array and the optimiser's flat state make that a few NumPy calls.
+        packed = self.network._packed_parameters(self.network.linears)
+        self._state = (list(self.params) if packed is None else [packed])
+        self._state += self.optimizer.state_buffers()
+        self._saved = [np.empty_like(array) for array in self._state]
 
     def step(self, X: np.ndarray, Y: np.ndarray) -> Optional[float]:
         """One update; returns the batch loss, or None if the update was discarded because the
-        loss or a gradient was not finite (the weights are then left untouched)."""
+        loss or a gradient was not finite, or because the update itself made a weight or the
+        optimiser's state non-finite (e.g. a huge weight decay). The weights and the
+        optimiser's state are then as they were before the call."""
         # Overflow and inf - inf are expected on a diverging batch and are caught below by
         # value, not as warnings (which a process running with -W error would raise mid-step).
         with np.errstate(over='ignore', invalid='ignore'):
@@ -242,7 +251,20 @@ class Trainer:
         if not math.isfinite(value) or not all(np.isfinite(g).all() for g in grads):
             self.discarded_steps += 1
             return None
-        self.optimizer.step(grads)
+        # The optimiser updates in place: save what it changes (a few percent of a step's
+        # time), check after, and restore if the update overflowed.
+        for saved, array in zip(self._saved, self._state):
+            np.copyto(saved, array)
+        optimizer_steps = self.optimizer.steps
+        with np.errstate(over='ignore', invalid='ignore'):
+            self.optimizer.step(grads)
+            finite = all(_all_finite(array) for array in self._state)
+        if not finite:
+            for saved, array in zip(self._saved, self._state):
+                np.copyto(array, saved)
+            self.optimizer.steps = optimizer_steps
+            self.discarded_steps += 1
+            return None
         self.steps += 1
         return value
 
@@ -265,6 +287,12 @@ class Trainer:
             logits = self.network.logits(X[start:start + batch], cache=False)
             total += evaluation.forward(logits, Y[start:start + batch])
         return total / max(len(X), 1)
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    # One pass without a temporary: a sum is NaN or inf if any element is. Only a sum that
+    # overflows from finite elements needs the exact (allocating) test.
+    return math.isfinite(np.add.reduce(array, axis=None)) or bool(np.isfinite(array).all())
 
 
 def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset] = None,

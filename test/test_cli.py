@@ -105,6 +105,16 @@ def test_a_class_absent_from_the_tuning_data_keeps_its_threshold(files, capsys):
     assert code == 0 and ObstacleModel.load(tuned).thresholds[2] == 0.5
 
 
+def test_train_with_an_overflowing_weight_decay_writes_a_loadable_model(files, capsys):
+    model_path = files['dir'] / 'model.npz'
+    code, _, err = _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 2,
+                        '--quiet', '--weight-decay', '1e308')
+    assert code == 0 and 'training steps were discarded' in err and '--weight-decay' in err
+    model = ObstacleModel.load(model_path)
+    assert all(np.isfinite(p).all() for p in model.network.parameters())
+    assert _run(capsys, 'evaluate', model_path, files['test'])[0] == 0
+
+
 def test_mlp_scores_clearly_above_the_linear_baseline(files, capsys):
     scores = {}
     for architecture in ('mlp', 'linear'):

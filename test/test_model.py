@@ -155,6 +155,20 @@ def test_save_is_atomic_a_failed_write_keeps_the_previous_file(tmp_path, monkeyp
     ObstacleModel.load(path)
 
 
+@pytest.mark.parametrize('value', [np.nan, np.inf])
+def test_save_refuses_non_finite_weights_and_keeps_the_file(tmp_path, value):
+    # load refuses such a file, so save must not write one (over a good model)
+    path = tmp_path / 'model.npz'
+    _model().save(path)
+    before = path.read_bytes()
+    broken = _model(seed=3)
+    broken.network.layers[2].W[1, 2] = value
+    with pytest.raises(ValueError, match=r'layers\.2\.W contains NaN or Inf'):
+        broken.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ['model.npz']
+
+
 def test_refuses_missing_file_and_directory(tmp_path):
     with pytest.raises(ModelFileError, match='no such model file'):
         ObstacleModel.load(tmp_path / 'absent.npz')

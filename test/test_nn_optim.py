@@ -73,3 +73,20 @@ def test_bad_arguments_are_refused():
         SGD([np.ones(2)]).step([np.ones(3)])
     with pytest.raises(ValueError, match='expected 1 gradients, got 2'):
         Adam([np.ones(2)]).step([np.ones(2), np.ones(2)])
+
+
+@pytest.mark.parametrize('factory,kinds', [(lambda p: SGD(p, lr=0.1), 0),
+                                           (lambda p: SGD(p, lr=0.1, momentum=0.9), 1),
+                                           (lambda p: Adam(p), 2)])
+def test_state_buffers_hold_the_whole_state_in_one_array_per_kind(factory, kinds):
+    params = [np.ones((4, 3)), np.ones(3)]
+    optimizer = factory(params)
+    optimizer.step([np.full((4, 3), 0.5), np.full(3, -2.0)])
+    buffers = optimizer.state_buffers()
+    assert len(buffers) == kinds and all(b.shape == (15,) for b in buffers)
+    state = optimizer.state_arrays()
+    assert sum(a.size for a in state) == 15 * kinds
+    assert all(any(np.shares_memory(a, b) for b in buffers) for a in state)
+    for buffer in buffers:
+        buffer[...] = 7.0
+    assert all((a == 7.0).all() for a in state)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from obstacle_classifier.datasets import Dataset
+from obstacle_classifier.model import ObstacleModel
 from obstacle_classifier.nn import MLP
 from obstacle_classifier.training import (BRIEF_REGIME, TrainConfig, Trainer,
                                           balanced_pos_weight, constant_features,
@@ -188,6 +189,36 @@ def test_an_overflowing_batch_is_discarded_without_a_warning():
     assert trainer.step(model.normalise(data.X), data.Y.astype(np.float64)) is None
     assert trainer.discarded_steps == 1
     assert all(np.array_equal(a, b) for a, b in zip(before, trainer.params))
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'momentum', 'adam'])
+def test_an_update_that_overflows_the_weights_is_undone(optimizer):
+    # A finite gradient, but weight decay 1e308 makes the update (and Adam's moments) overflow:
+    # the step must leave no trace, neither in the weights nor in the optimiser's state.
+    data = _dataset(64)
+    X, Y = data.X - data.X.mean(axis=0), data.Y.astype(np.float64)
+    model = ObstacleModel.create(FEATURES, CLASS_NAMES, hidden=16, rng=0)
+    reference = ObstacleModel.create(FEATURES, CLASS_NAMES, hidden=16, rng=0)
+    trainer, clean = Trainer(model, optimizer), Trainer(reference, optimizer)
+    trainer.step(X, Y)
+    clean.step(X, Y)
+    lr = trainer.optimizer.lr
+    trainer.optimizer.weight_decay, trainer.optimizer.lr = 1e308, 100.0
+    assert trainer.step(X, Y) is None
+    assert trainer.discarded_steps == 1 and trainer.steps == 1
+    trainer.optimizer.weight_decay, trainer.optimizer.lr = 0.0, lr
+    assert trainer.step(X, Y) is not None and clean.step(X, Y) is not None
+    for ours, theirs in zip(trainer.params + trainer.optimizer.state_arrays(),
+                            clean.params + clean.optimizer.state_arrays()):
+        assert np.array_equal(ours, theirs)
+
+
+def test_training_with_an_overflowing_weight_decay_keeps_finite_weights(tmp_path):
+    result = train_model(_dataset(300), TrainConfig(epochs=2, weight_decay=1e308))
+    assert all(np.isfinite(p).all() for p in result.model.network.parameters())
+    assert all(record.discarded_steps > 0 for record in result.history)
+    result.model.save(tmp_path / 'm.npz')
+    ObstacleModel.load(tmp_path / 'm.npz')
 
 
 def test_balanced_positive_weights():

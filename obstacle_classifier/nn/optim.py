@@ -32,6 +32,23 @@ class Optimizer:
         if len(self.decay_mask) != len(self.params):
             raise ValueError('decay_mask must have one flag per parameter')
         self.steps = 0
+        self._state_buffers: list[np.ndarray] = []
+
+    def _zeros_like_params(self) -> list[np.ndarray]:
+        """Zero state arrays shaped like the parameters; when the parameters share a dtype,
+        views of one flat array (kept in :meth:`state_buffers`), so that saving or checking
+        the whole state takes one NumPy call per kind of state."""
+        if len({p.dtype for p in self.params}) != 1:
+            arrays = [np.zeros_like(p) for p in self.params]
+            self._state_buffers += arrays
+            return arrays
+        flat = np.zeros(sum(p.size for p in self.params), self.params[0].dtype)
+        views, offset = [], 0
+        for param in self.params:
+            views.append(flat[offset:offset + param.size].reshape(param.shape))
+            offset += param.size
+        self._state_buffers.append(flat)
+        return views
 
     def _effective_grad(self, index: int, grad: np.ndarray) -> np.ndarray:
         param = self.params[index]
@@ -56,6 +73,11 @@ class Optimizer:
         """Internal state (for checkpoint-free copies and tests)."""
         return []
 
+    def state_buffers(self) -> list[np.ndarray]:
+        """The same state as :meth:`state_arrays` in as few arrays as possible (each state
+        array is a view of one of them): what a caller saves and restores around a step."""
+        return list(self._state_buffers)
+
 
 class SGD(Optimizer):
     """SGD with optional (heavy-ball) momentum, as ``torch.optim.SGD``:
@@ -68,7 +90,7 @@ class SGD(Optimizer):
         if not 0 <= momentum < 1:
             raise ValueError(f'momentum must be in [0, 1), got {momentum}')
         self.momentum = float(momentum)
-        self._buffers = [np.zeros_like(p) for p in self.params] if momentum else []
+        self._buffers = self._zeros_like_params() if momentum else []
 
     def _update(self, index: int, grad: np.ndarray) -> None:
         param = self.params[index]
@@ -103,8 +125,8 @@ class Adam(Optimizer):
         self.eps = float(eps)
         if not (self.eps >= 0 and math.isfinite(self.eps)):
             raise ValueError(f'eps must be a finite number >= 0, got {eps}')
-        self._m = [np.zeros_like(p) for p in self.params]
-        self._v = [np.zeros_like(p) for p in self.params]
+        self._m = self._zeros_like_params()
+        self._v = self._zeros_like_params()
 
     def _update(self, index: int, grad: np.ndarray) -> None:
         m, v, param = self._m[index], self._v[index], self.params[index]

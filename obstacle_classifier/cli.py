@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -630,7 +631,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone away is handled below, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader of stdout went away (``predict ... | head``): stop quietly with the status
+        # of a process killed by SIGPIPE (128 + 13), what the shell reports for cat or grep in
+        # its place; 0 would claim the output was delivered. Python would try to flush stdout
+        # again at exit and fail, so it is pointed at /dev/null first (as the Python docs do).
+        _discard_stdout()
+        return 141
     except (CliError, DatasetError, ModelFileError, ValueError, OSError) as exc:
         print(f'{parser.prog} {args.command}: error: {exc}', file=sys.stderr)
         return 2
@@ -642,6 +652,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f'{parser.prog}: interrupted', file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # stdout without a file descriptor
+        pass
 
 
 if __name__ == '__main__':

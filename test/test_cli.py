@@ -1,5 +1,8 @@
 """The obstacle-classifier command line end to end on small files; errors without tracebacks."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -204,6 +207,23 @@ def test_out_of_memory_exits_2_naming_the_size_options(files, capsys, monkeypatc
     assert code == 2 and 'Traceback' not in err
     assert 'not enough memory (Unable to allocate 7.28 TiB' in err and '--hidden' in err
     assert not (files['dir'] / 'm.npz').exists()
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(files, capsys, repo_root):
+    # `predict model.npz data | head -1`: the reader leaves after one line.
+    model_path = files['dir'] / 'model.npz'
+    _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 1, '--quiet')
+    many = _write_data(files['dir'] / 'many.npz', n=20000)  # ~600 kB of output, > a pipe
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'obstacle_classifier.cli', 'predict', model_path, many],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, 'PYTHONPATH': str(repo_root)})
+    assert process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert err == ''
+    process.stderr.close()
 
 
 def test_model_and_data_width_mismatch_is_named(files, capsys):

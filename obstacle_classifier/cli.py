@@ -90,6 +90,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {value}')
+    return value
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -454,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
         'pipeline the node uses, and write features and ground-truth labels at tick times.')
     simulate.add_argument('--ticks', type=_positive_int, default=20000,
                           help='feature vectors to produce (default 20000 = 1000 s at 20 Hz)')
-    simulate.add_argument('--seed', type=int, default=0, help='simulator seed (default 0)')
+    simulate.add_argument('--seed', type=_non_negative_int, default=0,
+                          help='simulator seed (default 0)')
     simulate.add_argument('--scenario', default='default',
                           help='simulated world: default, quiet or busy (default: default)')
     simulate.add_argument('--config', help='feature config YAML (default: the installed one)')
@@ -508,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                             'sgd lr 0.1, 10 epochs, batch 100, data order, no split, raw inputs')
     train.add_argument('--tune-thresholds', action='store_true',
                        help='choose per-class thresholds for best F1 on the validation data')
-    train.add_argument('--seed', type=int, default=0, help='initialisation / split / shuffle')
+    train.add_argument('--seed', type=_non_negative_int, default=0,
+                       help='initialisation / split / shuffle (default 0)')
     train.add_argument('--plot', help='write training curves to this image (.png, .svg or '
                                       '.pdf)')
     train.add_argument('--quiet', action='store_true', help='no progress bar')

@@ -226,6 +226,18 @@ def test_predict_into_a_closed_pipe_stops_quietly(files, capsys, repo_root):
     process.stderr.close()
 
 
+@pytest.mark.parametrize('command', [['train', '{train}', '--output', '{dir}/m.npz'],
+                                     ['simulate', '--output', '{dir}/s.npz']])
+@pytest.mark.parametrize('seed', ['-1', 'x'])
+def test_a_bad_seed_is_refused_naming_the_option(files, capsys, command, seed):
+    argv = [a.format(dir=files['dir'], train=files['train']) for a in command]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ['--seed', seed, '--quiet'])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert 'argument --seed: expected an integer >= 0' in err and 'Traceback' not in err
+
+
 def test_model_and_data_width_mismatch_is_named(files, capsys):
     model_path = files['dir'] / 'model.npz'
     _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 1, '--quiet')

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .datasets import Dataset
+from .datasets import Dataset, name_differences
 from .metrics import multilabel_report
 from .model import ARCHITECTURES, ObstacleModel
 from .nn import ACTIVATIONS, BCEWithLogitsLoss, Network, get_grad_log_loss, log_loss
@@ -313,10 +313,12 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
         train, validation = data.subset(train_idx), data.subset(val_idx)
     else:
         train = data
-    if validation is not None and (validation.feature_names != train.feature_names
-                                   or validation.class_names != train.class_names):
-        raise ValueError('validation data has other feature or class names than the '
-                         'training data')
+    if validation is not None:
+        problems = (name_differences('feature', validation.feature_names, train.feature_names)
+                    + name_differences('class', validation.class_names, train.class_names))
+        if problems:
+            raise ValueError(f'validation data{_source(validation)} do not match the training '
+                             f'data{_source(train)}: {"; ".join(problems)}')
 
     X_raw = train.X.astype(np.float64, copy=False)
     mean, std = (fit_normalisation(X_raw) if config.normalise
@@ -399,6 +401,10 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
                            'train_examples': int(len(X)),
                            'val_examples': 0 if X_val is None else int(len(X_val))})
     return result
+
+
+def _source(data: Dataset) -> str:
+    return '' if data.source == Dataset.source else f' ({data.source})'
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -245,6 +245,19 @@ def test_bad_config_is_refused_with_a_clear_message(change, message):
         train_model(_dataset(50), TrainConfig(**change))
 
 
+def test_validation_data_with_other_names_are_refused_naming_the_differences():
+    data = _dataset(200)
+    renamed = Dataset(X=data.X[:50], Y=data.Y[:50], source='val.npz',
+                      feature_names=FEATURES[:15] + ('lidar.stale',),
+                      class_names=CLASS_NAMES[::-1])
+    with pytest.raises(ValueError) as error:
+        train_model(data, TrainConfig(epochs=1), validation=renamed)
+    message = str(error.value)
+    assert 'validation data (val.npz) do not match the training data' in message
+    assert "missing features: 'f15'" in message and "unexpected features: 'lidar.stale'" in message
+    assert "classes reordered: position 0 is 'curb', expected 'pedestrian'" in message
+
+
 def test_plot_history_writes_a_png(tmp_path):
     result = train_model(_dataset(300), TrainConfig(epochs=3))
     plot_history(result.history, str(tmp_path / 'curves.png'))

@@ -448,8 +448,14 @@ def _cast_features(path: Path, values: np.ndarray, dtype: np.dtype, locate) -> n
     return cast
 
 
+_CSV_CHUNK_ROWS = 4096
+
+
 def _load_csv(path: Path, dtype: np.dtype, label_columns: Sequence[str] | None,
               label_prefix: str, require_labels: bool) -> Dataset:
+    # Rows are parsed into Python floats (32+ bytes each) only a chunk at a time, then packed
+    # into float64 arrays: the peak stays near twice the table instead of ~8 times.
+    chunks: list[np.ndarray] = []
     rows: list[list[float]] = []
     line_numbers: list[int] = []  # physical line of each data row (quoted fields may span lines)
     try:
@@ -477,11 +483,17 @@ def _load_csv(path: Path, dtype: np.dtype, label_columns: Sequence[str] | None,
                 except ValueError:
                     raise _bad_cell_error(path, reader.line_num, header, row) from None
                 line_numbers.append(reader.line_num)
+                if len(rows) == _CSV_CHUNK_ROWS:
+                    chunks.append(np.array(rows, dtype=np.float64))
+                    rows = []
     except UnicodeDecodeError as exc:
         raise _error(path, f'is not UTF-8 text ({exc.reason} at byte {exc.start})') from exc
     except csv.Error as exc:
         raise _error(path, f'malformed CSV: {exc}') from exc
-    if not rows:
+    if rows:
+        chunks.append(np.array(rows, dtype=np.float64))
+    del rows
+    if not chunks:
         raise _error(path, 'has a header but no data rows')
 
     label_index, class_names = _select_label_columns(path, header, label_columns, label_prefix)
@@ -496,9 +508,12 @@ def _load_csv(path: Path, dtype: np.dtype, label_columns: Sequence[str] | None,
         raise _error(path, 'has no feature columns (every column is a label)')
     feature_names = tuple(header[column] for column in feature_index)
 
-    table = np.array(rows, dtype=np.float64)  # Python's float() parsed each cell exactly
+    # Python's float() parsed each cell exactly.
+    table = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    del chunks
     features = table[:, feature_index]
-    labels = table[:, label_index] if label_index else np.zeros((len(rows), 0))
+    labels = table[:, label_index] if label_index else np.zeros((len(table), 0))
+    del table
 
     def locate(columns: list[int]):
         return lambda row, column: (f'line {line_numbers[row]}, column {columns[column] + 1} '

@@ -192,6 +192,31 @@ def test_empty_file(tmp_path, name):
     expect_error(tmp_path / name, 'file is empty')
 
 
+def test_a_large_csv_loads_exactly_in_about_twice_its_size(tmp_path):
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    n = 3 * 4096 + 7  # several of the loader's chunks (4096 rows) and a short last one
+    data = Dataset(X=rng.standard_normal((n, 12)), Y=(rng.random((n, 3)) < 0.3).astype(np.uint8),
+                   feature_names=[f'f{i}' for i in range(12)], class_names=CLASSES)
+    path = tmp_path / 'big.csv'
+    save_dataset(path, data)
+    tracemalloc.start()
+    try:
+        loaded = load_dataset(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(loaded.X, data.X) and np.array_equal(loaded.Y, data.Y)
+    # the table of float64 values is (n, 15); the old loader peaked at ~7 times it
+    assert peak < 3.5 * n * 15 * 8
+    # line numbers still count across chunks: header is line 1, row k is line k + 2
+    lines = path.read_text().splitlines()
+    lines[n - 1] = 'oops' + lines[n - 1][lines[n - 1].index(','):]
+    path.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(DatasetError, match=f'line {n}, column 1'):
+        load_dataset(path)
+
+
 def test_csv_without_header_or_rows(tmp_path):
     expect_error(write_text(tmp_path / 'blank.csv', '\n\n'), 'no header row')
     expect_error(write_text(tmp_path / 'header.csv', 'a,label:b\n'), 'no data rows')

@@ -243,7 +243,8 @@ def _cmd_bag_extract(args: argparse.Namespace) -> int:
                              label_max_age_s=args.label_max_age)
     data = extraction.dataset
     save_dataset(output, Dataset(X=data.X, Y=data.Y, feature_names=data.feature_names,
-                                 class_names=data.class_names, source=str(output)))
+                                 class_names=data.class_names, source=str(output)),
+                 stamps_ns=extraction.stamps_ns if output.suffix.lower() == '.npz' else None)
     print(extraction.summary())
     print(f'wrote {output}')
     return 0
@@ -411,27 +412,41 @@ def _cmd_tune_thresholds(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
-    data = _load_data(args.input, args, require_labels=False)
+    # From a bag each row is a tick: its bag time goes first in every output, so the
+    # predictions line up with what the node published for the same tick.
+    stamps: Optional[np.ndarray] = None
+    if Path(args.input).is_dir():
+        from .bags import extract_bag
+        extraction = extract_bag(args.input, require_labels=False, ignore_labels=True)
+        data, stamps = extraction.dataset, extraction.stamps_ns
+    else:
+        data = _load_data(args.input, args, require_labels=False)
     check_compatible(data, model.feature_names, None)
     probabilities = model.predict_proba(data.X)
     labels = model.decide(probabilities, args.threshold)
+    stamp_texts = [] if stamps is None else [str(int(stamp)) for stamp in stamps]
     if args.output is None:
-        for row_labels, row_probs in zip(labels, probabilities):
+        for k, (row_labels, row_probs) in enumerate(zip(labels, probabilities)):
             present = [name for name, flag in zip(model.class_names, row_labels) if flag]
-            print(','.join(present) + '\t' + ' '.join(f'{p:.4f}' for p in row_probs))
+            line = ','.join(present) + '\t' + ' '.join(f'{p:.4f}' for p in row_probs)
+            print(f'{stamp_texts[k]}\t{line}' if stamp_texts else line)
         return 0
     output = _check_output_path(args.output, ('.npz', '.csv'))
     if output.suffix.lower() == '.npz':
         from .atomic import atomic_write
-        atomic_write(output, lambda f: np.savez(f, probabilities=probabilities, labels=labels,
-                                                class_names=np.array(model.class_names)))
+        arrays = {'probabilities': probabilities, 'labels': labels,
+                  'class_names': np.array(model.class_names)}
+        if stamps is not None:
+            arrays['stamps_ns'] = stamps
+        atomic_write(output, lambda f: np.savez(f, **arrays))
     else:
         from .atomic import atomic_write_bytes
-        header = ([f'prob:{n}' for n in model.class_names]
+        header = (['stamp_ns'] * bool(stamp_texts) + [f'prob:{n}' for n in model.class_names]
                   + [f'label:{n}' for n in model.class_names])
         lines = [','.join(header)]
-        lines += [','.join([repr(float(p)) for p in probs] + [str(int(v)) for v in flags])
-                  for probs, flags in zip(probabilities, labels)]
+        lines += [','.join(stamp_texts[k:k + 1] + [repr(float(p)) for p in probs]
+                           + [str(int(v)) for v in flags])
+                  for k, (probs, flags) in enumerate(zip(probabilities, labels))]
         atomic_write_bytes(output, ('\n'.join(lines) + '\n').encode())
     print(f'wrote {output}: {len(labels)} predictions over {model.n_classes} classes')
     return 0
@@ -552,11 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = _subcommand(
         commands, 'predict', 'labels and probabilities for feature vectors',
-        'Run the model on a CSV or NPZ file of feature vectors (labels, if present, are '
-        'ignored) and print or write the detected classes and the probabilities.')
+        'Run the model on a CSV or NPZ file of feature vectors, or on a bag through the '
+        "node's feature pipeline (labels, if present, are ignored), and print or write the "
+        'detected classes and the probabilities. From a bag every row starts with its tick\'s '
+        'bag time in ns (stamp_ns), the stamp the node gives the same tick.')
     predict.add_argument('model', help='model file (.npz)')
-    predict.add_argument('input', help='feature vectors (.npz or .csv)')
-    predict.add_argument('--output', help='.csv (prob:<class>, label:<class> columns) or .npz')
+    predict.add_argument('input', help='feature vectors (.npz or .csv) or a bag directory')
+    predict.add_argument('--output', help='.csv (stamp_ns from a bag, prob:<class>, '
+                                          'label:<class> columns) or .npz (stamps_ns from a '
+                                          'bag, probabilities, labels, class_names)')
     predict.add_argument('--threshold', type=_probability,
                          help="one threshold for every class (default: the model's)")
     _add_label_options(predict)

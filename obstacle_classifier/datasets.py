@@ -586,16 +586,18 @@ def _select_label_columns(path: Path, header: list[str], label_columns: Sequence
 # Saving
 # --------------------------------------------------------------------------------------------
 
-def save_dataset(path: PathLike, ds: Dataset, *,
-                 label_prefix: str = DEFAULT_LABEL_PREFIX) -> None:
+def save_dataset(path: PathLike, ds: Dataset, *, label_prefix: str = DEFAULT_LABEL_PREFIX,
+                 stamps_ns: Optional[np.ndarray] = None) -> None:
     """Write ``ds`` to a ``.npz`` or ``.csv`` file, atomically.
 
     The file appears complete or not at all (see :mod:`obstacle_classifier.atomic`); an existing
     file is replaced only once the new one is fully on disk.
 
-    NPZ keeps X's dtype. CSV writes each feature as ``repr(float(value))``: the shortest decimal
-    that reads back to the same float64 (a float32 value is written as its exact float64 widening,
-    so reading it back as float32 is exact too), labels as ``0``/``1``, and label columns as
+    NPZ keeps X's dtype; ``stamps_ns`` (int64 (n,), NPZ only), the time of each row (a bag's
+    tick times), is stored beside the data as ``stamps_ns`` (loading ignores it). CSV writes
+    each feature as ``repr(float(value))``: the shortest decimal that reads back to the same
+    float64 (a float32 value is written as its exact float64 widening, so reading it back as
+    float32 is exact too), labels as ``0``/``1``, and label columns as
     ``label_prefix + class name``.
 
     Raises:
@@ -614,8 +616,15 @@ def save_dataset(path: PathLike, ds: Dataset, *,
             'feature_names': np.array(ds.feature_names, dtype=str),
             'class_names': np.array(ds.class_names, dtype=str),
         }
+        if stamps_ns is not None:
+            stamps = np.asarray(stamps_ns, dtype=np.int64)
+            if stamps.shape != (ds.n,):
+                raise _error(path, f'stamps_ns has shape {stamps.shape}, expected ({ds.n},)')
+            arrays['stamps_ns'] = stamps
         atomic_write(path, lambda file: np.savez(file, **arrays))
         return
+    if stamps_ns is not None:
+        raise _error(path, 'stamps_ns can only be stored in an .npz file')
     if not label_prefix:
         raise ValueError('label_prefix must be non-empty')
     _check_csv_names(path, ds, label_prefix)

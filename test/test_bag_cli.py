@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from obstacle_classifier.bags import extract_bag
 from obstacle_classifier.cli import main
 from obstacle_classifier.datasets import load_dataset
 
@@ -78,6 +79,24 @@ def test_predict_accepts_an_unlabelled_bag(simulated_bag, tmp_path, capsys):
     code, out, _ = _run(capsys, 'predict', model_path, unlabelled, '--output', output)
     assert code == 0 and 'predictions over 8 classes' in out
     assert np.load(output)['probabilities'].shape[1] == 8
+
+    # Every row carries its tick's bag time (the stamp the node gives the same tick), so the
+    # predictions can be lined up with the node's output and with the extraction.
+    extraction = extract_bag(unlabelled, require_labels=False, ignore_labels=True)
+    predictions = np.load(output)
+    assert np.array_equal(predictions['stamps_ns'], extraction.stamps_ns)
+    code, out, _ = _run(capsys, 'predict', model_path, unlabelled)
+    first = out.splitlines()[0].split('\t')
+    assert code == 0 and int(first[0]) == extraction.stamps_ns[0] and len(first) == 3
+    as_csv = tmp_path / 'predictions.csv'
+    assert _run(capsys, 'predict', model_path, unlabelled, '--output', as_csv)[0] == 0
+    header, row = as_csv.read_text().splitlines()[:2]
+    assert header.startswith('stamp_ns,prob:') and row.split(',')[0] == first[0]
+    extracted = tmp_path / 'extracted.npz'
+    assert _run(capsys, 'bag', 'extract', unlabelled, '--output', extracted,
+                '--allow-unlabelled')[0] == 0
+    assert np.array_equal(np.load(extracted)['stamps_ns'], extraction.stamps_ns)
+    assert load_dataset(extracted, require_labels=False).n == len(extraction.stamps_ns)
 
     code, _, err = _run(capsys, 'train', unlabelled, '--output', tmp_path / 'm2.npz')
     assert code == 2 and 'no label topic /obstacle_labels' in err and 'Traceback' not in err

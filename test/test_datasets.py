@@ -553,6 +553,19 @@ def test_check_compatible():
 # Saving and atomic writes
 # ---------------------------------------------------------------------------------------------
 
+def test_stamps_are_stored_beside_an_npz_data_set_only(tmp_path):
+    data = Dataset(np.zeros((3, 2)), np.zeros((3, 1), np.uint8), ['a', 'b'], ['c'])
+    save_dataset(tmp_path / 'with_stamps.npz', data, stamps_ns=[5, 6, 7])
+    with np.load(tmp_path / 'with_stamps.npz') as arrays:
+        assert arrays['stamps_ns'].tolist() == [5, 6, 7] and arrays['stamps_ns'].dtype == np.int64
+    assert load_dataset(tmp_path / 'with_stamps.npz').n == 3
+    with pytest.raises(DatasetError, match=r'stamps_ns has shape \(2,\), expected \(3,\)'):
+        save_dataset(tmp_path / 'short.npz', data, stamps_ns=[5, 6])
+    with pytest.raises(DatasetError, match='only be stored in an .npz file'):
+        save_dataset(tmp_path / 'stamps.csv', data, stamps_ns=[5, 6, 7])
+    assert not (tmp_path / 'short.npz').exists() and not (tmp_path / 'stamps.csv').exists()
+
+
 def test_save_refuses_what_would_not_read_back(tmp_path):
     X, Y = np.zeros((1, 2)), np.zeros((1, 1), np.uint8)
     with pytest.raises(DatasetError, match="'label:x'.*would be read back as classes") as caught:

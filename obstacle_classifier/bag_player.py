@@ -126,6 +126,8 @@ def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] 
                                f'{", ".join(sorted(in_bag))})')
         connections = _playable(connections, options, stats.left_out)
         if not connections:  # (and reader.messages of no connections would read them all)
+            if not stats.left_out:
+                return stats  # a bag without topics: nothing to publish
             raise BagError(f'{bag}: nothing to play: ' + '; '.join(
                 f'{topic}: {reason}' for topic, reason in stats.left_out.items()))
         try:

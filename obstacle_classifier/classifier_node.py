@@ -156,9 +156,13 @@ class _OnlineTraining:
 
     Threads: ``record_tick``, ``on_label`` and ``restart_from`` run in the executor thread,
     like the tick; ``train_round`` runs in a dedicated training thread (started by :meth:`start`,
-    one round every ``TRAINING_PERIOD_S`` on the steady clock). ``self._lock`` serialises the
-    trainer between the two and is never taken by the tick. A plain thread rather than a
-    MultiThreadedExecutor: the tick then keeps the cheap event-driven executor (see
+    one round every ``TRAINING_PERIOD_S`` on the steady clock). ``self._round_lock`` is held
+    for a whole round (its steps and a checkpoint write) and is never taken in the executor
+    thread until shutdown; ``self._swap_lock`` guards only the hand-over of a trainer (a model
+    change) and of a snapshot to inference, a few assignments. So neither a tick nor a model
+    change waits for training: a round still running on the previous model ends without
+    swapping in its snapshot. A plain thread rather than a MultiThreadedExecutor: the tick
+    then keeps the cheap event-driven executor (see
     :func:`~obstacle_classifier.ros_io.event_driven_executor`).
     """
 
@@ -189,7 +193,8 @@ class _OnlineTraining:
         self._last_checkpoint_ns = time.monotonic_ns()
         # stats.steps at the last checkpoint or model change: a checkpoint needs steps since.
         self._checkpointed_steps = 0
-        self._lock = threading.Lock()
+        self._round_lock = threading.Lock()
+        self._swap_lock = threading.Lock()
         self._finished = False
         self.trainer: Optional[OnlineTrainer] = None
         self.ring: Optional[TickRing] = None
@@ -218,18 +223,19 @@ class _OnlineTraining:
     # -- default callback group (with the tick) -----------------------------------------------
 
     def restart_from(self, model: ObstacleModel) -> None:
-        """Train a private copy of ``model`` from now on (a new model or start-up)."""
+        """Train a private copy of ``model`` from now on (a new model or start-up); does not
+        wait for a training round in progress."""
         ring_capacity = math.ceil(self.max_delay_ns / 1e9 * RATE_RANGE_HZ[1]) + 2
-        with self._lock:
-            previous = self.trainer
-            self.trainer = OnlineTrainer(model, self.optimizer, self.lr, self.batch_size,
-                                         self.buffer_size)
-            if previous is not None:  # the counters describe the node's life, not one model
-                self.trainer.stats = previous.stats
+        trainer = OnlineTrainer(model, self.optimizer, self.lr, self.batch_size,
+                                self.buffer_size)
+        ring = TickRing(ring_capacity, model.n_features, model.network.dtype)
+        with self._swap_lock:
+            if self.trainer is not None:  # the counters describe the node's life, not one model
+                trainer.stats = self.trainer.stats
+            self.trainer, self.ring = trainer, ring
             # The new model has trained nothing yet: the checkpoint file keeps what the last
             # one wrote until it has.
-            self._checkpointed_steps = self.trainer.stats.steps
-            self.ring = TickRing(ring_capacity, model.n_features, model.network.dtype)
+            self._checkpointed_steps = trainer.stats.steps
 
     def record_tick(self, stamp_ns: int, features: Optional[np.ndarray]) -> None:
         """One tick: normalised features (d,), or None when it produced no prediction."""
@@ -275,17 +281,23 @@ class _OnlineTraining:
         steps = int(self._step_credit)
         self._step_credit -= steps
         node = self._node
-        with self._lock:
+        with self._round_lock:
             trainer = self.trainer
             if trainer is None or self._finished:
                 return
             loss = trainer.train_steps(steps) if steps else None
             snapshot = trainer.snapshot()
-            if snapshot is not None:
-                version = snapshot.version
-                # Inference reads node._model once per tick: this is the only hand-over.
-                node._model_version = version
-                node._model = snapshot
+            with self._swap_lock:
+                if self.trainer is not trainer:
+                    # The model changed during the round: its work belongs to the old model,
+                    # and the steps it counted are not the new model's.
+                    self._checkpointed_steps = self.trainer.stats.steps
+                    return
+                if snapshot is not None:
+                    # Inference reads node._model once per tick: this is the only hand-over
+                    # (a model change sets it after restart_from, so it wins).
+                    node._model_version = snapshot.version
+                    node._model = snapshot
             if loss is not None:
                 publish_unless_shut_down(node, self.loss_pub, Float32(data=float(loss)))
             now_ns = time.monotonic_ns()
@@ -299,7 +311,7 @@ class _OnlineTraining:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10.0)
-        with self._lock:
+        with self._round_lock:
             self._finished = True
             if self.trainer is None or not self.checkpoint_path:
                 return

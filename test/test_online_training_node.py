@@ -15,6 +15,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import Float32, String, UInt8MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 from obstacle_classifier import paths  # noqa: E402
 from obstacle_classifier.model import ObstacleModel  # noqa: E402
@@ -43,11 +45,12 @@ TRAINING = 'obstacle_classifier: training'
 SIMULATOR_SEED = 11
 
 
-def fresh_model(path: Path, seed: int = 3) -> ObstacleModel:
+def fresh_model(path: Path, seed: int = 3, hidden: Optional[int] = None) -> ObstacleModel:
     """New random weights with the default model's contract and input normalisation."""
     default = ObstacleModel.load(paths.config_path('default_model.npz'))
     model = ObstacleModel.create(default.feature_names, default.class_names,
-                                 hidden=default.network.h, dtype=default.network.dtype, rng=seed,
+                                 hidden=hidden or default.network.h,
+                                 dtype=default.network.dtype, rng=seed,
                                  input_mean=default.input_mean, input_std=default.input_std)
     model.save(path)
     return model
@@ -278,6 +281,9 @@ def test_a_model_change_keeps_the_checkpoint_until_the_new_model_has_trained(
     request = SetParameters.Request(
         parameters=[Parameter('model_path', value=str(other)).to_parameter_msg()])
     assert ros.call(SetParameters, f'{node}/set_parameters', request).results[0].successful
+    # A model change does not wait for the training round in progress: the previous model's
+    # last round (and checkpoint) may end just after it.
+    ros.spin_for(0.5)
     trained = checkpoint.read_bytes()
     assert ObstacleModel.load(checkpoint).metadata['online_training']['steps'] > 0
     # The new model has no examples and trains nothing: neither the period nor a clean
@@ -287,3 +293,35 @@ def test_a_model_change_keeps_the_checkpoint_until_the_new_model_has_trained(
     assert classifier.wait(20.0) == 0, classifier.report()
     assert checkpoint.read_bytes() == trained
     assert 'not rewritten, no training step since' in classifier.stderr()
+
+
+def test_a_model_reload_does_not_wait_for_a_long_training_round(ros, ros_processes, tmp_path):
+    # In-range settings that make one round (50 steps of a ~800-row batch through a 1024-wide
+    # network) take several seconds: neither a reload nor the tick may wait for it.
+    namespace = ros_helpers.unique_name('long_round')
+    node = f'/{namespace}/obstacle_classifier'
+    model_path, checkpoint = tmp_path / 'wide.npz', tmp_path / 'online.npz'
+    fresh_model(model_path, hidden=1024)
+    watcher = Watcher(ros, namespace)
+    labels = ros.node.create_publisher(String, f'/{namespace}/obstacle_labels', 10)
+    simulator, classifier = start(ros_processes, namespace, model_path, checkpoint, **{
+        'train.batch_size': 1000, 'train.steps_per_second': 500.0})
+    assert ros.spin_until(lambda: len(watcher.tick_stamps) > 10, timeout=STARTUP_TIMEOUT), \
+        classifier.report() + simulator.report()
+    for _ in range(200):  # a flood of labels: rows for full batches
+        for _ in range(5):
+            labels.publish(String(data='pole'))
+        ros.spin_for(0.01)
+    # The first round ends (its loss is published); the next one, on full batches, begins.
+    assert ros.spin_until(lambda: watcher.losses, timeout=60.0), watcher.training[-1:]
+    began = time.monotonic()
+    ticks_before = len(watcher.tick_stamps)
+    response = ros.call(Trigger, f'{node}/reload_model', Trigger.Request(), timeout=60.0)
+    answered_s = time.monotonic() - began
+    ros.spin_for(1.0)
+    assert response.success, response.message
+    assert answered_s < 2.0, f'the reload waited {answered_s:.1f} s for the training round'
+    assert len(watcher.tick_stamps) - ticks_before >= 15, 'the tick waited'
+    classifier.send_sigint()
+    assert classifier.wait(60.0) == 0, classifier.report()
+    assert 'Traceback' not in classifier.stderr()

@@ -350,7 +350,7 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
     create entities on the shut-down context, and whatever that raises ends the build.
     """
     import rclpy
-    from rclpy.exceptions import ParameterException
+    from rclpy.exceptions import NameValidationException, ParameterException
     from rclpy.executors import ExternalShutdownException
     from rclpy.logging import get_logger
 
@@ -366,8 +366,10 @@ def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[s
                 except Exception as exc:
                     if not rclpy.ok():  # a signal came while the node was being built
                         return 0
+                    # A bad name given as a parameter (e.g. train.labels_topic) is a
+                    # configuration problem like the others.
                     if not isinstance(exc, (FeatureConfigError, ParameterException,
-                                            ValueError)):
+                                            NameValidationException, ValueError)):
                         raise
                     get_logger(node_name).fatal(f'cannot start: {exc}')
                     return 1

@@ -734,6 +734,9 @@ def test_an_unusable_configuration_stops_the_node_with_the_reason(ros_processes,
     bad_thresholds = [ros_processes.start_module(f'bad_threshold_{k}', NODE, [
         '--ros-args', '-p', f'threshold:={value}'], extra_env=STRICT_WARNINGS)
         for k, value in enumerate(['1.5', '0.0'])]
+    bad_labels_topic = ros_processes.start_module('bad_labels_topic', NODE, [
+        '--ros-args', '-p', 'train.enabled:=true', '-p', 'train.labels_topic:=bad name!'],
+        extra_env=STRICT_WARNINGS)
     assert missing.wait(STARTUP_TIMEOUT) == 1, missing.report()
     assert 'nope.yaml' in missing.stderr() and 'cannot start' in missing.stderr()
     for bad_threshold in bad_thresholds:
@@ -741,3 +744,6 @@ def test_an_unusable_configuration_stops_the_node_with_the_reason(ros_processes,
         assert 'cannot start' in bad_threshold.stderr() and 'threshold' in bad_threshold.stderr()
         assert 'Traceback' not in bad_threshold.stderr()
     assert 'Traceback' not in missing.stderr()
+    assert bad_labels_topic.wait(STARTUP_TIMEOUT) == 1, bad_labels_topic.report()
+    assert 'cannot start: Invalid topic name' in bad_labels_topic.stderr()
+    assert 'Traceback' not in bad_labels_topic.stderr()

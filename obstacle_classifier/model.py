@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ from .nn import MLP, Linear, LinearClassifier, Network
 
 FORMAT_NAME = 'obstacle_classifier.model'
 FORMAT_VERSION = 1
+#: Largest model file loaded (1 GiB: a float64 MLP with h = 8192 is 0.5 GiB). A node reads its
+#: model on the executor thread: a file beyond any model it could run at rate is refused before
+#: it is read.
+MAX_MODEL_BYTES = 1 << 30
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: identical models give identical bytes
 
 
@@ -193,11 +198,20 @@ class ObstacleModel:
         """Load and fully validate a model file; raise :class:`ModelFileError` otherwise."""
         path = Path(path)
         try:
-            # Read the bytes first: np.load leaks its file handle when the zip is corrupt.
-            data = path.read_bytes()
-            problem = npz_signature_problem(data[:8])
-            if problem:
-                raise ModelFileError(f'{path}: {problem}; a model file is an .npz archive')
+            # Only a regular file: opening a FIFO (or a device) would wait for a writer.
+            if path.exists() and not path.is_dir() and not path.is_file():
+                raise ModelFileError(f'{path}: not a regular file, not a model file')
+            with open(path, 'rb') as stream:
+                size = os.fstat(stream.fileno()).st_size
+                problem = npz_signature_problem(stream.read(8))
+                if problem:
+                    raise ModelFileError(f'{path}: {problem}; a model file is an .npz archive')
+                if size > MAX_MODEL_BYTES:
+                    raise ModelFileError(f'{path}: {size} bytes, more than any model file '
+                                         f'({MAX_MODEL_BYTES} bytes at most)')
+                # All of it first: np.load leaks its file handle when the zip is corrupt.
+                stream.seek(0)
+                data = stream.read()
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
         except FileNotFoundError:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from obstacle_classifier import model as model_module
-from obstacle_classifier.model import ModelFileError, ObstacleModel, name_mismatch
+from obstacle_classifier.model import (MAX_MODEL_BYTES, ModelFileError, ObstacleModel,
+                                       name_mismatch)
 
 FEATURES = ('range_front.mean', 'range_front.min', 'speed.last', 'noise.max')
 CLASSES = ('pedestrian', 'bicycle', 'pole')
@@ -174,6 +175,27 @@ def test_refuses_missing_file_and_directory(tmp_path):
         ObstacleModel.load(tmp_path / 'absent.npz')
     with pytest.raises(ModelFileError, match='is a directory'):
         ObstacleModel.load(tmp_path)
+
+
+def test_refuses_a_fifo_and_a_huge_file_without_reading_them(tmp_path):
+    import os
+    # Opening a FIFO for reading waits for a writer: the node's executor would hang.
+    fifo = tmp_path / 'model.npz'
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match='not a regular file'):
+        ObstacleModel.load(fifo)
+    # A sparse file of more than 1 GiB: refused from its size, not read into memory.
+    huge = tmp_path / 'huge.npz'
+    with open(huge, 'wb') as stream:
+        stream.write(b'PK\x03\x04')
+        stream.truncate(MAX_MODEL_BYTES + 1)
+    with pytest.raises(ModelFileError, match=f'{MAX_MODEL_BYTES + 1} bytes, more than any'):
+        ObstacleModel.load(huge)
+    garbage = tmp_path / 'garbage.npz'
+    with open(garbage, 'wb') as stream:
+        stream.truncate(MAX_MODEL_BYTES + 1)
+    with pytest.raises(ModelFileError, match='no zip signature'):
+        ObstacleModel.load(garbage)
 
 
 def test_refuses_pickled_file(tmp_path):

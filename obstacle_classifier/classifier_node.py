@@ -80,7 +80,8 @@ from obstacle_classifier.model import ModelFileError, ObstacleModel
 from obstacle_classifier.nn.optim import OPTIMIZERS
 from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_label_names,
                                                  parse_multi_hot)
-from obstacle_classifier.ros_io import (classes_qos, diagnostic_status, encode_classes,
+from obstacle_classifier.ros_io import (classes_qos, diagnostic_status,
+                                        drop_negative_clock_messages, encode_classes,
                                         encode_features, encode_obstacles, has_subscribers,
                                         input_qos, message_class, output_qos,
                                         publish_unless_shut_down, run_node, serialized_reader,
@@ -418,7 +419,9 @@ class ClassifierNode(Node):
         # sim_ticks); the clock subscription is created before the inputs, so that when both are
         # ready the executor serves the /clock message (published first) first.
         self._sim_ticker: Optional[SimTimeTicker] = None
+        self._negative_clocks = 0  # /clock messages with a negative time, dropped
         if self.get_parameter('use_sim_time').value:
+            drop_negative_clock_messages(self, self._count_negative_clock)
             self._sim_ticker = SimTimeTicker(self._tick_period_ns)
             self._clock_subscription = self.create_subscription(
                 ClockMessage, '/clock', self._on_clock, QoSProfile(
@@ -815,7 +818,14 @@ class ClassifierNode(Node):
         if now_ns > 0:  # 0: sim time before the first /clock message
             self._tick(now_ns, started)
 
+    def _count_negative_clock(self) -> None:
+        self._negative_clocks += 1
+        self.get_logger().error(f'/clock message with a negative time dropped '
+                                f'({self._negative_clocks} so far)', throttle_duration_sec=5.0)
+
     def _on_clock(self, msg: ClockMessage, info: MessageInfo) -> None:
+        if msg.clock.sec < 0:
+            return  # dropped (and counted) by the node clock's own subscription too
         clock_ns = stamp_to_ns(msg.clock)
         previous_clock_ns = self._sim_ticker.last_clock_ns
         events, jumped_back = self._sim_ticker.on_clock(
@@ -1008,7 +1018,8 @@ class ClassifierNode(Node):
         }
         if self._sim_ticker is not None:  # see SimTimeTicker's attributes
             values.update(sim_ticks_dropped=self._sim_ticker.ticks_dropped,
-                          sim_events_dropped=self._sim_ticker.events_dropped)
+                          sim_events_dropped=self._sim_ticker.events_dropped,
+                          negative_clock_messages=self._negative_clocks)
         period_ns = 1e9 / self._rate_hz
         if ticks == 0:
             level = WARN

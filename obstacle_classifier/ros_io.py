@@ -47,8 +47,8 @@ from obstacle_classifier.features import (MSG_TYPES, InputSpec, extract_values,
 __all__ = [
     'OBSTACLES_STATUSES', 'ObstacleReport', 'RangeInfo', 'ScanGeometry', 'SensorMessageBuilder',
     'classes_qos', 'decode_classes', 'decode_features', 'decode_labels', 'decode_obstacles',
-    'diagnostic_status', 'encode_classes', 'encode_features', 'encode_labels', 'encode_obstacles',
-    'freeze_imported_heap', 'has_subscribers',
+    'diagnostic_status', 'drop_negative_clock_messages', 'encode_classes', 'encode_features',
+    'encode_labels', 'encode_obstacles', 'freeze_imported_heap', 'has_subscribers',
     'input_qos', 'message_class', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down',
     'spin_on_events', 'stamp_to_ns',
@@ -201,6 +201,28 @@ def timer_callback(callback: Callable[[], None]) -> Callable[[], None]:
 
     call.__signature__ = inspect.signature(call)  # type: ignore[attr-defined]
     return call
+
+
+def drop_negative_clock_messages(node: Any, on_dropped: Callable[[], None]) -> None:
+    """Guard rclpy's own ``/clock`` subscription (``use_sim_time``) against a negative time.
+
+    rclpy's TimeSource turns each ``/clock`` message into a ``Time``, which raises ValueError
+    for negative seconds, out of the executor: one such message would end the node. Its
+    callback is wrapped so that the message is dropped and ``on_dropped`` called instead.
+    Nothing happens without sim time (there is no such subscription then).
+    """
+    subscription = getattr(getattr(node, '_time_source', None), '_clock_sub', None)
+    if subscription is None:
+        return
+    set_time = subscription.callback
+
+    def checked(msg: Any) -> None:
+        if msg.clock.sec < 0:
+            on_dropped()
+            return
+        set_time(msg)
+
+    subscription.callback = checked
 
 
 def spin_until_shutdown(node: Any, executor: Any = None) -> None:

@@ -26,6 +26,7 @@ import ros_helpers
 
 ros_helpers.import_rclpy()
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.event_handler import (PublisherEventCallbacks,  # noqa: E402
@@ -724,6 +725,14 @@ def test_with_sim_time_ticks_follow_clock_and_a_jump_back_resets_the_buffers(
     # The sim-time ticker's counters are reported (how many depends on arrival order).
     output = statuses['obstacle_classifier: output'].values
     assert int(output['sim_events_dropped']) >= 0 and int(output['sim_ticks_dropped']) >= 0
+
+    # A /clock with a negative time (rclpy's own clock subscription would raise out of the
+    # executor and end the node) is dropped, counted and logged; the ticks go on.
+    clock_pub.publish(Clock(clock=Time(sec=-5, nanosec=0)))
+    observer.wait_for_diagnostics(
+        lambda d: d['obstacle_classifier: output'].values['negative_clock_messages'] == '1')
+    observer.wait_for_output(lambda r: r.status == 'ok', since_ns=time.time_ns(), timeout=10.0)
+    assert classifier.is_running() and 'negative time dropped' in classifier.stderr()
 
 
 def test_an_unusable_configuration_stops_the_node_with_the_reason(ros_processes, tmp_path):

@@ -83,7 +83,8 @@ from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_
 from obstacle_classifier.ros_io import (classes_qos, diagnostic_status,
                                         drop_negative_clock_messages, encode_classes,
                                         encode_features, encode_obstacles, has_subscribers,
-                                        input_qos, message_class, output_qos,
+                                        input_qos, message_class, message_type_name,
+                                        output_qos,
                                         publish_unless_shut_down, run_node, serialized_reader,
                                         spin_on_events, stamp_to_ns, timer_callback)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
@@ -207,9 +208,13 @@ class _OnlineTraining:
                                     'until a model is loaded')
 
         msg_type = String if self.labels_format == 'names' else UInt8MultiArray
+        self.msg_type = message_type_name(msg_type)
+        self.incompatible_qos_publishers = 0
+        self.incompatible_policy = ''
         self.subscription = node.create_subscription(
-            msg_type, value('labels_topic'), self.on_label, 10)
-        self.loss_pub = node.create_publisher(Float32, 'training/loss', 10)
+            msg_type, value('labels_topic'), self.on_label, 10,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        self.loss_pub = node.create_output(Float32, 'training/loss', QoSProfile(depth=10))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='online_training', daemon=True)
         where = (f'checkpoints to {self.checkpoint_path} every '
@@ -264,6 +269,14 @@ class _OnlineTraining:
                 f'{stats.labels_received} so far', throttle_duration_sec=REJECTION_WARN_PERIOD_S)
             return
         trainer.add_example(features, labels)
+
+    def _on_incompatible_qos(self, event: Any) -> None:
+        self.incompatible_qos_publishers = event.total_count
+        self.incompatible_policy = qos_policy_name_from_kind(event.last_policy_kind)
+        self._node.get_logger().warning(
+            f'a publisher on {self.subscription.topic_name} offers QoS incompatible with the '
+            f'label subscription (policy {self.incompatible_policy}; it asks for reliable, '
+            'volatile): NONE of its labels will arrive.')
 
     # -- the training thread ------------------------------------------------------------------
 
@@ -348,8 +361,13 @@ class _OnlineTraining:
                                      'no model to train', hardware_id,
                                      {'labels_rejected_no_model': self.rejected_without_model})
         stats = trainer.stats
+        publishers, other_type = self._node.publishers_of(self.subscription.topic_name,
+                                                          self.msg_type)
         values: dict[str, Any] = {
             'labels_topic': self.subscription.topic_name, 'labels_format': self.labels_format,
+            'label_publishers': publishers,
+            'incompatible_qos_label_publishers': self.incompatible_qos_publishers,
+            'other_type_label_publishers': other_type,
             'labels_received': stats.labels_received,
             'labels_rejected': stats.labels_rejected_total,
             **{f'labels_rejected_{reason}': count
@@ -367,7 +385,12 @@ class _OnlineTraining:
             'last_checkpoint': stats.last_checkpoint_reason,
             'last_held_out_loss': stats.last_held_out_loss,
         }
-        if stats.checkpoint_failures or stats.checkpoints_refused:
+        if self.incompatible_qos_publishers or other_type:
+            level = WARN
+            message = (f'a label publisher has an incompatible QoS ({self.incompatible_policy})'
+                       if self.incompatible_qos_publishers else
+                       f'a label publisher has another message type than {self.msg_type}')
+        elif stats.checkpoint_failures or stats.checkpoints_refused:
             level = WARN
             message = f'{stats.steps} steps; last checkpoint {stats.last_checkpoint_reason}'
         elif stats.discarded_updates:
@@ -403,16 +426,16 @@ class ClassifierNode(Node):
         self._pending_model: Optional[tuple[str, ObstacleModel]] = None
         self._published_classes: Optional[tuple[str, ...]] = None
 
-        self._obstacles_pub = self.create_publisher(
-            String, 'obstacles', output_qos(),
-            event_callbacks=self._publisher_events('obstacles'))
-        self._probabilities_pub = self.create_publisher(
-            Float32MultiArray, 'obstacle_probabilities', output_qos(),
-            event_callbacks=self._publisher_events('obstacle_probabilities'))
-        self._classes_pub = self.create_publisher(String, 'obstacle_classes', classes_qos())
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        # Per topic: subscribers whose requested QoS this node does not offer (see create_output).
+        self._incompatible_subscribers: dict[str, int] = {}
+        self._obstacles_pub = self.create_output(String, 'obstacles', output_qos())
+        self._probabilities_pub = self.create_output(
+            Float32MultiArray, 'obstacle_probabilities', output_qos())
+        self._classes_pub = self.create_output(String, 'obstacle_classes', classes_qos())
+        self._diagnostics_pub = self.create_output(DiagnosticArray, '/diagnostics',
+                                                   QoSProfile(depth=10))
         self._probabilities_msg = Float32MultiArray()
-        self._features_pub = (self.create_publisher(String, 'obstacle_features', output_qos())
+        self._features_pub = (self.create_output(String, 'obstacle_features', output_qos())
                               if self.get_parameter('publish_features').value else None)
 
         # With sim time the ticks follow /clock in the order the bag player published (see
@@ -464,7 +487,6 @@ class ClassifierNode(Node):
         # Single-example inference writes into this (model, (c,) probabilities) pair; a new
         # model (reload, training snapshot) gets a new one at its first tick.
         self._inference_out: tuple[Optional[ObstacleModel], np.ndarray] = (None, np.empty(0))
-        self._incompatible_subscribers = 0
         self._report_steady_ns = time.monotonic_ns()
         self._report_node_ns = self._node_clock.now().nanoseconds
 
@@ -708,7 +730,7 @@ class ClassifierNode(Node):
         msg_class = message_class(spec.msg_type)
         events = SubscriptionEventCallbacks(
             incompatible_qos=lambda event: self._on_incompatible_qos(state, event),
-            incompatible_type=lambda event: self._on_incompatible_type(state, event))
+            incompatible_type=lambda event: self._on_incompatible_type(state, event.total_count))
         # qos_overrides.<topic>.subscription.* parameters let a params file change the QoS of
         # one input (e.g. reliability) without editing the feature config.
         # raw=True: the callback gets the serialized message and reads only the fields it
@@ -787,20 +809,33 @@ class ClassifierNode(Node):
             f"'{state.spec.qos}'): NONE of its messages will arrive. Match the publisher "
             "(qos in the feature config, or the qos_overrides parameters).")
 
-    def _on_incompatible_type(self, state: _InputState, event: Any) -> None:
-        state.incompatible_type = event.total_count
+    def _on_incompatible_type(self, state: _InputState, count: int) -> None:
+        state.incompatible_type = count
         self.get_logger().warning(
             f"input '{state.spec.name}': a publisher on {state.topic} uses another message "
             f'type than {state.spec.msg_type}: none of its messages will arrive.')
 
-    def _publisher_events(self, topic: str) -> PublisherEventCallbacks:
+    def create_output(self, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
+        """A publisher that reports subscribers asking for QoS it does not offer (logged,
+        counted in diagnostics) instead of rclpy's default warning, or silence."""
+        offered = ' and '.join(policy.name.lower().replace('_', ' ')
+                               for policy in (qos.reliability, qos.durability))
+
         def on_incompatible(event: Any) -> None:
-            self._incompatible_subscribers = event.total_count
+            self._incompatible_subscribers[topic] = event.total_count
             self.get_logger().warning(
                 f'a subscriber of {topic} requests QoS this node does not offer (policy '
                 f'{qos_policy_name_from_kind(event.last_policy_kind)}); it receives nothing. '
-                f'{topic} is reliable and volatile.')
-        return PublisherEventCallbacks(incompatible_qos=on_incompatible)
+                f'{topic} is {offered}.')
+        return self.create_publisher(
+            msg_type, topic, qos,
+            event_callbacks=PublisherEventCallbacks(incompatible_qos=on_incompatible))
+
+    def publishers_of(self, topic: str, msg_type: str) -> tuple[int, int]:
+        """(publishers on ``topic``, those of another type than ``msg_type``): from the graph,
+        as the rmw here does not report a type mismatch to the subscription."""
+        publishers = self.get_publishers_info_by_topic(topic)
+        return len(publishers), sum(info.topic_type != msg_type for info in publishers)
 
     # -- the tick ------------------------------------------------------------------------------
 
@@ -1014,7 +1049,7 @@ class ClassifierNode(Node):
             'processing_histogram_counts': self._processing_histogram,
             'time_jumps_back': self._time_jumps,
             'inference_errors': self._inference_errors,
-            'incompatible_subscribers': self._incompatible_subscribers,
+            'incompatible_subscribers': sum(self._incompatible_subscribers.values()),
         }
         if self._sim_ticker is not None:  # see SimTimeTicker's attributes
             values.update(sim_ticks_dropped=self._sim_ticker.ticks_dropped,
@@ -1046,6 +1081,9 @@ class ClassifierNode(Node):
         last = stats.last_stamp_ns
         age_s = (node_ns - last) / 1e9 if last is not None else math.inf
         rejected_now = state.rejected_total - state.rejected_at_report
+        publishers, other_type = self.publishers_of(state.topic, spec.msg_type)
+        if other_type > state.incompatible_type:  # a publisher the events did not report
+            self._on_incompatible_type(state, other_type)
         values: dict[str, Any] = {
             'topic': state.topic, 'type': spec.msg_type, 'qos': spec.qos,
             'stamp_source': spec.stamp_source, 'policy': spec.policy,
@@ -1056,7 +1094,7 @@ class ClassifierNode(Node):
             'rejected': state.rejected_total,
             **{f'rejected_{reason}': count for reason, count in state.rejected.items()},
             'rejected_last_period': rejected_now,
-            'publishers': self.count_publishers(state.topic),
+            'publishers': publishers,
             'incompatible_qos_publishers': state.incompatible_qos,
             'incompatible_type_publishers': state.incompatible_type,
         }

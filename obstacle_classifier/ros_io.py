@@ -49,7 +49,7 @@ __all__ = [
     'classes_qos', 'decode_classes', 'decode_features', 'decode_labels', 'decode_obstacles',
     'diagnostic_status', 'drop_negative_clock_messages', 'encode_classes', 'encode_features',
     'encode_labels', 'encode_obstacles', 'freeze_imported_heap', 'has_subscribers',
-    'input_qos', 'message_class', 'serialized_reader',
+    'input_qos', 'message_class', 'message_type_name', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down',
     'spin_on_events', 'stamp_to_ns',
     'timer_callback',
@@ -71,6 +71,11 @@ OBSTACLES_STATUSES = ('ok', 'skipped', 'no_model')
 # ----------------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=None)
+def message_type_name(msg_class: type) -> str:
+    """``'<package>/msg/<Name>'`` of a message class (the inverse of :func:`message_class`)."""
+    return f'{msg_class.__module__.split(".")[0]}/msg/{msg_class.__name__}'
+
+
 def message_class(msg_type: str) -> type:
     """The message class for ``'<package>/msg/<Name>'``, e.g. ``'sensor_msgs/msg/Range'``.
 

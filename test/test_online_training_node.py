@@ -25,7 +25,9 @@ ros_helpers.import_rclpy()
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.event_handler import PublisherEventCallbacks  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from std_msgs.msg import Float32, String, UInt8MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -108,6 +110,10 @@ def test_training_from_the_simulator_learns_checkpoints_and_keeps_the_tick_rate(
     fresh = fresh_model(model_path)
     watcher = Watcher(ros, namespace)
     bad_labels = ros.node.create_publisher(String, f'/{namespace}/obstacle_labels', 10)
+    # A best-effort label publisher cannot reach the reliable label subscription: reported.
+    ros.node.create_publisher(String, f'/{namespace}/obstacle_labels', qos_profile_sensor_data,
+                              event_callbacks=PublisherEventCallbacks(
+                                  incompatible_qos=lambda event: None))
     simulator, classifier = start(ros_processes, namespace, model_path, checkpoint,
                                   **{'train.checkpoint_period_s': 2.0})
     assert ros.spin_until(lambda: len(watcher.losses) >= 5, timeout=STARTUP_TIMEOUT), \
@@ -135,6 +141,10 @@ def test_training_from_the_simulator_learns_checkpoints_and_keeps_the_tick_rate(
         watcher.training[-1:]
     stats = watcher.training[-1]
     assert int(stats['steps']) > 100 and int(stats['discarded_updates']) == 0
+    assert (stats['incompatible_qos_label_publishers'], stats['label_publishers']) == ('1', '3')
+    assert stats['level'] == 1  # WARN: a label publisher has an incompatible QoS
+    classifier.wait_for_output(r'offers QoS incompatible with the label subscription',
+                               stream='stderr')
     assert int(stats['checkpoints_written']) >= 1, stats
     assert int(stats['examples']) > 50
 

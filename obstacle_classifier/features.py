@@ -545,7 +545,8 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
       each sector yields the minimum of its beams that are finite and inside ``valid_range``
       (after the infinity mappings); a sector whose beams are all unusable yields
       ``blind_sector_value``, or NaN without one, which ``add`` then rejects as non-finite (and a
-      sector no beam falls into is always NaN: the span does not fit the scan).
+      sector no beam falls into is always NaN: the span does not fit the scan, or the scan's
+      geometry is not finite).
 
     Args:
         raw: array-like (k,) of raw values (float32 or float64).
@@ -565,6 +566,8 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
     if angle_min is None or angle_increment is None:
         raise ValueError(f'input {spec.name!r} reduces a scan to sectors: angle_min and '
                          'angle_increment are required')
+    if not (math.isfinite(angle_min) and math.isfinite(angle_increment)):
+        return np.full(spec.sectors, np.nan)  # no beam has a direction: no sector a value
     beams, starts, occupied = _sector_beams(values.shape[0], float(angle_min),
                                             float(angle_increment), spec.sectors,
                                             spec.sector_span_deg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import array
 import copy
 import math
+import warnings
 import tracemalloc
 from types import SimpleNamespace
 
@@ -377,6 +378,19 @@ def test_blind_sector_value_stands_in_for_a_sector_without_a_usable_beam():
                            (range_input(blind_sector_value=1.0), 'only meaningful')):
         with pytest.raises(FeatureConfigError, match=fragment):
             make_config(item)
+
+
+@pytest.mark.parametrize('angle_min_deg, increment_deg', [
+    (math.nan, 22.5), (-90.0, math.nan), (-90.0, math.inf), (-math.inf, 22.5)])
+def test_a_scan_without_a_finite_geometry_has_no_sector_values(angle_min_deg, increment_deg):
+    # No beam has a direction: every sector is NaN (refused as non_finite), quietly (a
+    # RuntimeWarning from the angle arithmetic is an error in a node run with -W error).
+    spec = make_config(lidar_input(blind_sector_value=12.0)).input('lidar')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        values = extract_values(scan_msg([5.0] * 9, angle_min_deg, increment_deg), spec)
+    assert values.shape == (4,) and np.isnan(values).all()
+    assert FeaturePipeline(make_config(lidar_input())).add('lidar', MS, values) == 'non_finite'
 
 
 def test_laserscan_sector_span_ignores_beams_outside():

@@ -506,22 +506,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help='validation split when --validation is not given (default 0.2)')
     train.add_argument('--architecture', choices=('mlp', 'linear'), default='mlp',
                        help="'mlp' (the brief's) or 'linear' (Linear + Sigmoid baseline)")
-    train.add_argument('--hidden', type=_positive_int, default=64, help='hidden width h')
-    train.add_argument('--activation', choices=sorted(ACTIVATIONS), default='scaled_relu')
-    train.add_argument('--dtype', choices=('float32', 'float64'), default='float64')
-    train.add_argument('--optimizer', choices=OPTIMIZERS, default='adam')
+    train.add_argument('--hidden', type=_positive_int, default=64,
+                       help='hidden width h (default 64)')
+    train.add_argument('--activation', choices=sorted(ACTIVATIONS), default='scaled_relu',
+                       help='default scaled_relu (the brief\'s: 2x where x > 1, else 0)')
+    train.add_argument('--dtype', choices=('float32', 'float64'), default='float64',
+                       help='default float64')
+    train.add_argument('--optimizer', choices=OPTIMIZERS, default='adam', help='default adam')
     train.add_argument('--lr', type=_positive_float,
                        help='learning rate (default: 0.1 sgd, 0.05 momentum, 1e-3 adam)')
     train.add_argument('--momentum', type=_fraction, default=0.9,
                        help='momentum for --optimizer momentum (default 0.9)')
     train.add_argument('--weight-decay', type=float, default=0.0,
                        help='L2 penalty on weights (default 0)')
-    train.add_argument('--epochs', type=_positive_int, default=60)
-    train.add_argument('--batch-size', type=_positive_int, default=100)
+    train.add_argument('--epochs', type=_positive_int, default=60, help='default 60')
+    train.add_argument('--batch-size', type=_positive_int, default=100, help='default 100')
     train.add_argument('--no-shuffle', dest='shuffle', action='store_false',
                        help='keep data order (the brief does)')
     train.add_argument('--patience', type=int, default=8,
-                       help='early stopping: epochs without a better validation loss (0: off)')
+                       help='early stopping: epochs without a better validation loss '
+                            '(default 8; 0: off)')
     train.add_argument('--pos-weight', choices=('none', 'balanced'), default='none',
                        help='per-class positive weights for imbalance (balanced: n_neg/n_pos)')
     train.add_argument('--no-normalise', dest='normalise', action='store_false',

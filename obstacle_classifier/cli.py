@@ -80,24 +80,21 @@ class CliError(Exception):
 
 # -- argument types ---------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
-    return value
+def _int_at_least(minimum: int, expected: str):
+    """An argparse type: an integer >= ``minimum`` (``expected`` names it in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected {expected}, got {text!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'expected {expected}, got {value}')
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {value}')
-    return value
+_positive_int = _int_at_least(1, 'a positive integer')
+_non_negative_int = _int_at_least(0, 'an integer >= 0')
 
 
 def _finite_float(text: str) -> float:

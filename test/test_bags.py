@@ -225,15 +225,21 @@ def test_labels_are_paired_with_the_newest_label_at_or_before_each_tick(tmp_path
     assert ignored.dataset.n == ignored.ticks - ignored.skipped_ticks > 11
 
 
-def test_a_label_topic_without_messages_counts_as_no_labels(tmp_path):
+def _speed_bag_with_an_empty_topic(path: Path, topic: str, msgtype: str) -> Path:
+    """2 s of speed readings, and ``topic`` recorded without a single message."""
     from rosbags.rosbag2 import StoragePlugin
-    bag = tmp_path / 'empty_labels'
-    with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
-        writer.add_connection('/obstacle_labels', 'std_msgs/msg/String', typestore=TYPESTORE)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        writer.add_connection(topic, msgtype, typestore=TYPESTORE)
         speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
                                       typestore=TYPESTORE)
-        for _, msgtype, time_ns, msg in _speed_messages(100 * SECOND, 2.0):
-            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+        for _, speed_type, time_ns, msg in _speed_messages(100 * SECOND, 2.0):
+            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, speed_type))
+    return path
+
+
+def test_a_label_topic_without_messages_counts_as_no_labels(tmp_path):
+    bag = _speed_bag_with_an_empty_topic(tmp_path / 'empty_labels', '/obstacle_labels',
+                                         'std_msgs/msg/String')
     extraction = extract_bag(bag, SPEED_CONFIG, require_labels=False)
     assert extraction.dataset.c == 0 and extraction.unlabelled_ticks == 0
     assert extraction.dataset.n == extraction.ticks - extraction.skipped_ticks > 0
@@ -465,14 +471,8 @@ def test_no_usable_ticks_names_the_inputs_the_bag_lacks(tmp_path):
                                        'bag: noise'):
         extract_bag(bag, config, require_labels=False)
     # A topic that is in the bag without a single message (its driver died) is named too.
-    from rosbags.rosbag2 import StoragePlugin
-    empty_noise = tmp_path / 'empty_noise'
-    with Writer(empty_noise, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
-        writer.add_connection('/sensors/noise', 'std_msgs/msg/Float64', typestore=TYPESTORE)
-        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
-                                      typestore=TYPESTORE)
-        for _, msgtype, time_ns, msg in _speed_messages(100 * SECOND, 2.0):
-            writer.write(speed, time_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+    empty_noise = _speed_bag_with_an_empty_topic(tmp_path / 'empty_noise', '/sensors/noise',
+                                                 'std_msgs/msg/Float64')
     with pytest.raises(BagError, match='inputs without messages in the bag: noise'):
         extract_bag(empty_noise, config, require_labels=False)
 

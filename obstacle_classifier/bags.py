@@ -580,8 +580,8 @@ def _definition_problem(connection: Any, spec: InputSpec, typestore: Any) -> Opt
     if layout is None:
         return 'its type hash differs from the installed definition and it records no other'
     expected = LAYOUTS[spec.msg_type]
-    last = max(expected.index(member) for member in expected
-               if member[0] in members_read(spec))
+    read = set(members_read(spec))
+    last = max(k for k, (path, _) in enumerate(expected) if path in read)
     if layout[:last + 1] != list(expected[:last + 1]):
         differing = next(k for k, member in enumerate(expected[:last + 1])
                          if k >= len(layout) or layout[k] != member)

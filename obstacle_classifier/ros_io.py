@@ -70,12 +70,12 @@ OBSTACLES_STATUSES = ('ok', 'skipped', 'no_model')
 # Message types and QoS
 # ----------------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
 def message_type_name(msg_class: type) -> str:
     """``'<package>/msg/<Name>'`` of a message class (the inverse of :func:`message_class`)."""
     return f'{msg_class.__module__.split(".")[0]}/msg/{msg_class.__name__}'
 
 
+@lru_cache(maxsize=None)
 def message_class(msg_type: str) -> type:
     """The message class for ``'<package>/msg/<Name>'``, e.g. ``'sensor_msgs/msg/Range'``.
 

@@ -557,15 +557,23 @@ def numpy_call_floor(d: int, h: int, c: int, blocks: int, inner: int, fast: dict
 def memory_target() -> None:
     say('## P5: bytes held for backward per training step')
     say()
+    say('Both ways a step runs: the layer loop (what the layers cache in forward) and the '
+        'fused step that P1 and P2 time (what its forward leaves in its workspace for '
+        'backward; its other buffers are scratch, rewritten before they are read).')
+    say()
     for dtype in DTYPES:
         n, d, h, c = BATCH, 16, 64, 8
-        X, _ = make_data(d, c, n, dtype)
+        X, Y = make_data(d, c, n, dtype)
         model = MLP(d, h, c, dtype=dtype, rng=0)
         model.forward(X)
-        held = model.cached_nbytes(exclude=(X,))
+        layers_held = model.cached_nbytes(exclude=(X,))
+        model.single_step_sgd(X, Y)
+        (workspace,) = model.__dict__['_workspaces'].values()
+        fused_held = workspace.held_nbytes()
         floor = n * (2 * h + c) * np.dtype(dtype).itemsize
-        say(f'- P5 {np.dtype(dtype).name}: held {held:,} bytes, floor n(2h+c) = {floor:,} '
-            f'bytes: {verdict(held == floor)}')
+        say(f'- P5 {np.dtype(dtype).name}: layer loop {layers_held:,} bytes, fused step '
+            f'{fused_held:,} bytes, floor n(2h+c) = {floor:,} bytes: '
+            f'{verdict(layers_held == floor and fused_held == floor)}')
     say()
 
 

@@ -45,6 +45,20 @@ def test_fused_step_equals_the_layer_loop_bit_for_bit(dtype, activation, shape):
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
+def test_fused_step_keeps_only_the_checkpointing_floor_for_backward(dtype):
+    # The activations backward needs, n (2h + c) values; the rectifier masks are rebuilt from
+    # the outputs, in one scratch buffer that each layer overwrites.
+    n, d, h, c = 100, 16, 64, 8
+    X, Y = _data(n, d, c, dtype)
+    model = MLP(d, h, c, dtype=dtype, rng=1)
+    model.single_step_sgd(X, Y)
+    (work,) = model.__dict__['_workspaces'].values()
+    assert work.held_nbytes() == n * (2 * h + c) * np.dtype(dtype).itemsize
+    assert work.mask_scratch.size == n * h
+    assert all(np.shares_memory(mask, work.mask_scratch) for mask in work.masks)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
 def test_fused_step_with_separate_parameter_arrays_equals_the_layer_loop(dtype):
     """A copy (or a network whose arrays were replaced) is not packed: the step then updates
     layer by layer, bit for bit the same."""

@@ -233,10 +233,10 @@ class Network:
         - Python scalars (1, eps, 1/n, -1, 0) are (n, c) arrays of their value in the dtype:
           NumPy casts a Python float to the array's dtype anyway, and a scalar operand costs a
           conversion per call;
-        - the rectifier masks are kept from the forward pass instead of recomputed from the
-          outputs (``out > 0`` exactly where ``x > knee``), as 0/1 integers of the float's
-          width, so that the select is a same-type integer multiply (with a bool operand
-          NumPy casts in a buffered loop, 3-4x slower);
+        - the rectifier masks are 0/1 integers of the float's width in one scratch buffer,
+          so that the select is a same-type integer multiply (with a bool operand NumPy casts
+          in a buffered loop, 3-4x slower); backward recomputes each from the layer's output
+          (``out > 0`` exactly where ``x > knee``), as the layer's own backward does;
         - the bias gradients are :func:`batch_sum`, as in the layers, on a kept ones vector;
         - the matrix products are ``np.dot`` with ``out=``: the same BLAS call as the layers'
           ``@`` on these 2-D operands, with less overhead per call;
@@ -248,7 +248,8 @@ class Network:
           computed before any update, as in the layer loop, so the order does not matter.
 
         Held between forward and backward: the rectifier outputs (n, h) each and P (n, c), the
-        checkpointing floor; the integer masks (n, h) each are workspace on top. At
+        checkpointing floor (:meth:`_TrainingWorkspace.held_nbytes`); nothing else a forward
+        writes is read by the backward. At
         (16, 64, 8), batch 100 the eight matrix products are most of a step and every other
         NumPy call costs about half a microsecond, hence the care about the number of calls.
         """
@@ -273,7 +274,7 @@ class Network:
         # forward: Z = A @ W + b in place, then the rectifier in place (Z is not kept)
         A = X
         for linear, rectifier, Z, Z_bits, mask in zip(linears, rectifiers + [None], work.outputs,
-                                                      work.output_bits, work.masks):
+                                                      work.output_bits, work.masks + [None]):
             dot(A, linear.W, Z)
             add(Z, linear.b, out=Z)
             if rectifier is not None:
@@ -322,7 +323,9 @@ class Network:
                 b = linear.b
                 subtract(b, grad_b, out=b)
             if index:
-                multiply(grad_bits[index - 1], masks[index - 1], out=grad_bits[index - 1])
+                mask = masks[index - 1]
+                np.greater(outputs[index - 1], 0, out=mask)  # where the forward's x > knee
+                multiply(grad_bits[index - 1], mask, out=grad_bits[index - 1])
                 gain = rectifiers[index - 1].gain
                 if gain != 1.0:
                     multiply(grad_in, gain, out=grad_in)
@@ -511,8 +514,9 @@ class _TrainingWorkspace:
         bits = np.int32 if dtype == np.float32 else np.int64
         self.outputs = [np.empty((n, w), dtype) for w in widths]  # rectifier outputs; logits
         self.output_bits = [out.view(bits) for out in self.outputs]  # the same memory
-        # x > knee as 0/1 in the float's integer width (the select multiplies same-type ints)
-        self.masks = [np.empty((n, w), bits) for w in hidden] + [None]
+        # x > knee as 0/1 in the float's integer width (the select multiplies same-type ints):
+        # one scratch buffer, a C-ordered (n, w) view per hidden layer; not kept for backward
+        self.mask_scratch, self.masks = _flat_views([(n, w) for w in hidden], bits, shared=True)
         self.grad_hidden = [np.empty((n, w), dtype) for w in hidden]  # dL/d(rectifier output)
         self.grad_hidden_bits = [grad.view(bits) for grad in self.grad_hidden]
         # parameter gradients: views of one flat array in the order W1, b1, W2, b2, ... (the
@@ -536,8 +540,13 @@ class _TrainingWorkspace:
         self.flush = [(np.empty((n, w), bits), np.empty((n, w), np.bool_))
                       if n * w >= FLUSH_MIN_ELEMENTS else None for w in hidden + [c]]
 
+    def held_nbytes(self) -> int:
+        """Bytes a forward pass leaves for the backward pass: the rectifier outputs (n, h)
+        each and P (n, c). Everything else here is scratch, rewritten before it is read."""
+        return sum(out.nbytes for out in self.outputs[:-1]) + self.P.nbytes
+
     def nbytes(self) -> int:
-        arrays = (self.outputs + self.masks[:-1] + self.grad_hidden
+        arrays = (self.outputs + [self.mask_scratch] + self.grad_hidden
                   + [self.flat_grad, self.P, self.exps, self.one, self.zero, self.minus_one,
                      self.eps, self.inverse_n, self.ones, self.shared, self.denom,
                      self.grad_logits]
@@ -545,16 +554,17 @@ class _TrainingWorkspace:
         return sum(a.nbytes for a in arrays)
 
 
-def _flat_views(shapes: Sequence[tuple[int, ...]], dtype: np.dtype
+def _flat_views(shapes: Sequence[tuple[int, ...]], dtype: np.dtype, shared: bool = False
                 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One flat uninitialised array and C-ordered views of it with ``shapes``, back to back
-    (so that one NumPy call can work on all of them)."""
+    """One flat uninitialised array and C-ordered views of it with ``shapes``: back to back
+    (so that one NumPy call can work on all of them), or with ``shared`` all from its start
+    (one scratch buffer for arrays used one after the other)."""
     sizes = [int(np.prod(shape)) for shape in shapes]
-    flat = np.empty(sum(sizes), dtype)
+    flat = np.empty(max(sizes, default=0) if shared else sum(sizes), dtype)
     views, offset = [], 0
     for shape, size in zip(shapes, sizes):
         views.append(flat[offset:offset + size].reshape(shape))
-        offset += size
+        offset += 0 if shared else size
     return flat, views
 
 

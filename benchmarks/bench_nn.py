@@ -111,8 +111,12 @@ def blas_description() -> str:
 
 
 def set_blas_threads(threads: int) -> None:
-    """Set the BLAS thread count (kept until the next call); done outside every timed region."""
+    """Set the thread count of NumPy's BLAS and of PyTorch's intra-op pool alike (kept until
+    the next call); done outside every timed region. Both sides get the same count per shape:
+    at small shapes torch runs as fast on one thread as on two on an idle machine, and on two
+    it loses a third of its speed whenever the other core is busy (this machine is shared)."""
     BLAS.limit(limits=threads, user_api='blas')
+    torch.set_num_threads(threads)
 
 
 #: Pause before each side's timer starts, then wait until this process is idle. Worker threads
@@ -210,7 +214,7 @@ def _torch_dtype(dtype):
     return torch.float32 if dtype == np.float32 else torch.float64
 
 
-def torch_trainer(d, h, c, dtype, X, Y, batch=BATCH):
+def torch_trainer(d, h, c, dtype, X, Y, threads: int, batch=BATCH):
     model = TorchMLP(d, h, c, _torch_dtype(dtype))
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
@@ -224,7 +228,7 @@ def torch_trainer(d, h, c, dtype, X, Y, batch=BATCH):
     def run():
         for start in range(0, len(Xt), batch):
             step(Xt[start:start + batch], Yt[start:start + batch])
-    return Side(run, warm=lambda: step(Xt[:batch], Yt[:batch]))
+    return Side(run, threads, warm=lambda: step(Xt[:batch], Yt[:batch]))
 
 
 def numpy_trainer(model, X, Y, threads: int, batch=BATCH):
@@ -311,7 +315,7 @@ def training_targets(repeats: int) -> dict:
             best = interleaved_best({
                 'ours': numpy_trainer(ours, X, Y, threads),
                 'ref': numpy_trainer(ref, X, Y, threads),
-                'torch': torch_trainer(d, h, c, dtype, X, Y),
+                'torch': torch_trainer(d, h, c, dtype, X, Y, threads),
                 'products': products,
             }, repeats)
             rate = {k: n / v for k, v in best.items()}
@@ -463,15 +467,15 @@ def inference_target(repeats: int) -> None:
         out = np.empty(c, dtype)
 
         def torch_infer():
-            with torch.no_grad():
-                tmodel(xt)
+            tmodel(xt)  # under no_grad for the whole measurement: not entered per call
 
         sides = {'proba': lambda: ours.predict_proba(x),
                  'into': lambda: ours.predict_proba_into(x, out),
                  'ref': lambda: ref.forward(x[None, :]),
                  'torch': torch_infer}
         samples = {k: [] for k in sides}
-        with BLAS.limit(limits=1, user_api='blas'):
+        set_blas_threads(1)  # both sides: one example is far below any threading gain
+        with torch.no_grad():
             for fn in sides.values():
                 fn()
             for _ in range(blocks):
@@ -607,7 +611,7 @@ def scaling() -> list[dict]:
             ours = MLP(d, h, c, dtype=np.float32, rng=0)
             best = interleaved_best({
                 'ours': numpy_trainer(ours, X, Y, threads, batch=batch),
-                'torch': torch_trainer(d, h, c, np.float32, X, Y, batch=batch),
+                'torch': torch_trainer(d, h, c, np.float32, X, Y, threads, batch=batch),
             }, repeats)
             x = X[0] if batch == 1 else X[:batch]
             tmodel = TorchMLP(d, h, c, torch.float32).eval()
@@ -624,7 +628,8 @@ def scaling() -> list[dict]:
                         tmodel(xt)
             infer = interleaved_best({
                 'ours': Side(partial(ours_infer, calls), threads, warm=partial(ours_infer, 1)),
-                'torch': Side(partial(torch_infer, calls), warm=partial(torch_infer, 1))},
+                'torch': Side(partial(torch_infer, calls), threads,
+                              warm=partial(torch_infer, 1))},
                 repeats)
             row = {'h': h, 'batch': batch, 'threads': threads,
                    'train_ours': n / best['ours'], 'train_torch': n / best['torch'],
@@ -676,8 +681,9 @@ def main() -> None:
     repeats = 3 if ARGS.quick else 7
     say('# NumPy core benchmarks (issue 7)')
     say()
-    say(f'numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, torch '
-        f'threads {ARGS.threads}; BLAS threads per shape as listed; load average at start '
+    say(f'numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs; threads '
+        f'per shape as listed (at most {ARGS.threads}), the same for NumPy\'s BLAS and for '
+        f'torch; load average at start '
         f'{os.getloadavg()[0]:.2f} (the machine is shared: figures are ratios measured side by '
         'side).')
     say()

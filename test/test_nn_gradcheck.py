@@ -51,6 +51,11 @@ def test_rel_error_is_scale_free_at_the_ends_of_float64():
         assert rel_error(right, 2 * right) > 0.3
     assert np.isnan(rel_error(np.array([np.inf]), np.array([1.0])))
     assert np.isnan(rel_error(np.array([np.nan]), np.array([1.0])))
+    # Either way round: a zero gradient does not pass against a NaN one (a NaN loss).
+    assert np.isnan(rel_error(np.zeros(2), np.array([np.nan, 0.0])))
+    with np.errstate(invalid='ignore'):  # log(-1): the loss is NaN
+        assert not check_gradient(lambda v: float(np.sum(np.log(v))), np.zeros_like,
+                                  np.array([-1.0, 2.0]))
 
 
 def test_check_gradient_rejects_a_wrong_gradient_that_is_tiny():

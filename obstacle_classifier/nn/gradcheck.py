@@ -15,11 +15,11 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float('nan')  # compares False against any tolerance
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
     if scale == 0:
         return 0.0
-    if not np.isfinite(scale):
-        return float('nan')  # compares False against any tolerance
     a, b = a / scale, b / scale
     return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b)))
 

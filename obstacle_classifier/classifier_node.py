@@ -728,9 +728,10 @@ class ClassifierNode(Node):
     def _subscribe(self, spec: InputSpec) -> _InputState:
         state = _InputState(spec)
         msg_class = message_class(spec.msg_type)
+        # (A publisher of another type is found from the graph at each report: the rmw here
+        # does not deliver the incompatible-type event.)
         events = SubscriptionEventCallbacks(
-            incompatible_qos=lambda event: self._on_incompatible_qos(state, event),
-            incompatible_type=lambda event: self._on_incompatible_type(state, event.total_count))
+            incompatible_qos=lambda event: self._on_incompatible_qos(state, event))
         # qos_overrides.<topic>.subscription.* parameters let a params file change the QoS of
         # one input (e.g. reliability) without editing the feature config.
         # raw=True: the callback gets the serialized message and reads only the fields it
@@ -808,12 +809,6 @@ class ClassifierNode(Node):
             f"with this subscription (policy {state.incompatible_policy}; the input asks for "
             f"'{state.spec.qos}'): NONE of its messages will arrive. Match the publisher "
             "(qos in the feature config, or the qos_overrides parameters).")
-
-    def _on_incompatible_type(self, state: _InputState, count: int) -> None:
-        state.incompatible_type = count
-        self.get_logger().warning(
-            f"input '{state.spec.name}': a publisher on {state.topic} uses another message "
-            f'type than {state.spec.msg_type}: none of its messages will arrive.')
 
     def create_output(self, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
         """A publisher that reports subscribers asking for QoS it does not offer (logged,
@@ -1082,8 +1077,11 @@ class ClassifierNode(Node):
         age_s = (node_ns - last) / 1e9 if last is not None else math.inf
         rejected_now = state.rejected_total - state.rejected_at_report
         publishers, other_type = self.publishers_of(state.topic, spec.msg_type)
-        if other_type > state.incompatible_type:  # a publisher the events did not report
-            self._on_incompatible_type(state, other_type)
+        if other_type > state.incompatible_type:
+            self.get_logger().warning(
+                f"input '{spec.name}': a publisher on {state.topic} uses another message type "
+                f'than {spec.msg_type}: none of its messages will arrive.')
+        state.incompatible_type = other_type  # as now: it clears when that publisher leaves
         values: dict[str, Any] = {
             'topic': state.topic, 'type': spec.msg_type, 'qos': spec.qos,
             'stamp_source': spec.stamp_source, 'policy': spec.policy,

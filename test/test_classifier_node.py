@@ -383,6 +383,12 @@ def test_a_silent_input_is_flagged_within_its_timeout_and_a_qos_mismatch_is_repo
     assert statuses['obstacle_classifier: input a'].values['publishers'] == '3'
     classifier.wait_for_output(r"'a'.*uses another message type than std_msgs/msg/Float64",
                                stream='stderr')
+    # It is counted as the graph is now: gone, it is no longer reported.
+    wrong_type.send_sigint()
+    assert wrong_type.wait(10.0) == 0, wrong_type.report()
+    statuses = observer.wait_for_diagnostics(
+        lambda d: d['obstacle_classifier: input a'].values['incompatible_type_publishers'] == '0')
+    assert statuses['obstacle_classifier: input a'].values['publishers'] == '2'
 
     # Stop b (policy fill): flagged at the first tick after its timeout, predictions go on.
     ros.spin_for(0.5)

@@ -147,24 +147,41 @@ def _name_list(text: str) -> list[str]:
 
 # -- shared helpers ---------------------------------------------------------------------------
 
-def _add_label_options(parser: argparse.ArgumentParser) -> None:
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say how to read data: a CSV's label columns, a bag's feature config."""
     parser.add_argument('--label-columns', type=_name_list, metavar='A,B,...',
                         help='CSV: the label columns, by exact header name')
     parser.add_argument('--label-prefix', default='label:',
                         help='CSV: label columns are those whose name starts with this '
                              '(stripped to give the class name; default "label:")')
+    parser.add_argument('--config', help="bag: the feature config YAML the node runs with "
+                                         "(default: the installed one); feature names do not "
+                                         "show a window or a timeout")
+
+
+def _feature_config(args: argparse.Namespace):
+    """The FeatureConfig of ``--config``, or None (the installed one)."""
+    from .features import FeatureConfig
+    return FeatureConfig.from_yaml(args.config) if args.config else None
 
 
 def _load_data(path: str, args: argparse.Namespace, require_labels: bool = True) -> Dataset:
     """A data file, or a bag directory run through the node's feature pipeline."""
+    return _load_data_and_stamps(path, args, require_labels)[0]
+
+
+def _load_data_and_stamps(path: str, args: argparse.Namespace, require_labels: bool = True
+                          ) -> tuple[Dataset, Optional[np.ndarray]]:
+    """:func:`_load_data` and, for a bag, each row's tick time: int64 (n,) ns (None for a file)."""
     if Path(path).is_dir():
         from .bags import extract_bag
         # Without required labels (predict) the label topic is not read at all: its gaps
         # would drop ticks.
-        return extract_bag(path, require_labels=require_labels,
-                           ignore_labels=not require_labels).dataset
+        extraction = extract_bag(path, _feature_config(args), require_labels=require_labels,
+                                 ignore_labels=not require_labels)
+        return extraction.dataset, extraction.stamps_ns
     return load_dataset(path, label_columns=args.label_columns, label_prefix=args.label_prefix,
-                        require_labels=require_labels)
+                        require_labels=require_labels), None
 
 
 def _load_model(path: str) -> ObstacleModel:
@@ -190,11 +207,10 @@ def _evaluation(model: ObstacleModel, data: Dataset, threshold: Optional[float] 
 # -- subcommands ------------------------------------------------------------------------------
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .features import FeatureConfig
     from .simulation import simulate_dataset
     if (args.output is None) == (args.bag is None):
         raise CliError('give exactly one of --output (a data file) and --bag (a bag directory)')
-    config = FeatureConfig.from_yaml(args.config) if args.config else None
+    config = _feature_config(args)
     if args.bag is not None:
         return _simulate_bag(args, config)
     output = _check_output_path(args.output, ('.npz', '.csv'))
@@ -233,10 +249,9 @@ def _cmd_bag_info(args: argparse.Namespace) -> int:
 
 def _cmd_bag_extract(args: argparse.Namespace) -> int:
     from .bags import extract_bag
-    from .features import FeatureConfig
     output = _check_output_path(args.output, ('.npz', '.csv'))
-    config = FeatureConfig.from_yaml(args.config) if args.config else None
-    extraction = extract_bag(args.bag, config, require_labels=not args.allow_unlabelled,
+    extraction = extract_bag(args.bag, _feature_config(args),
+                             require_labels=not args.allow_unlabelled,
                              label_max_age_s=args.label_max_age)
     data = extraction.dataset
     save_dataset(output, Dataset(X=data.X, Y=data.Y, feature_names=data.feature_names,
@@ -264,12 +279,10 @@ def _cmd_bag_play(args: argparse.Namespace) -> int:
 
 def _cmd_bag_record(args: argparse.Namespace) -> int:
     from .bag_player import RecordOptions, default_record_topics, record_bag
-    from .features import FeatureConfig
     if args.topics:
         topics = tuple(topic if topic.startswith('/') else '/' + topic for topic in args.topics)
     else:
-        topics = default_record_topics(FeatureConfig.from_yaml(args.config)
-                                       if args.config else None)
+        topics = default_record_topics(_feature_config(args))
     stats = record_bag(args.bag, RecordOptions(topics=topics, storage=args.storage,
                                                duration_s=args.duration))
     print(f'recorded {sum(stats.recorded.values())} messages into {args.bag}: ' + ', '.join(
@@ -411,13 +424,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     # From a bag each row is a tick: its bag time goes first in every output, so the
     # predictions line up with what the node published for the same tick.
-    stamps: Optional[np.ndarray] = None
-    if Path(args.input).is_dir():
-        from .bags import extract_bag
-        extraction = extract_bag(args.input, require_labels=False, ignore_labels=True)
-        data, stamps = extraction.dataset, extraction.stamps_ns
-    else:
-        data = _load_data(args.input, args, require_labels=False)
+    data, stamps = _load_data_and_stamps(args.input, args, require_labels=False)
     check_compatible(data, model.feature_names, None)
     probabilities = model.predict_proba(data.X)
     labels = model.decide(probabilities, args.threshold)
@@ -540,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--plot', help='write training curves to this image (.png, .svg or '
                                       '.pdf)')
     train.add_argument('--quiet', action='store_true', help='no progress bar')
-    _add_label_options(train)
+    _add_data_options(train)
     train.set_defaults(handler=_cmd_train)
 
     evaluate = _subcommand(
@@ -553,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="one threshold for every class (default: the model's)")
     evaluate.add_argument('--json', action='store_true', help='print the report as JSON')
     evaluate.add_argument('--plot', help='write per-class score bars to this PNG')
-    _add_label_options(evaluate)
+    _add_data_options(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     tune = _subcommand(
@@ -563,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument('model', help='model file (.npz), rewritten unless --output')
     tune.add_argument('data', help='labelled validation data (.npz or .csv)')
     tune.add_argument('--output', help='write the tuned model here instead')
-    _add_label_options(tune)
+    _add_data_options(tune)
     tune.set_defaults(handler=_cmd_tune_thresholds)
 
     predict = _subcommand(
@@ -579,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           'bag, probabilities, labels, class_names)')
     predict.add_argument('--threshold', type=_probability,
                          help="one threshold for every class (default: the model's)")
-    _add_label_options(predict)
+    _add_data_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
     flops = _subcommand(

@@ -1,6 +1,7 @@
 """The ``bag`` subcommands, ``simulate --bag`` and bag directories in train / evaluate."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -151,3 +152,30 @@ def test_bag_commands_have_help_with_examples(argv, capsys):
         main(argv)
     assert exit_info.value.code == 0
     assert 'obstacle-classifier bag ' in capsys.readouterr().out.split('example')[-1]
+
+
+def test_the_commands_read_a_bag_with_the_feature_config_the_node_runs(simulated_bag, tmp_path,
+                                                                       capsys):
+    # Another window on one input: the feature names are the same, the features are not.
+    from obstacle_classifier.paths import config_path
+    custom = tmp_path / 'features.yaml'
+    text = Path(config_path('features.yaml')).read_text()
+    assert '    window_s: 0.5 ' in text
+    custom.write_text(text.replace('    window_s: 0.5 ', '    window_s: 1.5 ', 1))
+    model = config_path('default_model.npz')
+    extracted = tmp_path / 'extracted.npz'
+    assert _run(capsys, 'bag', 'extract', simulated_bag, '--output', extracted,
+                '--config', custom)[0] == 0
+    outputs = {}
+    for name, argv in (('bag', [simulated_bag, '--config', custom]), ('file', [extracted]),
+                       ('default', [simulated_bag])):
+        outputs[name] = tmp_path / f'{name}.npz'
+        code, _, err = _run(capsys, 'predict', model, *argv, '--output', outputs[name])
+        assert code == 0, err
+    bag, file, default = (np.load(outputs[name]) for name in ('bag', 'file', 'default'))
+    assert np.array_equal(bag['probabilities'], file['probabilities'])
+    assert np.array_equal(bag['stamps_ns'], np.load(extracted)['stamps_ns'])
+    common = np.isin(default['stamps_ns'], bag['stamps_ns'])
+    assert not np.array_equal(default['probabilities'][common], bag['probabilities'])
+    code, out, _ = _run(capsys, 'evaluate', model, simulated_bag, '--config', custom, '--json')
+    assert code == 0 and json.loads(out)['micro']['f1'] >= 0

@@ -38,6 +38,12 @@ from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_M
 NODE_NAME = 'sidewalk_simulator'
 LABELS_TOPIC = 'obstacle_labels'
 RTF_RANGE = (0.01, 100.0)
+#: A node-clock step longer than this many step periods (and 1 s) between two steps is a jump,
+#: not the passing of time: a /clock jump forward, a suspended machine, use_sim_time switched.
+#: Simulated time then goes on from where it was instead of simulating the whole gap at once.
+MAX_STEP_GAP_PERIODS = 10
+#: Readings published this many step periods after their stamps: the node is falling behind.
+LAG_WARN_PERIODS = 10
 
 
 def _default_feature_config() -> str:
@@ -80,7 +86,10 @@ class SimulatorNode(Node):
         self._labels_pub = self.create_publisher(String, LABELS_TOPIC, 10)
 
         # Simulated time = anchor_sim + (node time - anchor_node) * rtf, re-anchored whenever
-        # the factor changes or the node clock jumps back: simulated time never goes back.
+        # the factor changes or the node clock jumps (see MAX_STEP_GAP_PERIODS): simulated time
+        # never goes back, nor ahead by more than one step's worth at once.
+        self._step_period_ns = int(round(1e9 / self.get_parameter('step_rate_hz').value))
+        self._max_gap_ns = max(MAX_STEP_GAP_PERIODS * self._step_period_ns, 1_000_000_000)
         self._node_clock = self.get_clock()
         self._anchor_node_ns: Optional[int] = None
         self._anchor_sim_ns = 0
@@ -150,7 +159,13 @@ class SimulatorNode(Node):
         now_ns = self._node_clock.now().nanoseconds
         if now_ns <= 0:
             return []  # sim time before the first /clock
-        if self._anchor_node_ns is None or now_ns < self._last_node_ns:
+        jumped = (self._anchor_node_ns is not None
+                  and not 0 <= now_ns - self._last_node_ns <= self._max_gap_ns)
+        if jumped:
+            self.get_logger().warning(
+                f'node clock jumped by {(now_ns - self._last_node_ns) / 1e9:+.3f} s between two '
+                'steps: simulated time goes on from where it was')
+        if self._anchor_node_ns is None or jumped:
             self._anchor_node_ns, self._anchor_sim_ns = now_ns, self._simulator.now_ns
         self._last_node_ns = now_ns
         target = self._anchor_sim_ns + int((now_ns - self._anchor_node_ns) * self._rtf)
@@ -161,11 +176,20 @@ class SimulatorNode(Node):
     # -- callbacks -----------------------------------------------------------------------------
 
     def _step(self) -> None:
+        stamp_ns = None
         for reading in self._advance():
             name = reading.input_name
-            msg = self._builders[name].build(reading.values, self._node_ns(reading.stamp_ns))
+            stamp_ns = self._node_ns(reading.stamp_ns)
+            msg = self._builders[name].build(reading.values, stamp_ns)
             if not publish_unless_shut_down(self, self._sensor_pubs[name], msg):
                 return
+        if stamp_ns is not None:
+            lag_ns = self._node_clock.now().nanoseconds - stamp_ns
+            if lag_ns > LAG_WARN_PERIODS * self._step_period_ns:
+                self.get_logger().warning(
+                    f'falling behind: readings leave {lag_ns / 1e6:.0f} ms after their stamps '
+                    f'(real_time_factor {self._rtf:g} is more than this machine keeps up with)',
+                    throttle_duration_sec=5.0)
 
     def _publish_labels(self) -> None:
         self._step()  # the truth describes the world now, not at the last step

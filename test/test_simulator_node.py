@@ -18,10 +18,12 @@ ros_helpers.import_rclpy()
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from obstacle_classifier.features import load_default_config  # noqa: E402
-from obstacle_classifier.ros_io import decode_labels, message_class, stamp_to_ns  # noqa: E402
+from obstacle_classifier.ros_io import (decode_labels, message_class, ns_to_stamp,  # noqa: E402
+                                        stamp_to_ns)
 from obstacle_classifier.simulation import (CLASS_NAMES, DT_NS, SENSOR_RATES_HZ,  # noqa: E402
                                             SidewalkSimulator)
 
@@ -183,6 +185,33 @@ def test_real_time_factor_scales_time_live_and_read_only_parameters_are_refused(
         assert not result.successful and 'read-only' in result.reason.lower(), name
     result = set_parameter(ros, node, 'real_time_factor', 0.0)
     assert not result.successful
+
+
+def test_a_clock_jump_ahead_does_not_simulate_the_whole_gap(ros, ros_processes):
+    # A bag with epoch times played after a simulated one: /clock jumps from 100 s to 1.7e9 s.
+    # Simulating the gap (54 years of 25 ms steps) froze the node with its memory growing.
+    namespace = ros_helpers.unique_name('jump')
+    config = load_default_config()
+    received, _ = subscribe_all(ros, namespace, config)
+    clock_pub = ros.node.create_publisher(Clock, '/clock', 10)
+    clock = {'now': 100 * S}
+
+    def tick():
+        clock['now'] += 10_000_000
+        clock_pub.publish(Clock(clock=ns_to_stamp(clock['now'])))
+    ros.node.create_timer(0.01, tick)
+    simulator = start_simulator(ros_processes, namespace, seed=SEED, use_sim_time='true')
+    assert ros.spin_until(lambda: len(received['lidar']) >= 5, timeout=STARTUP_TIMEOUT), \
+        simulator.report()
+    before = len(received['lidar'])
+    clock['now'] = 1_700_000_000 * S
+    assert ros.spin_until(lambda: len(received['lidar']) >= before + 10, timeout=20.0), \
+        simulator.report()
+    after = [stamp_to_ns(msg.header.stamp) for _, msg in received['lidar'][before:]]
+    assert after[-1] >= 1_700_000_000 * S and len(after) < 40  # a few steps' worth, no flood
+    simulator.wait_for_output(r'node clock jumped by \+1\d{9}\.\d+ s between two steps',
+                              stream='stderr')
+    assert simulator.is_running()
 
 
 @pytest.mark.parametrize('argument, fragment', [

@@ -239,6 +239,10 @@ def spin_until_shutdown(node: Any, executor: Any = None) -> None:
     that is the normal end of the node; while it is still up, it is a real error and is raised.
     """
     import rclpy
+    if not node.context.ok():
+        # Already shut down (a signal as the node came up): rclpy.spin would build an executor
+        # on the dead context, which fails half-built and prints a traceback from __del__.
+        return
     try:
         if executor is None:
             rclpy.spin(node)

@@ -356,6 +356,26 @@ def test_a_signal_during_a_callback_or_the_build_ends_the_node_cleanly(signal_na
     assert 'Exception in' not in stderr and 'KeyboardInterrupt' not in stderr, stderr
 
 
+def test_spinning_a_node_whose_context_is_already_shut_down_returns_quietly():
+    # A signal just as a node comes up: rclpy.spin would build an executor on the dead
+    # context, which fails half-built and prints a traceback from its __del__.
+    import subprocess
+    import sys
+    script = ('import gc, rclpy\n'
+              'from obstacle_classifier.ros_io import spin_until_shutdown\n'
+              'rclpy.init()\n'
+              f'node = rclpy.create_node("shut_down_{os.getpid()}")\n'
+              'rclpy.shutdown()\n'
+              'spin_until_shutdown(node)\n'
+              'gc.collect()\n'
+              'print("returned")\n')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          env=ros_helpers.ros_subprocess_env(ros_helpers.STRICT_WARNINGS_ENV),
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == 'returned', done.stderr
+    assert 'Exception ignored' not in done.stderr and 'Traceback' not in done.stderr
+
+
 def test_timer_callback_calls_through_and_has_its_signature_ready():
     calls = []
     wrapped = ros_io.timer_callback(lambda: calls.append('tick'))

@@ -48,6 +48,8 @@ TRUTH_MATCH_S = 0.1
 #: The fallback model: ~2 minutes of the demo's own simulated world, memorised quickly.
 QUICK_MODEL_TICKS = 2400
 QUICK_MODEL_EPOCHS = 40
+#: Seconds the nodes get to stop on a Ctrl-C of their own before the demo signals them too.
+SIGNALLED_GRACE_S = 5.0
 _QUICK_MODEL_CACHE_SIZE = 8
 # Source files whose content defines a quick model: a change to any of them retrains it.
 _MODEL_SOURCES = ('features.py', 'simulation.py', 'training.py', 'model.py', 'datasets.py')
@@ -172,7 +174,20 @@ class _Children:
     def failed(self) -> list[_Child]:
         return [child for child in self.children if child.process.poll() is not None]
 
-    def stop_all(self, timeout: float = 10.0) -> None:
+    def stop_all(self, timeout: float = 10.0, signalled: bool = False) -> None:
+        """SIGINT each node still running, then SIGKILL what is left after ``timeout``.
+
+        ``signalled``: the nodes got a SIGINT of their own (a terminal's Ctrl-C reaches the
+        whole process group); they get ``SIGNALLED_GRACE_S`` to finish on it first, since a
+        second SIGINT forces a node out of its clean shutdown.
+        """
+        if signalled:
+            grace_end = time.monotonic() + SIGNALLED_GRACE_S
+            for child in self.children:
+                try:
+                    child.process.wait(timeout=max(0.0, grace_end - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
         for child in self.children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGINT)
@@ -393,7 +408,12 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+#: The signals that interrupted the demo (SIGINT or SIGTERM), in order.
+_INTERRUPTS: list[int] = []
+
+
 def _raise_keyboard_interrupt(signum, frame):
+    _INTERRUPTS.append(signum)
     raise KeyboardInterrupt
 
 
@@ -408,7 +428,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ['ROS_DOMAIN_ID'] = str(domain_id)
     env = dict(os.environ, PYTHONUNBUFFERED='1', RCUTILS_COLORIZED_OUTPUT='0')
-    previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    _INTERRUPTS.clear()
 
     config = load_default_config()
     if args.model is not None:
@@ -460,8 +482,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f'  {child.name} ({state}):\n{child.tail()}', file=out)
         print(summarise(record, rate_hz), file=out)
     finally:
-        children.stop_all()
-        signal.signal(signal.SIGTERM, previous_term)
+        # Another Ctrl-C now must not cut the stopping short (and leave a node behind).
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            children.stop_all(signalled=signal.SIGINT in _INTERRUPTS)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         codes = ', '.join(f'{child.name} exited {child.process.returncode}'
                           for child in children.children)
         print(f'stopped: {codes}', file=out, flush=True)

@@ -59,3 +59,18 @@ def test_demo_stopped_early_still_summarises_and_stops_its_nodes(ros_processes):
     assert 'interrupted' in out and 'ticks received' in out, out
     assert 'stopped: sidewalk_simulator exited 0, classifier_node exited 0' in out, out
     assert not any(_alive(pid) for pid in children.values())
+
+
+def test_ctrl_c_in_the_terminal_stops_the_demo_and_its_nodes_cleanly(ros_processes):
+    proc = ros_processes.start_module('demo', DEMO, ['--duration', '60'],
+                                      extra_env=STRICT_WARNINGS)
+    children = _children(proc)
+    proc.wait_for_output(r'^\s*1\.\d+s\s', timeout=TIMEOUT)
+    # A terminal's Ctrl-C goes to the whole process group: the nodes get it too. A second
+    # SIGINT from the demo on its heels would cut their clean shutdown short.
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(60) == 0, proc.report()
+    out = proc.stdout()
+    assert 'interrupted' in out and 'ticks received' in out, out
+    assert 'stopped: sidewalk_simulator exited 0, classifier_node exited 0' in out, out
+    assert not any(_alive(pid) for pid in children.values())

@@ -299,7 +299,7 @@ def verdict(ok: bool) -> str:
 def training_targets(repeats: int) -> dict:
     say('## P1 / P2: training, batch 100 (best of interleaved repetitions)')
     say()
-    say('| (d, h, c) | dtype | BLAS thr. | ours samples/s | reference | torch (2 thr.) | '
+    say('| (d, h, c) | dtype | threads | ours samples/s | reference | torch | '
         'products alone | ours/ref | ours/torch | ours/products |')
     say('|---|---|---|---|---|---|---|---|---|---|')
     results = {}
@@ -593,7 +593,7 @@ def scaling() -> list[dict]:
         'call of predict_proba (ours; batch 1 is a (d,) vector) and of the no-grad forward '
         '(torch). Best of interleaved repetitions.')
     say()
-    say('| h | batch | BLAS thr. | train ours | train torch | ours/torch | infer ours us | '
+    say('| h | batch | threads | train ours | train torch | ours/torch | infer ours us | '
         'infer torch us | torch/ours |')
     say('|---|---|---|---|---|---|---|---|---|')
     d, c = 16, 8

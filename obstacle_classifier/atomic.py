@@ -8,6 +8,7 @@ file is removed and the previous file, if there was one, is left untouched.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 import time
@@ -21,6 +22,10 @@ __all__ = ['atomic_write', 'atomic_write_bytes', 'remove_stale_temporaries']
 #: A temporary file older than this is a leftover, not a write in progress (a model file is
 #: written in well under a second).
 STALE_TEMPORARY_S = 60.0
+#: Bytes of the destination's name kept in a temporary file's name: the name then fits the
+#: file system's 255-byte limit whatever the destination's (14 bytes go to '.' and mkstemp's
+#: '.<8 random>.tmp').
+_NAME_BYTES_IN_TEMPORARY = 240
 
 
 def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None:
@@ -35,7 +40,8 @@ def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None
     destination = Path(path)
     directory = destination.parent
     # A hidden name that says what it belongs to, so a leftover after a hard kill is recognisable.
-    fd, temp_name = tempfile.mkstemp(prefix=f'.{destination.name}.', suffix='.tmp', dir=directory)
+    fd, temp_name = tempfile.mkstemp(prefix=f'.{_temporary_stem(destination)}.', suffix='.tmp',
+                                     dir=directory)
     try:
         with os.fdopen(fd, 'wb') as temp_file:
             write_fn(temp_file)
@@ -50,7 +56,13 @@ def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(directory)
+    try:
+        _fsync_directory(directory)
+    except OSError:
+        # The new file is in place; only the rename's durability across a power cut is not
+        # assured (a directory that cannot be opened for reading, a file system that refuses
+        # directory fsync). Raising now would report a write that happened as failed.
+        pass
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
@@ -70,8 +82,14 @@ def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORA
     """
     destination = Path(path)
     cutoff = time.time() - older_than_s
+    # Exactly mkstemp's names for this destination: a glob of the name would treat [ ] * ? in
+    # it as patterns and match other files' leftovers.
+    own_name = re.compile(re.escape(f'.{_temporary_stem(destination)}.') + r'[A-Za-z0-9_]{8}'
+                          r'\.tmp')
     removed = []
-    for candidate in destination.parent.glob(f'.{destination.name}.*.tmp'):
+    for candidate in destination.parent.iterdir():
+        if not own_name.fullmatch(candidate.name):
+            continue
         try:
             if candidate.is_file() and candidate.stat().st_mtime < cutoff:
                 candidate.unlink()
@@ -79,6 +97,14 @@ def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORA
         except OSError:
             continue
     return removed
+
+
+def _temporary_stem(destination: Path) -> str:
+    """The part of a temporary file's name that says which destination it is for."""
+    name = destination.name
+    while len(os.fsencode(name)) > _NAME_BYTES_IN_TEMPORARY:
+        name = name[:-1]  # a character at a time: never cut inside one
+    return name
 
 
 def _target_mode(destination: Path) -> int:

@@ -1,7 +1,6 @@
-"""Data files: NPZ/CSV round trips, every bad-file case, compatibility checks and atomic writes."""
+"""Data files: NPZ/CSV round trips, every bad-file case, compatibility checks, saving."""
 import os
 import pickle
-import stat
 import zipfile
 
 import numpy as np
@@ -10,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from obstacle_classifier import atomic, datasets
-from obstacle_classifier.atomic import atomic_write, atomic_write_bytes, remove_stale_temporaries
+from obstacle_classifier import datasets
 from obstacle_classifier.datasets import (Dataset, DatasetError, check_compatible, load_dataset,
                                           save_dataset)
 
@@ -550,7 +548,7 @@ def test_check_compatible():
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving and atomic writes
+# Saving (the atomic writes themselves: test_atomic.py)
 # ---------------------------------------------------------------------------------------------
 
 def test_stamps_are_stored_beside_an_npz_data_set_only(tmp_path):
@@ -584,22 +582,6 @@ class Boom(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize('exception', [Boom, KeyboardInterrupt])
-def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path, exception):
-    path = tmp_path / 'model.npz'
-    atomic_write_bytes(path, b'previous contents')
-
-    def write_half_then_fail(file):
-        file.write(b'half of the new ')
-        file.flush()
-        raise exception('disk on fire')
-
-    with pytest.raises(exception):
-        atomic_write(path, write_half_then_fail)
-    assert path.read_bytes() == b'previous contents'
-    assert os.listdir(tmp_path) == ['model.npz']
-
-
 def test_failed_save_dataset_keeps_previous_file(tmp_path, monkeypatch):
     path = tmp_path / 'data.npz'
     original = make_dataset(seed=1)
@@ -615,51 +597,3 @@ def test_failed_save_dataset_keeps_previous_file(tmp_path, monkeypatch):
         save_dataset(path, make_dataset(seed=2))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['data.npz']
-
-
-def test_atomic_write_fsyncs_file_and_directory(tmp_path, monkeypatch):
-    synced = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd):
-        synced.append('dir' if stat.S_ISDIR(os.fstat(fd).st_mode) else 'file')
-        real_fsync(fd)
-
-    monkeypatch.setattr(atomic.os, 'fsync', recording_fsync)
-    atomic_write(tmp_path / 'out.bin', lambda file: file.write(b'abc'))
-    assert synced == ['file', 'dir']
-    assert (tmp_path / 'out.bin').read_bytes() == b'abc'
-
-
-def test_atomic_write_file_mode(tmp_path):
-    # A new file gets the usual 0666 & ~umask, not mkstemp's private 0600 ...
-    old_umask = os.umask(0o027)
-    try:
-        atomic_write_bytes(tmp_path / 'new.bin', b'x')
-    finally:
-        os.umask(old_umask)
-    assert stat.S_IMODE(os.stat(tmp_path / 'new.bin').st_mode) == 0o640
-    # ... and a replaced file keeps its mode.
-    (tmp_path / 'new.bin').chmod(0o604)
-    atomic_write_bytes(tmp_path / 'new.bin', b'y')
-    assert stat.S_IMODE(os.stat(tmp_path / 'new.bin').st_mode) == 0o604
-    assert (tmp_path / 'new.bin').read_bytes() == b'y'
-
-
-def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
-    import os
-    import time
-    target = tmp_path / 'online.npz'
-    atomic_write_bytes(target, b'model')
-    old = time.time() - 3600
-    leftover = tmp_path / '.online.npz.k2j4_x.tmp'    # as atomic_write names its temporaries
-    in_progress = tmp_path / '.online.npz.a8b9c0.tmp'  # another writer, right now
-    other = tmp_path / '.other.npz.zzz.tmp'            # another destination's
-    for path in (leftover, in_progress, other):
-        path.write_bytes(b'partial')
-    os.utime(leftover, (old, old))
-    os.utime(other, (old, old))
-    assert remove_stale_temporaries(target) == [leftover]
-    assert not leftover.exists() and in_progress.exists() and other.exists()
-    assert target.read_bytes() == b'model'
-    assert remove_stale_temporaries(tmp_path / 'missing.npz') == []

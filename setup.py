@@ -15,7 +15,9 @@ setup(
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.npz')),
     ],
-    install_requires=['setuptools', 'numpy', 'PyYAML'],
+    # What the nodes and the obstacle-classifier command import (rclpy and the message
+    # packages come from ROS, not from PyPI's index of this name).
+    install_requires=['setuptools', 'numpy', 'PyYAML', 'tqdm', 'matplotlib', 'rosbags'],
     zip_safe=True,
     maintainer='obstacle_classifier maintainers',
     maintainer_email='maintainers@obstacle-classifier.invalid',

@@ -467,7 +467,7 @@ import setuptools
 captured = {}
 setuptools.setup = lambda **kwargs: captured.update(kwargs)
 runpy.run_path('setup.py', run_name='__main__')
-keys = ('name', 'version', 'packages', 'data_files', 'entry_points')
+keys = ('name', 'version', 'packages', 'data_files', 'entry_points', 'install_requires')
 json.dump({k: captured.get(k) for k in keys}, sys.stdout)
 '''
 

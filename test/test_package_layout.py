@@ -4,6 +4,7 @@ No build here (test_colcon_build.py builds and inspects the install tree): these
 """
 import ast
 import configparser
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -37,6 +38,39 @@ def test_package_xml_is_format_3_with_the_required_dependencies(manifest):
     for tag in ('version', 'description', 'maintainer', 'license'):
         assert manifest.findtext(tag, '').strip(), f'package.xml has no <{tag}>'
     assert manifest.find('maintainer').get('email'), 'package.xml <maintainer> has no email'
+
+
+#: Imports that are not ROS packages: their rosdep key, or None for a PyPI-only package that
+#: setup.py's install_requires must name instead.
+THIRD_PARTY_KEYS = {'numpy': 'python3-numpy', 'yaml': 'python3-yaml', 'tqdm': 'python3-tqdm',
+                    'matplotlib': 'python3-matplotlib', 'rosbags': None}
+STANDARD_LIBRARY = set(sys.stdlib_module_names)
+
+
+def _imported_top_level_modules() -> set[str]:
+    """Every top-level module the package's code and launch files import."""
+    names = set()
+    for path in [*(REPO / PKG).rglob('*.py'), *(REPO / 'launch').glob('*.launch.py')]:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split('.')[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split('.')[0])
+    return names - STANDARD_LIBRARY - {PKG}
+
+
+def test_everything_the_code_imports_is_declared(manifest, setup_py_args):
+    # rosdep installs what package.xml names; a module it leaves out fails on the robot only.
+    depends = _texts(manifest, 'exec_depend') | _texts(manifest, 'depend')
+    for module in sorted(_imported_top_level_modules()):
+        if module in THIRD_PARTY_KEYS:
+            key = THIRD_PARTY_KEYS[module]
+            if key is None:
+                assert module in setup_py_args['install_requires'], module
+            else:
+                assert key in depends, f'package.xml lacks exec_depend {key} ({module})'
+        else:  # a ROS package
+            assert module in depends, f'package.xml lacks exec_depend {module}'
 
 
 def test_package_xml_agrees_with_setup_py(manifest, setup_py_args):

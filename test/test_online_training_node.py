@@ -213,7 +213,7 @@ def test_kill_9_mid_run_leaves_a_loadable_checkpoint_and_multi_hot_labels_are_ch
     # A kill in the middle of a write leaves the write's temporary file (rarely: the window is
     # short, so one is planted as the killed write leaves it). The next start removes it.
     leftovers = list(tmp_path.glob('.online.npz.*.tmp'))
-    planted = tmp_path / '.online.npz.k9dead0.tmp'
+    planted = tmp_path / '.online.npz.k9dead00.tmp'  # as mkstemp names them: 8 characters
     planted.write_bytes(b'half a model')
     os.utime(planted, (time.time() - 3600, time.time() - 3600))
     for leftover in leftovers:

@@ -201,6 +201,7 @@ class _OnlineTraining:
         self.trainer: Optional[OnlineTrainer] = None
         self.ring: Optional[TickRing] = None
         self.rejected_without_model = 0
+        self._discarded_at_report = 0  # discarded updates at the last status report
         if node._model is not None:
             self.restart_from(node._model)
         else:
@@ -234,6 +235,7 @@ class _OnlineTraining:
         ring_capacity = math.ceil(self.max_delay_ns / 1e9 * RATE_RANGE_HZ[1]) + 2
         trainer = OnlineTrainer(model, self.optimizer, self.lr, self.batch_size,
                                 self.buffer_size)
+        self._guard_against_the_checkpoint_file(trainer)
         ring = TickRing(ring_capacity, model.n_features, model.network.dtype)
         with self._swap_lock:
             if self.trainer is not None:  # the counters describe the node's life, not one model
@@ -242,6 +244,19 @@ class _OnlineTraining:
             # The new model has trained nothing yet: the checkpoint file keeps what the last
             # one wrote until it has.
             self._checkpointed_steps = trainer.stats.steps
+
+    def _guard_against_the_checkpoint_file(self, trainer: OnlineTrainer) -> None:
+        """Compare checkpoints with the file already at the checkpoint path (a previous run's
+        or the previous model's training), not only with the model now starting."""
+        if not self.checkpoint_path or not os.path.exists(self.checkpoint_path):
+            return
+        try:
+            trainer.compare_with(ObstacleModel.load(self.checkpoint_path),
+                                 'the checkpoint file')
+        except (ModelFileError, OSError, ValueError) as exc:
+            self._node.get_logger().warning(
+                f'checkpoint {self.checkpoint_path} cannot guard the checkpoints ({exc}): the '
+                'first one written will replace it')
 
     def record_tick(self, stamp_ns: int, features: Optional[np.ndarray]) -> None:
         """One tick: normalised features (d,), or None when it produced no prediction."""
@@ -361,6 +376,8 @@ class _OnlineTraining:
                                      'no model to train', hardware_id,
                                      {'labels_rejected_no_model': self.rejected_without_model})
         stats = trainer.stats
+        discarded_now = stats.discarded_updates - self._discarded_at_report
+        self._discarded_at_report = stats.discarded_updates
         publishers, other_type = self._node.publishers_of(self.subscription.topic_name,
                                                           self.msg_type)
         values: dict[str, Any] = {
@@ -390,12 +407,13 @@ class _OnlineTraining:
             message = (f'a label publisher has an incompatible QoS ({self.incompatible_policy})'
                        if self.incompatible_qos_publishers else
                        f'a label publisher has another message type than {self.msg_type}')
-        elif stats.checkpoint_failures or stats.checkpoints_refused:
-            level = WARN
+        elif stats.last_checkpoint_reason.startswith(('refused', 'failed')):
+            level = WARN  # as things are now; the totals are in the values
             message = f'{stats.steps} steps; last checkpoint {stats.last_checkpoint_reason}'
-        elif stats.discarded_updates:
+        elif discarded_now:
             level = WARN
-            message = f'{stats.steps} steps, {stats.discarded_updates} updates discarded'
+            message = (f'{stats.steps} steps, {discarded_now} updates discarded since the last '
+                       'report')
         elif stats.examples_added == 0:
             level, message = WARN, 'no labelled examples yet'
         else:

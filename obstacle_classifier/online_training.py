@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .model import ObstacleModel
-from .nn import BCEWithLogitsLoss, Network
+from .nn import BCEWithLogitsLoss
 from .nn.optim import OPTIMIZERS
 from .training import Trainer, balanced_weights
 
@@ -331,8 +331,10 @@ class OnlineTrainer:
         self.stats = TrainingStats()
         self._rng = np.random.default_rng(seed)
         # The guard compares against the last written checkpoint; until one is written, against
-        # the model training started from.
-        self._reference_network = copy.deepcopy(model.network)
+        # the checkpoint file already there (compare_with) or else the model training started
+        # from.
+        self._reference = copy.deepcopy(model)
+        self._reference_name = 'the starting model'
         self._trained_since_snapshot = False
 
     @property
@@ -394,14 +396,35 @@ class OnlineTrainer:
         self.stats.snapshots += 1
         return self._export()
 
-    def held_out_loss(self, network: Optional[Network] = None) -> float:
-        """Mean per-example loss of ``network`` (default: the trained one) on the held-out rows
-        (inference mode, nothing cached); nan when there are none."""
+    def compare_with(self, checkpoint: ObstacleModel, name: str) -> None:
+        """Guard checkpoints against ``checkpoint`` (the file already at the checkpoint path,
+        called ``name`` in the reasons) instead of the starting model: a model change or a
+        restart must not let a barely trained model replace a well trained file. Same feature
+        and class names required (ValueError otherwise); its normalisation may differ."""
+        if (checkpoint.feature_names, checkpoint.class_names) != (
+                self.model.feature_names, self.model.class_names):
+            raise ValueError('it has other feature or class names than the model')
+        self._reference = copy.deepcopy(checkpoint)
+        self._reference_name = name
+
+    def held_out_loss(self, model: Optional[ObstacleModel] = None) -> float:
+        """Mean per-example loss of ``model`` (default: the trained one) on the held-out rows
+        (inference mode, nothing cached); nan when there are none or the loss is not finite.
+
+        The rows are held normalised as the serving model saw them; another model's
+        normalisation is applied to the raw features they came from."""
         X, Y = self.buffer.held_out_rows()
         if len(X) == 0:
             return math.nan
-        network = self.model.network if network is None else network
-        total = BCEWithLogitsLoss('sum').forward(network.logits(X, cache=False), Y)
+        model = self.model if model is None else model
+        if not (np.array_equal(model.input_mean, self.model.input_mean)
+                and np.array_equal(model.input_std, self.model.input_std)):
+            try:
+                X = model.normalise(X * self.model.input_std + self.model.input_mean)
+            except ValueError:  # an overflow once renormalised: it cannot score these rows
+                return math.nan
+        with np.errstate(over='ignore', invalid='ignore'):
+            total = BCEWithLogitsLoss('sum').forward(model.network.logits(X, cache=False), Y)
         return float(total) / len(X)
 
     def checkpoint(self, path: str | Path) -> CheckpointDecision:
@@ -412,19 +435,22 @@ class OnlineTrainer:
         ``loss > reference * (1 + WORSE_RELATIVE_MARGIN) + WORSE_ABSOLUTE_MARGIN``.
         Without held-out rows the file is written unguarded (said in the reason).
         """
+        held_out_rows = self.buffer.held_out.count
         loss = self.held_out_loss()
-        reference = self.held_out_loss(self._reference_network)
+        reference = self.held_out_loss(self._reference)
         self.stats.last_held_out_loss = loss
-        if math.isnan(loss):
+        name = self._reference_name
+        if held_out_rows == 0:
             reason = 'written unguarded: no held-out examples yet'
-        elif loss > reference * (1 + WORSE_RELATIVE_MARGIN) + WORSE_ABSOLUTE_MARGIN:
+        elif not math.isfinite(loss) or (
+                loss > reference * (1 + WORSE_RELATIVE_MARGIN) + WORSE_ABSOLUTE_MARGIN):
             self.stats.checkpoints_refused += 1
-            reason = (f'refused: held-out loss {loss:.4f} is clearly worse than the last '
-                      f'checkpoint\'s {reference:.4f}')
+            reason = (f'refused: held-out loss {loss:.4f} is clearly worse than {name}\'s '
+                      f'{reference:.4f}')
             self.stats.last_checkpoint_reason = reason
             return CheckpointDecision(False, reason, loss, reference)
         else:
-            reason = f'written: held-out loss {loss:.4f} (last checkpoint {reference:.4f})'
+            reason = f'written: held-out loss {loss:.4f} ({name} {reference:.4f})'
         exported = self._export()
         try:
             exported.save(path)
@@ -433,7 +459,7 @@ class OnlineTrainer:
             reason = f'failed: {exc}'
             self.stats.last_checkpoint_reason = reason
             return CheckpointDecision(False, reason, loss, reference)
-        self._reference_network = copy.deepcopy(exported.network)
+        self._reference, self._reference_name = exported, 'the last checkpoint'
         self.stats.checkpoints_written += 1
         self.stats.last_checkpoint_reason = reason
         return CheckpointDecision(True, reason, loss, reference)

@@ -244,6 +244,58 @@ def test_checkpoints_are_written_loadable_and_refused_when_clearly_worse(tmp_pat
     assert path.read_bytes() == written
 
 
+def test_a_new_model_is_guarded_against_the_checkpoint_file_already_there(tmp_path):
+    # A model change or a restart: a barely trained model must not replace a well trained
+    # file, even one whose input normalisation differs from the new model's.
+    X, Y = separable_examples(1000)
+    trained = ObstacleModel.create(FEATURES, CLASSES, hidden=16, rng=1, input_mean=[0.5, -0.5],
+                                   input_std=[2.0, 0.5])
+    first = OnlineTrainer(trained, 'adam', 1e-2, batch_size=32, buffer_size=1000)
+    for x, y in zip(trained.normalise(X), Y):
+        first.add_example(x, y)
+    first.train_steps(300)
+    path = tmp_path / 'online.npz'
+    assert first.checkpoint(path).written
+    written = path.read_bytes()
+
+    starting = fresh_model()  # normalisation 0 / 1
+    trainer = OnlineTrainer(starting, 'adam', 1e-2, batch_size=32, buffer_size=1000)
+    trainer.compare_with(ObstacleModel.load(path), 'the checkpoint file')
+    for x, y in zip(starting.normalise(X), Y):
+        trainer.add_example(x, y)
+    trainer.train_steps(2)
+    decision = trainer.checkpoint(path)
+    assert not decision.written, decision.reason
+    assert "clearly worse than the checkpoint file's" in decision.reason
+    assert decision.reference_loss < 0.5 * decision.held_out_loss
+    assert path.read_bytes() == written
+    trainer.train_steps(500)  # once it is better, it is written, and becomes the reference
+    decision = trainer.checkpoint(path)
+    assert decision.written and '(the checkpoint file ' in decision.reason, decision.reason
+    assert '(the last checkpoint ' in trainer.checkpoint(path).reason
+    other = ObstacleModel.create(FEATURES, ('pole', 'dog'), hidden=4, rng=0)
+    with pytest.raises(ValueError, match='other feature or class names'):
+        trainer.compare_with(other, 'the checkpoint file')
+
+
+def test_a_checkpoint_whose_held_out_loss_is_not_finite_is_refused(tmp_path):
+    # Finite weights whose logits overflow on the held-out rows: the loss is NaN, which must
+    # not pass for 'no held-out examples'.
+    model = fresh_model()
+    trainer = OnlineTrainer(model, 'adam', 1e-2, batch_size=32, buffer_size=1000)
+    X, Y = separable_examples(1000)
+    for x, y in zip(model.normalise(X), Y):
+        trainer.add_example(x, y)
+    trainer.train_steps(50)
+    path = tmp_path / 'online.npz'
+    assert trainer.checkpoint(path).written
+    for param in trainer.model.network.parameters():
+        param *= 1e200
+    decision = trainer.checkpoint(path)
+    assert not decision.written and 'clearly worse' in decision.reason, decision.reason
+    assert not math.isfinite(decision.held_out_loss)
+
+
 def test_a_checkpoint_without_held_out_rows_is_written_and_says_so(tmp_path):
     trainer = OnlineTrainer(fresh_model(), buffer_size=10)
     decision = trainer.checkpoint(tmp_path / 'm.npz')

@@ -60,6 +60,9 @@ DEFAULT_MAX_RATE_HZ = 250.0
 #: Extra time a buffer holds beyond its window: readings stamped ahead of the tick being computed
 #: (clock skew, header stamps ahead of sim time) and the gap between two ticks.
 BUFFER_HEADROOM_S = 1.0
+#: The largest max_stamp_lead_s: readings accepted further ahead would fill the headroom and
+#: push a tick's window out of the buffer (0.1 s is left for the gap between ticks).
+MAX_STAMP_LEAD_S = 0.9
 
 _VECTOR3 = ('x', 'y', 'z')
 _SCALAR, _SEQUENCE = 'scalar', 'sequence'
@@ -164,7 +167,8 @@ class FeatureConfig:
 
     ``max_stamp_lead_s``: a reading whose header stamp lies further ahead of the time it was
     received is refused ('future_stamp'): one stamp from a glitching sensor clock would
-    otherwise make every later reading of that input 'out_of_order' until time caught up.
+    otherwise make every later reading of that input 'out_of_order' until time caught up. At
+    most :data:`MAX_STAMP_LEAD_S`, what the buffers' headroom holds.
     """
 
     inputs: tuple[InputSpec, ...]
@@ -177,11 +181,13 @@ class FeatureConfig:
         if not _is_number(self.rate_hz) or not math.isfinite(self.rate_hz) or self.rate_hz <= 0:
             raise FeatureConfigError(
                 f"{self.source}: key 'rate_hz': must be a positive number, got {self.rate_hz!r}")
-        if (not _is_number(self.max_stamp_lead_s) or not math.isfinite(self.max_stamp_lead_s)
-                or self.max_stamp_lead_s <= 0):
+        if (not _is_number(self.max_stamp_lead_s)
+                or not 0 < self.max_stamp_lead_s <= MAX_STAMP_LEAD_S):
             raise FeatureConfigError(
-                f"{self.source}: key 'max_stamp_lead_s': must be a positive number of seconds, "
-                f'got {self.max_stamp_lead_s!r}')
+                f"{self.source}: key 'max_stamp_lead_s': must be a number of seconds in "
+                f'(0, {MAX_STAMP_LEAD_S:g}] (the input buffers hold {BUFFER_HEADROOM_S:g} s '
+                'beyond their windows: readings stamped further ahead would push the '
+                f'windows out), got {self.max_stamp_lead_s!r}')
         if not self.inputs:
             raise FeatureConfigError(f"{self.source}: key 'inputs': at least one input is needed")
         seen_names: dict[str, int] = {}

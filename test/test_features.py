@@ -228,7 +228,8 @@ def test_rate_errors_and_missing_file(tmp_path):
     for rate in (0, -5, 'fast', math.nan, True):
         with pytest.raises(FeatureConfigError, match="'rate_hz'"):
             make_config(range_input(), rate_hz=rate)
-    for lead in (0, -0.5, 'soon', math.inf, False):
+    # Above 0.9 s, readings accepted that far ahead would push the windows out of the buffers.
+    for lead in (0, -0.5, 'soon', math.inf, False, math.nan, 1.5):
         with pytest.raises(FeatureConfigError, match="'max_stamp_lead_s'"):
             FeatureConfig.from_dict({'rate_hz': 20, 'max_stamp_lead_s': lead,
                                      'inputs': [range_input()]})

@@ -6,6 +6,8 @@ import os
 import re
 import signal
 
+import pytest
+
 import ros_helpers
 
 DEMO = 'obstacle_classifier.demo'
@@ -47,28 +49,19 @@ def test_demo_runs_both_nodes_shows_live_detections_and_summarises(ros_processes
     assert 'Traceback' not in out + proc.stderr()
 
 
-def test_demo_stopped_early_still_summarises_and_stops_its_nodes(ros_processes):
+@pytest.mark.parametrize('how', ['sigterm_to_the_demo', 'ctrl_c_in_the_terminal'])
+def test_demo_stopped_early_still_summarises_and_stops_its_nodes_cleanly(ros_processes, how):
     proc = ros_processes.start_module('demo', DEMO, ['--duration', '60'],
                                       extra_env=STRICT_WARNINGS)
     children = _children(proc)
     proc.wait_for_output(r'^\s*1\.\d+s\s', timeout=TIMEOUT)
-    # SIGTERM to the demo alone (not its process group): it must stop the nodes itself.
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(60) == 0, proc.report()
-    out = proc.stdout()
-    assert 'interrupted' in out and 'ticks received' in out, out
-    assert 'stopped: sidewalk_simulator exited 0, classifier_node exited 0' in out, out
-    assert not any(_alive(pid) for pid in children.values())
-
-
-def test_ctrl_c_in_the_terminal_stops_the_demo_and_its_nodes_cleanly(ros_processes):
-    proc = ros_processes.start_module('demo', DEMO, ['--duration', '60'],
-                                      extra_env=STRICT_WARNINGS)
-    children = _children(proc)
-    proc.wait_for_output(r'^\s*1\.\d+s\s', timeout=TIMEOUT)
-    # A terminal's Ctrl-C goes to the whole process group: the nodes get it too. A second
-    # SIGINT from the demo on its heels would cut their clean shutdown short.
-    os.killpg(proc.pid, signal.SIGINT)
+    if how == 'sigterm_to_the_demo':
+        # The demo alone (not its process group): it must stop the nodes itself.
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        # A terminal's Ctrl-C goes to the whole process group: the nodes get it too. A second
+        # SIGINT from the demo on its heels would cut their clean shutdown short.
+        os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(60) == 0, proc.report()
     out = proc.stdout()
     assert 'interrupted' in out and 'ticks received' in out, out

@@ -86,8 +86,12 @@ def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORA
     # it as patterns and match other files' leftovers.
     own_name = re.compile(re.escape(f'.{_temporary_stem(destination)}.') + r'[A-Za-z0-9_]{8}'
                           r'\.tmp')
+    try:
+        candidates = list(destination.parent.iterdir())
+    except OSError:  # no such directory (yet), or not one: nothing of ours there
+        return []
     removed = []
-    for candidate in destination.parent.iterdir():
+    for candidate in candidates:
         if not own_name.fullmatch(candidate.name):
             continue
         try:

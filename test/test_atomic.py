@@ -116,3 +116,10 @@ def test_a_name_at_the_file_system_limit_is_written_and_its_leftovers_found(tmp_
     assert (tmp_path / name).read_bytes() == b'model' and os.listdir(tmp_path) == [name]
     leftover = _leftover(tmp_path, '.' + name[:240] + '.abcd1234.tmp')
     assert remove_stale_temporaries(tmp_path / name) == [leftover]
+
+
+def test_no_leftovers_in_a_directory_that_does_not_exist(tmp_path):
+    # A checkpoint path whose directory is made later: the node looks for leftovers at start.
+    assert remove_stale_temporaries(tmp_path / 'not_yet' / 'online.npz') == []
+    (tmp_path / 'a_file').write_bytes(b'')
+    assert remove_stale_temporaries(tmp_path / 'a_file' / 'online.npz') == []

@@ -38,10 +38,12 @@ from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_M
 NODE_NAME = 'sidewalk_simulator'
 LABELS_TOPIC = 'obstacle_labels'
 RTF_RANGE = (0.01, 100.0)
-#: A node-clock step longer than this many step periods (and 1 s) between two steps is a jump,
-#: not the passing of time: a /clock jump forward, a suspended machine, use_sim_time switched.
-#: Simulated time then goes on from where it was instead of simulating the whole gap at once.
+#: A node-clock step longer than this many step periods (and 2 s) between two steps is a jump,
+#: not only the passing of time: a /clock jump forward, a suspended machine, use_sim_time
+#: switched. Only that much of it is simulated (a coarse /clock still moves the world on);
+#: simulated time goes on from there instead of simulating the whole gap at once.
 MAX_STEP_GAP_PERIODS = 10
+MAX_STEP_GAP_S = 2.0
 #: Readings published this many step periods after their stamps: the node is falling behind.
 LAG_WARN_PERIODS = 10
 
@@ -89,7 +91,8 @@ class SimulatorNode(Node):
         # the factor changes or the node clock jumps (see MAX_STEP_GAP_PERIODS): simulated time
         # never goes back, nor ahead by more than one step's worth at once.
         self._step_period_ns = int(round(1e9 / self.get_parameter('step_rate_hz').value))
-        self._max_gap_ns = max(MAX_STEP_GAP_PERIODS * self._step_period_ns, 1_000_000_000)
+        self._max_gap_ns = max(MAX_STEP_GAP_PERIODS * self._step_period_ns,
+                               int(MAX_STEP_GAP_S * 1e9))
         self._node_clock = self.get_clock()
         self._anchor_node_ns: Optional[int] = None
         self._anchor_sim_ns = 0
@@ -164,9 +167,13 @@ class SimulatorNode(Node):
         if jumped:
             self.get_logger().warning(
                 f'node clock jumped by {(now_ns - self._last_node_ns) / 1e9:+.3f} s between two '
-                'steps: simulated time goes on from where it was')
+                f'steps: simulated time goes on from where it was (at most '
+                f'{self._max_gap_ns / 1e9:g} s of the jump are simulated)')
         if self._anchor_node_ns is None or jumped:
-            self._anchor_node_ns, self._anchor_sim_ns = now_ns, self._simulator.now_ns
+            # After a jump ahead, the last max_gap of it is simulated now.
+            ahead = jumped and now_ns > self._last_node_ns
+            self._anchor_node_ns = now_ns - (self._max_gap_ns if ahead else 0)
+            self._anchor_sim_ns = self._simulator.now_ns
         self._last_node_ns = now_ns
         target = self._anchor_sim_ns + int((now_ns - self._anchor_node_ns) * self._rtf)
         if target <= self._simulator.now_ns:

@@ -51,10 +51,15 @@ def share_dir() -> Path:
 
 
 def _distribution_share_dir() -> Optional[Path]:
-    """Where the installed distribution put its share files (from its RECORD), or None."""
+    """Where the installed distribution put its share files (from its RECORD), or None; only
+    if that distribution's code is the code running (another install may come first on the
+    path: a checkout's, or an older one's)."""
     try:
         distribution = metadata.distribution(PACKAGE_NAME)
     except metadata.PackageNotFoundError:
+        return None
+    ours = Path(distribution.locate_file(f'{PACKAGE_NAME}/paths.py'))
+    if not ours.is_file() or not ours.resolve().samefile(Path(__file__).resolve()):
         return None
     marker = f'share/{PACKAGE_NAME}/package.xml'
     for file in distribution.files or ():

@@ -38,6 +38,12 @@ def target_install(tmp_path_factory, repo_root) -> Path:
     target = root / 'target'
     subprocess.run([*pip, 'install', '--no-deps', '--target', str(target), str(wheel)],
                    check=True, cwd=root, timeout=300)
+    # pip --target leaves the RECORD's share paths pointing outside the target; rewritten as a
+    # --prefix or --user install writes them (relative to where the package is), so that both
+    # ways of finding the share files are exercised. (--prefix with this venv's pip would
+    # uninstall the venv's own editable install.)
+    (record,) = target.glob('obstacle_classifier-*.dist-info/RECORD')
+    record.write_text(record.read_text().replace('../../share/', 'share/'))
     return target
 
 
@@ -53,3 +59,16 @@ def test_a_target_install_finds_its_own_share_files(target_install, tmp_path):
     assert Path(module).is_relative_to(target_install)
     assert Path(share) == (target_install / 'share' / 'obstacle_classifier').resolve()
     assert Path(features).is_file()
+
+
+def test_the_running_code_finds_its_own_files_not_another_installs(
+        target_install, repo_root, tmp_path):
+    # The checkout first on the path, an install after it: the checkout's code runs, so the
+    # checkout's config is the one to read (not the other install's, which may be older).
+    probe = 'import obstacle_classifier.paths as p\nprint(p.__file__)\nprint(p.share_dir())\n'
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': f'{repo_root}:{target_install}'}
+    done = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    module, share = done.stdout.splitlines()
+    assert Path(module).is_relative_to(repo_root) and Path(share) == repo_root

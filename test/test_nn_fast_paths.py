@@ -44,18 +44,34 @@ def test_fused_step_equals_the_layer_loop_bit_for_bit(dtype, activation, shape):
     assert fused.cached_nbytes() == 0
 
 
+def poison(arrays) -> None:
+    """Overwrite every byte: NaN-like bits in a float array, garbage in the others."""
+    for array in arrays:
+        array.view(np.uint8)[...] = 0xFF
+
+
 @pytest.mark.parametrize('dtype', DTYPES)
-def test_fused_step_keeps_only_the_checkpointing_floor_for_backward(dtype):
-    # The activations backward needs, n (2h + c) values; the rectifier masks are rebuilt from
-    # the outputs, in one scratch buffer that each layer overwrites.
-    n, d, h, c = 100, 16, 64, 8
-    X, Y = _data(n, d, c, dtype)
-    model = MLP(d, h, c, dtype=dtype, rng=1)
-    model.single_step_sgd(X, Y)
-    (work,) = model.__dict__['_workspaces'].values()
+@pytest.mark.parametrize('shape', [(16, 64, 8), (8, 300, 4)])  # 300: subnormal flushing too
+def test_fused_step_keeps_only_the_checkpointing_floor_for_backward(dtype, shape):
+    # What forward leaves for backward is n (2h + c) values: every other buffer of the step is
+    # overwritten between the passes, and the step is still bit for bit the layer loop's.
+    d, h, c = shape
+    n = 100
+    X, Y = _data(2 * n, d, c, dtype)
+    fused, layerwise = MLP(d, h, c, dtype=dtype, rng=1), MLP(d, h, c, dtype=dtype, rng=1)
+    fused.single_step_sgd(X[:n], Y[:n], lr=0.5)  # makes the workspace
+    layerwise._layerwise_sgd_step(X[:n], Y[:n], lr=0.5)
+    (work,) = fused.__dict__['_workspaces'].values()
+    work.between_passes = lambda: poison(work.scratch())
+    fused.single_step_sgd(X[n:], Y[n:], lr=0.5)
+    layerwise._layerwise_sgd_step(X[n:], Y[n:], lr=0.5)
+    for ours, general in zip(fused.parameters(), layerwise.parameters()):
+        assert np.array_equal(ours, general)
     assert work.held_nbytes() == n * (2 * h + c) * np.dtype(dtype).itemsize
-    assert work.mask_scratch.size == n * h
-    assert all(np.shares_memory(mask, work.mask_scratch) for mask in work.masks)
+    # And what the test poisons is real: poisoning a held array changes the step.
+    work.between_passes = lambda: poison([work.outputs[0]])
+    fused.single_step_sgd(X[n:], Y[n:], lr=0.5)
+    assert not all(np.isfinite(p).all() for p in fused.parameters())
 
 
 @pytest.mark.parametrize('dtype', DTYPES)

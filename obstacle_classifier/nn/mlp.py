@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -287,6 +287,8 @@ class Network:
 
         P = _sigmoid_into(A, work.exps, work.e, work.e_neg, work.minus_one, work.zero,
                           work.one, work.P)
+        if work.between_passes is not None:  # (a check of what backward reads: see the tests)
+            work.between_passes()
 
         # get_grad_log_loss then Sigmoid.backward: (1 - P) P (P - Y) / ((1 - P) P + eps) / n
         shared, denom, grad = work.shared, work.denom, work.grad_logits
@@ -539,11 +541,23 @@ class _TrainingWorkspace:
         # at once: the rule depends only on the shape, so deciding it here changes nothing).
         self.flush = [(np.empty((n, w), bits), np.empty((n, w), np.bool_))
                       if n * w >= FLUSH_MIN_ELEMENTS else None for w in hidden + [c]]
+        #: Called between the forward and the backward pass if set (tests, benchmarks).
+        self.between_passes: Optional[Callable[[], None]] = None
+
+    def held(self) -> list[np.ndarray]:
+        """What a forward pass leaves for the backward pass: the rectifier outputs (n, h)
+        each and P (n, c)."""
+        return self.outputs[:-1] + [self.P]
+
+    def scratch(self) -> list[np.ndarray]:
+        """The buffers a step writes before it reads them: nothing in them passes from the
+        forward pass to the backward pass (the rest are ``held`` and constants)."""
+        return ([self.mask_scratch, self.outputs[-1], *self.grad_hidden, self.flat_grad,
+                 self.exps, self.shared, self.denom, self.grad_logits]
+                + [a for pair in self.flush if pair is not None for a in pair])
 
     def held_nbytes(self) -> int:
-        """Bytes a forward pass leaves for the backward pass: the rectifier outputs (n, h)
-        each and P (n, c). Everything else here is scratch, rewritten before it is read."""
-        return sum(out.nbytes for out in self.outputs[:-1]) + self.P.nbytes
+        return sum(array.nbytes for array in self.held())
 
     def nbytes(self) -> int:
         arrays = (self.outputs + [self.mask_scratch] + self.grad_hidden

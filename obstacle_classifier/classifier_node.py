@@ -507,6 +507,9 @@ class ClassifierNode(Node):
         self._inference_out: tuple[Optional[ObstacleModel], np.ndarray] = (None, np.empty(0))
         self._report_steady_ns = time.monotonic_ns()
         self._report_node_ns = self._node_clock.now().nanoseconds
+        # Expected ticks of the period before the last rate change, and since when the rate is.
+        self._rate_since_ns, self._period_expected = self._report_node_ns, 0.0
+        self._period_jumped = False  # time jumped back this period: its clock spans are void
 
         self._tick_timer = self._create_tick_timer()
         # Steady clock: diagnostics keep coming while sim time is paused or not yet published.
@@ -666,6 +669,10 @@ class ClassifierNode(Node):
                 self._install_model(*self._pending_model)
                 self._pending_model = None
             elif parameter.name == 'rate_hz':
+                # The period's expected ticks so far at the old rate (see the output status).
+                now_ns = self._node_clock.now().nanoseconds
+                self._period_expected += (now_ns - self._rate_since_ns) / 1e9 * self._rate_hz
+                self._rate_since_ns = now_ns
                 period_ns = int(round(1e9 / float(parameter.value)))
                 if self._sim_ticker is not None:
                     # What waits for a later /clock runs now, on the old grid, not lost.
@@ -974,6 +981,7 @@ class ClassifierNode(Node):
         """Time went ``back_ns`` backwards (a bag looping under sim time): start the buffers
         afresh."""
         self._time_jumps += 1
+        self._period_jumped = True
         self._pipeline.reset()
         for state in self._inputs.values():
             state.last_receive_stamp_ns = -1
@@ -991,11 +999,19 @@ class ClassifierNode(Node):
         elapsed_s = max((steady_ns - self._report_steady_ns) / 1e9, 1e-9)
         node_elapsed_s = (node_ns - self._report_node_ns) / 1e9
         hardware_id = self.get_fully_qualified_name()
+        # Ticks due this period on the node clock: at each rate for its share of the period;
+        # unknown before the first /clock (sim time) and across a jump back.
+        node_clock_known = self._report_node_ns > 0 and not self._period_jumped
+        expected = (self._period_expected + (node_ns - self._rate_since_ns) / 1e9
+                    * self._rate_hz if node_clock_known else math.nan)
+        # Input rates per second of the node clock (bag time with sim time), as the ticks.
+        rate_elapsed_s = (node_elapsed_s if self._sim_ticker is not None and node_clock_known
+                          and node_elapsed_s > 0 else elapsed_s)
         statuses = [self._model_status(hardware_id),
-                    self._output_status(hardware_id, node_elapsed_s)]
+                    self._output_status(hardware_id, expected)]
         stats = self._pipeline.stats()
-        statuses.extend(self._input_status(state, stats[name], hardware_id, elapsed_s, node_ns)
-                        for name, state in self._inputs.items())
+        statuses.extend(self._input_status(state, stats[name], hardware_id, rate_elapsed_s,
+                                           node_ns) for name, state in self._inputs.items())
         if self._training is not None:
             statuses.append(self._training.status(hardware_id))
         array_msg = DiagnosticArray(status=statuses)
@@ -1003,6 +1019,8 @@ class ClassifierNode(Node):
         publish_unless_shut_down(self, self._diagnostics_pub, array_msg)
 
         self._report_steady_ns, self._report_node_ns = steady_ns, node_ns
+        self._rate_since_ns, self._period_expected = node_ns, 0.0
+        self._period_jumped = False
         self._period_ticks = self._period_skipped = self._period_missed = 0
         self._period_processing_ns = self._period_processing_max_ns = 0
         for state in self._inputs.values():
@@ -1040,9 +1058,8 @@ class ClassifierNode(Node):
             values['error'] = self._model_error
         return diagnostic_status(f'{NODE_NAME}: model', level, message, hardware_id, values)
 
-    def _output_status(self, hardware_id: str, node_elapsed_s: float) -> DiagnosticStatus:
+    def _output_status(self, hardware_id: str, expected: float) -> DiagnosticStatus:
         ticks, skipped = self._period_ticks, self._period_skipped
-        expected = node_elapsed_s * self._rate_hz
         filled = min(self._ticks, _PROCESSING_HISTORY)
         history = self._processing_ns[:filled]
         p50, p99 = ((float(v) / 1e3 for v in np.percentile(history, (50, 99)))

@@ -565,6 +565,18 @@ def test_reload_refuses_a_bad_file_keeps_the_old_model_and_loads_a_good_one(
     assert not result.successful and 'no such model file' in result.reason
     assert get_parameter(ros, node, 'model_path') == str(path)
 
+    # A live rate change half way through a report period: the period's expected ticks count
+    # each rate for its share of it (the new rate for all of it said 100 for 60 ticks).
+    for rate in (100.0, 5.0):
+        observer.wait_for_diagnostics(lambda d: True, since=len(observer.diagnostics))
+        ros.spin_for(0.5)
+        assert set_parameter(ros, node, 'rate_hz', rate).successful
+        changed = len(observer.diagnostics)
+        observer.wait_for_diagnostics(lambda d: True, since=changed)
+        output = observer.diagnostics[changed]['obstacle_classifier: output']
+        ticks, expected = int(output.values['ticks']), float(output.values['ticks_expected'])
+        assert abs(ticks - expected) <= 0.1 * expected + 2, output
+
 
 def test_threshold_changes_live_and_invalid_values_are_refused(ros, ros_processes, tmp_path):
     namespace = ros_helpers.unique_name('threshold')
@@ -738,6 +750,12 @@ def test_with_sim_time_ticks_follow_clock_and_a_jump_back_resets_the_buffers(
                                   model_path=path, use_sim_time='true')
     first = observer.wait_for_output(lambda r: r.status == 'ok')
     assert 999 * S < first.stamp_ns <= sim['now'], 'the stamp is not the sim time'
+    # Before the first /clock the node clock is 0: the first report cannot know how many ticks
+    # were due (it said 20,049 for 30), and no report expects more than a 2x replay gives.
+    observer.wait_for_diagnostics(lambda d: True, since=1)
+    for report in observer.diagnostics:
+        expected = float(report['obstacle_classifier: output'].values['ticks_expected'])
+        assert math.isnan(expected) or expected <= 50, report['obstacle_classifier: output']
     began = time.time_ns()
     ros.spin_for(2.0)
     outputs = [(receive, r.stamp_ns) for receive, r in observer.outputs if receive >= began]
@@ -749,6 +767,9 @@ def test_with_sim_time_ticks_follow_clock_and_a_jump_back_resets_the_buffers(
     wall_rate = len(outputs) / ((outputs[-1][0] - began) / S)
     assert abs(sim_rate - RATE_HZ) <= 0.15 * RATE_HZ, sim_rate
     assert wall_rate > 1.3 * RATE_HZ, f'{wall_rate:.1f} ticks per wall second at a 2x replay'
+    # Input rates are per second of bag time too: one reading per 20 ms of it is 50 Hz.
+    reported = float(observer.diagnostics[-1]['obstacle_classifier: input h'].values['rate_hz'])
+    assert abs(reported - 50.0) <= 0.2 * 50.0, reported
 
     # Paused clock: no ticks, though wall time goes on (once the last due tick, which waits
     # for a later /clock, has been released after SIM_TICK_MAX_WAIT_S).

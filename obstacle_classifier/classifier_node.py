@@ -65,7 +65,8 @@ from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallba
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
+from rclpy.qos import (QoSCompatibility, QoSProfile, ReliabilityPolicy, qos_check_compatible,
+                       qos_policy_name_from_kind)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import MessageInfo
 from rosgraph_msgs.msg import Clock as ClockMessage
@@ -139,6 +140,7 @@ class _InputState:
     received: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     last_receive_stamp_ns: int = -1  # receive-stamped inputs: stamps are made strictly increasing
+    qos: Optional[QoSProfile] = None
     incompatible_qos: int = 0
     incompatible_policy: str = ''
     incompatible_type: int = 0
@@ -210,8 +212,7 @@ class _OnlineTraining:
 
         msg_type = String if self.labels_format == 'names' else UInt8MultiArray
         self.msg_type = message_type_name(msg_type)
-        self.incompatible_qos_publishers = 0
-        self.incompatible_policy = ''
+        self.incompatible_policy = ''  # of the last incompatible label publisher reported
         self.subscription = node.create_subscription(
             msg_type, value('labels_topic'), self.on_label, 10,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
@@ -286,7 +287,6 @@ class _OnlineTraining:
         trainer.add_example(features, labels)
 
     def _on_incompatible_qos(self, event: Any) -> None:
-        self.incompatible_qos_publishers = event.total_count
         self.incompatible_policy = qos_policy_name_from_kind(event.last_policy_kind)
         self._node.get_logger().warning(
             f'a publisher on {self.subscription.topic_name} offers QoS incompatible with the '
@@ -378,12 +378,12 @@ class _OnlineTraining:
         stats = trainer.stats
         discarded_now = stats.discarded_updates - self._discarded_at_report
         self._discarded_at_report = stats.discarded_updates
-        publishers, other_type = self._node.publishers_of(self.subscription.topic_name,
-                                                          self.msg_type)
+        publishers, other_type, incompatible_qos = self._node.publishers_of(
+            self.subscription.topic_name, self.msg_type, self.subscription.qos_profile)
         values: dict[str, Any] = {
             'labels_topic': self.subscription.topic_name, 'labels_format': self.labels_format,
             'label_publishers': publishers,
-            'incompatible_qos_label_publishers': self.incompatible_qos_publishers,
+            'incompatible_qos_label_publishers': incompatible_qos,
             'other_type_label_publishers': other_type,
             'labels_received': stats.labels_received,
             'labels_rejected': stats.labels_rejected_total,
@@ -402,10 +402,10 @@ class _OnlineTraining:
             'last_checkpoint': stats.last_checkpoint_reason,
             'last_held_out_loss': stats.last_held_out_loss,
         }
-        if self.incompatible_qos_publishers or other_type:
+        if incompatible_qos or other_type:
             level = WARN
             message = (f'a label publisher has an incompatible QoS ({self.incompatible_policy})'
-                       if self.incompatible_qos_publishers else
+                       if incompatible_qos else
                        f'a label publisher has another message type than {self.msg_type}')
         elif stats.last_checkpoint_reason.startswith(('refused', 'failed')):
             level = WARN  # as things are now; the totals are in the values
@@ -444,8 +444,8 @@ class ClassifierNode(Node):
         self._pending_model: Optional[tuple[str, ObstacleModel]] = None
         self._published_classes: Optional[tuple[str, ...]] = None
 
-        # Per topic: subscribers whose requested QoS this node does not offer (see create_output).
-        self._incompatible_subscribers: dict[str, int] = {}
+        # The outputs' QoS, by topic: their subscribers are checked against it at each report.
+        self._output_qos: dict[str, QoSProfile] = {}
         self._obstacles_pub = self.create_output(String, 'obstacles', output_qos())
         self._probabilities_pub = self.create_output(
             Float32MultiArray, 'obstacle_probabilities', output_qos())
@@ -766,6 +766,7 @@ class ClassifierNode(Node):
             event_callbacks=events, raw=True,
             qos_overriding_options=QoSOverridingOptions.with_default_policies())
         state.topic = subscription.topic_name
+        state.qos = subscription.qos_profile  # with the qos_overrides applied
         return state
 
     def _make_callback(self, state: _InputState):
@@ -827,7 +828,6 @@ class ClassifierNode(Node):
             throttle_duration_sec=REJECTION_WARN_PERIOD_S)
 
     def _on_incompatible_qos(self, state: _InputState, event: Any) -> None:
-        state.incompatible_qos = event.total_count
         state.incompatible_policy = qos_policy_name_from_kind(event.last_policy_kind)
         self.get_logger().warning(
             f"input '{state.spec.name}': a publisher on {state.topic} offers QoS incompatible "
@@ -841,8 +841,9 @@ class ClassifierNode(Node):
         offered = ' and '.join(policy.name.lower().replace('_', ' ')
                                for policy in (qos.reliability, qos.durability))
 
+        self._output_qos[topic] = qos
+
         def on_incompatible(event: Any) -> None:
-            self._incompatible_subscribers[topic] = event.total_count
             self.get_logger().warning(
                 f'a subscriber of {topic} requests QoS this node does not offer (policy '
                 f'{qos_policy_name_from_kind(event.last_policy_kind)}); it receives nothing. '
@@ -851,11 +852,34 @@ class ClassifierNode(Node):
             msg_type, topic, qos,
             event_callbacks=PublisherEventCallbacks(incompatible_qos=on_incompatible))
 
-    def publishers_of(self, topic: str, msg_type: str) -> tuple[int, int]:
-        """(publishers on ``topic``, those of another type than ``msg_type``): from the graph,
-        as the rmw here does not report a type mismatch to the subscription."""
+    def publishers_of(self, topic: str, msg_type: str, qos: QoSProfile
+                      ) -> tuple[int, int, int]:
+        """(publishers on ``topic``, those of another type than ``msg_type``, those whose QoS
+        a subscription with ``qos`` cannot match): from the graph as it is now. The QoS events
+        only count up (a publisher gone stays counted) and the type event never comes here."""
         publishers = self.get_publishers_info_by_topic(topic)
-        return len(publishers), sum(info.topic_type != msg_type for info in publishers)
+        qos = self._as_in_the_graph(self.get_subscriptions_info_by_topic(topic), qos)
+        return (len(publishers), sum(info.topic_type != msg_type for info in publishers),
+                sum(_incompatible(info.qos_profile, qos) for info in publishers))
+
+    def _incompatible_subscriber_count(self) -> int:
+        """Subscribers of the outputs that ask for QoS their publisher does not offer, now."""
+        count = 0
+        for topic, qos in self._output_qos.items():
+            qos = self._as_in_the_graph(self.get_publishers_info_by_topic(topic), qos)
+            count += sum(_incompatible(qos, info.qos_profile)
+                         for info in self.get_subscriptions_info_by_topic(topic))
+        return count
+
+    def _as_in_the_graph(self, endpoints: list, qos: QoSProfile) -> QoSProfile:
+        """This node's endpoint's QoS as the graph reports it (``qos`` if not found): the graph
+        spells an unset deadline or lease as infinite, which the requested profile does not,
+        and the two would not compare as compatible."""
+        for info in endpoints:
+            if (info.node_name, info.node_namespace) == (self.get_name(),
+                                                         self.get_namespace()):
+                return info.qos_profile
+        return qos
 
     # -- the tick ------------------------------------------------------------------------------
 
@@ -1079,7 +1103,7 @@ class ClassifierNode(Node):
             'processing_histogram_counts': self._processing_histogram,
             'time_jumps_back': self._time_jumps,
             'inference_errors': self._inference_errors,
-            'incompatible_subscribers': sum(self._incompatible_subscribers.values()),
+            'incompatible_subscribers': self._incompatible_subscriber_count(),
         }
         if self._sim_ticker is not None:  # see SimTimeTicker's attributes
             values.update(sim_ticks_dropped=self._sim_ticker.ticks_dropped,
@@ -1111,7 +1135,8 @@ class ClassifierNode(Node):
         last = stats.last_stamp_ns
         age_s = (node_ns - last) / 1e9 if last is not None else math.inf
         rejected_now = state.rejected_total - state.rejected_at_report
-        publishers, other_type = self.publishers_of(state.topic, spec.msg_type)
+        publishers, other_type, state.incompatible_qos = self.publishers_of(
+            state.topic, spec.msg_type, state.qos)
         if other_type > state.incompatible_type:
             self.get_logger().warning(
                 f"input '{spec.name}': a publisher on {state.topic} uses another message type "
@@ -1153,6 +1178,11 @@ class ClassifierNode(Node):
             message += ' (a publisher is incompatible: see incompatible_*)'
         return diagnostic_status(f'{NODE_NAME}: input {spec.name}', level, message,
                                  hardware_id, values)
+
+
+def _incompatible(publisher_qos: QoSProfile, subscription_qos: QoSProfile) -> bool:
+    """Whether a publisher and a subscription with these QoS cannot talk."""
+    return qos_check_compatible(publisher_qos, subscription_qos)[0] == QoSCompatibility.ERROR
 
 
 def main(args: Optional[list[str]] = None) -> int:

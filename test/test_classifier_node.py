@@ -360,9 +360,9 @@ def test_a_silent_input_is_flagged_within_its_timeout_and_a_qos_mismatch_is_repo
     # A best-effort publisher on an input that asks for reliable delivery: the classic silent
     # failure, which the node must report.
     # (Our own callback: rclpy's default one logs with a deprecated call.)
-    ros.node.create_publisher(Float64, f'/{namespace}/in/a', qos_profile_sensor_data,
-                              event_callbacks=PublisherEventCallbacks(
-                                  incompatible_qos=lambda event: None))
+    best_effort = ros.node.create_publisher(
+        Float64, f'/{namespace}/in/a', qos_profile_sensor_data,
+        event_callbacks=PublisherEventCallbacks(incompatible_qos=lambda event: None))
     # And a publisher of another type on it, in a process of its own (DDS refuses two types
     # on one topic in one participant); the rmw here reports no event for that.
     wrong_type = ros_processes.start_script('wrong_type', STRING_PUBLISHER, [f'/{namespace}/in/a'])
@@ -383,12 +383,15 @@ def test_a_silent_input_is_flagged_within_its_timeout_and_a_qos_mismatch_is_repo
     assert statuses['obstacle_classifier: input a'].values['publishers'] == '3'
     classifier.wait_for_output(r"'a'.*uses another message type than std_msgs/msg/Float64",
                                stream='stderr')
-    # It is counted as the graph is now: gone, it is no longer reported.
+    # Both are counted as the graph is now: gone, they are no longer reported.
     wrong_type.send_sigint()
     assert wrong_type.wait(10.0) == 0, wrong_type.report()
+    ros.node.destroy_publisher(best_effort)
     statuses = observer.wait_for_diagnostics(
-        lambda d: d['obstacle_classifier: input a'].values['incompatible_type_publishers'] == '0')
-    assert statuses['obstacle_classifier: input a'].values['publishers'] == '2'
+        lambda d: d['obstacle_classifier: input a'].values['incompatible_type_publishers'] == '0'
+        and d['obstacle_classifier: input a'].values['incompatible_qos_publishers'] == '0',
+        since=len(observer.diagnostics))
+    assert statuses['obstacle_classifier: input a'].values['publishers'] == '1'
 
     # Stop b (policy fill): flagged at the first tick after its timeout, predictions go on.
     ros.spin_for(0.5)
@@ -633,7 +636,7 @@ def test_a_late_subscriber_gets_the_class_list_and_a_mismatched_one_is_reported(
     assert ros.spin_until(lambda: late, timeout=30.0)
     assert late == [('pole', 'curb', 'dog')]
     # Asking `obstacles` for transient-local durability cannot match: the node says so.
-    ros.node.create_subscription(
+    mismatched = ros.node.create_subscription(
         String, f'/{namespace}/obstacles', lambda m: None,
         QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                    durability=DurabilityPolicy.TRANSIENT_LOCAL),
@@ -642,7 +645,7 @@ def test_a_late_subscriber_gets_the_class_list_and_a_mismatched_one_is_reported(
                                timeout=30.0)
     # So does every other output, /diagnostics included (rclpy's own callback would log with a
     # deprecated call: under warnings-as-errors the node died).
-    ros.node.create_subscription(
+    mismatched_too = ros.node.create_subscription(
         DiagnosticArray, '/diagnostics', lambda m: None,
         QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                    durability=DurabilityPolicy.TRANSIENT_LOCAL),
@@ -652,6 +655,11 @@ def test_a_late_subscriber_gets_the_class_list_and_a_mismatched_one_is_reported(
     observer.wait_for_diagnostics(
         lambda d: d['obstacle_classifier: output'].values['incompatible_subscribers'] == '2')
     assert classifier.is_running()
+    for subscription in (mismatched, mismatched_too):  # gone: no longer counted
+        ros.node.destroy_subscription(subscription)
+    observer.wait_for_diagnostics(
+        lambda d: d['obstacle_classifier: output'].values['incompatible_subscribers'] == '0',
+        since=len(observer.diagnostics))
 
 
 def test_without_a_model_the_node_stays_up_reports_error_and_detects_nothing(

@@ -87,7 +87,8 @@ from obstacle_classifier.ros_io import (classes_qos, diagnostic_status,
                                         input_qos, message_class, message_type_name,
                                         output_qos,
                                         publish_unless_shut_down, run_node, serialized_reader,
-                                        spin_on_events, stamp_to_ns, timer_callback)
+                                        spin_on_events, stamp_to_ns, timer_callback,
+                                        unless_shut_down)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
 
 NODE_NAME = 'obstacle_classifier'
@@ -1016,8 +1017,12 @@ class ClassifierNode(Node):
     # -- diagnostics ---------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
-        if not self.context.ok():
-            return  # shutting down (graph queries below would fail)
+        if self.context.ok():
+            # A signal can shut the context down while the report asks the graph (publishers,
+            # subscriptions): that ends the report, it is no error.
+            unless_shut_down(self, self._report)
+
+    def _report(self) -> None:
         steady_ns = time.monotonic_ns()
         node_ns = self._node_clock.now().nanoseconds
         elapsed_s = max((steady_ns - self._report_steady_ns) / 1e9, 1e-9)

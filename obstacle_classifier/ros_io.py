@@ -52,7 +52,7 @@ __all__ = [
     'input_qos', 'message_class', 'message_type_name', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down',
     'spin_on_events', 'stamp_to_ns',
-    'timer_callback',
+    'timer_callback', 'unless_shut_down',
 ]
 
 NS_PER_S = 1_000_000_000
@@ -172,17 +172,17 @@ def publish_unless_shut_down(node: Any, publisher: Any, msg: Any) -> bool:
     is already running can find its publisher invalid. That race is the normal end of a node,
     not an error; any other failure to publish is raised.
     """
-    return _unless_shut_down(node, publisher.publish, msg)[0]
+    return unless_shut_down(node, publisher.publish, msg)[0]
 
 
 def has_subscribers(node: Any, publisher: Any) -> bool:
     """Whether ``publisher`` has a matched subscription; False, and nothing raised, once the
     context is shut down (the race of :func:`publish_unless_shut_down`)."""
-    done, count = _unless_shut_down(node, publisher.get_subscription_count)
+    done, count = unless_shut_down(node, publisher.get_subscription_count)
     return done and count > 0
 
 
-def _unless_shut_down(node: Any, call: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+def unless_shut_down(node: Any, call: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
     """(True, ``call(*args)``), or (False, None) if the call failed because the context was
     shut down meanwhile (rclpy says so with RCLError, or InvalidHandle once it has destroyed the
     entity); any other failure is raised."""

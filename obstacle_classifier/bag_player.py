@@ -22,6 +22,8 @@ __all__ = ['PlaybackOptions', 'PlaybackStats', 'RecordOptions', 'RecordStats',
            'default_record_topics', 'parse_remaps', 'play_bag', 'record_bag', 'recorded_qos']
 
 _NS_PER_S = 1_000_000_000
+#: Longest sleep of the player between checks of its context (s).
+MAX_SLEEP_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,9 @@ class _Playback:
             now = time.monotonic()
             if now >= wall_deadline:
                 return
-            step = wall_deadline - now
+            # At most 0.1 s at a time: a SIGTERM shuts the context down (rclpy's handler) and
+            # must end the playback then, not when the next message is due (a minute later).
+            step = min(wall_deadline - now, MAX_SLEEP_S)
             if clock_period is not None:
                 step = min(step, clock_period)
             time.sleep(step)

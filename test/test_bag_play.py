@@ -1,6 +1,8 @@
 """``bag play`` in a real process: recorded messages, recorded QoS and bag time on /clock."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -423,3 +425,24 @@ def test_a_bag_recorded_from_live_topics_replays_into_the_node_with_the_same_det
                 agree += (name in live_report.labels) == (name in replayed[stamp].labels)
     assert decisions >= 0.8 * len(compared) * len(names), (decisions, len(compared))
     assert agree >= 0.95 * decisions, f'{agree} of {decisions} class decisions agree'
+
+
+def test_sigterm_ends_a_playback_waiting_for_its_next_message(tmp_path, ros_processes):
+    # Two messages a minute apart, no /clock between them: the player waits, and SIGTERM
+    # (what `timeout` and supervisors send) must end that wait, not the next message.
+    from rosbags.rosbag2 import Writer
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    bag = tmp_path / 'sparse'
+    with Writer(bag, version=9) as writer:
+        speed = writer.add_connection('/sensors/speed', 'std_msgs/msg/Float64',
+                                      typestore=typestore)
+        for time_ns in (100 * SECOND, 160 * SECOND):
+            writer.write(speed, time_ns, typestore.serialize_cdr(
+                typestore.types['std_msgs/msg/Float64'](data=1.0), 'std_msgs/msg/Float64'))
+    player = ros_processes.start_module(
+        'player', 'obstacle_classifier.cli',
+        ['bag', 'play', str(bag), '--clock-rate', '0', '--delay', '0'], extra_env=STRICT_WARNINGS)
+    time.sleep(3.0)
+    assert player.poll() is None, player.report()
+    os.kill(player.pid, signal.SIGTERM)
+    assert player.wait(5.0) == 0, player.report()

@@ -142,7 +142,6 @@ class _InputState:
     rejected: dict[str, int] = field(default_factory=dict)
     last_receive_stamp_ns: int = -1  # receive-stamped inputs: stamps are made strictly increasing
     qos: Optional[QoSProfile] = None
-    incompatible_qos: int = 0
     incompatible_policy: str = ''
     incompatible_type: int = 0
     received_at_report: int = 0
@@ -1140,7 +1139,7 @@ class ClassifierNode(Node):
         last = stats.last_stamp_ns
         age_s = (node_ns - last) / 1e9 if last is not None else math.inf
         rejected_now = state.rejected_total - state.rejected_at_report
-        publishers, other_type, state.incompatible_qos = self.publishers_of(
+        publishers, other_type, incompatible_qos = self.publishers_of(
             state.topic, spec.msg_type, state.qos)
         if other_type > state.incompatible_type:
             self.get_logger().warning(
@@ -1158,7 +1157,7 @@ class ClassifierNode(Node):
             **{f'rejected_{reason}': count for reason, count in state.rejected.items()},
             'rejected_last_period': rejected_now,
             'publishers': publishers,
-            'incompatible_qos_publishers': state.incompatible_qos,
+            'incompatible_qos_publishers': incompatible_qos,
             'incompatible_type_publishers': state.incompatible_type,
         }
         never = last is None
@@ -1170,16 +1169,16 @@ class ClassifierNode(Node):
             level = WARN
             message = ('no reading yet' if never else f'stale for {age_s:.2f} s') + \
                 f': filled with {spec.fill_value:g}'
-        elif state.incompatible_qos or state.incompatible_type:
+        elif incompatible_qos or state.incompatible_type:
             level = WARN
             message = ('a publisher has an incompatible QoS '
-                       f'({state.incompatible_policy})' if state.incompatible_qos
+                       f'({state.incompatible_policy})' if incompatible_qos
                        else 'a publisher has another message type')
         elif rejected_now:
             level, message = WARN, f'{rejected_now} readings rejected in the last period'
         else:
             level, message = OK, f'{values["rate_hz"]:.1f} Hz, age {age_s * 1e3:.0f} ms'
-        if stale and (state.incompatible_qos or state.incompatible_type):
+        if stale and (incompatible_qos or state.incompatible_type):
             message += ' (a publisher is incompatible: see incompatible_*)'
         return diagnostic_status(f'{NODE_NAME}: input {spec.name}', level, message,
                                  hardware_id, values)

@@ -28,11 +28,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from obstacle_classifier.cdr import CdrError, UnsupportedEncapsulation, cdr_reader
+from obstacle_classifier.cdr import (LAYOUTS, CdrError, UnsupportedEncapsulation, cdr_reader,
+                                     members_read)
 from obstacle_classifier.datasets import Dataset
 from obstacle_classifier.features import (FeatureConfig, FeaturePipeline, InputSpec,
                                           extract_values, load_default_config, message_stamp_ns,
                                           replay)
+from obstacle_classifier.online_training import parse_multi_hot
 
 __all__ = [
     'BAG_STORAGES', 'LABELS_TOPIC', 'BagError', 'BagExtraction', 'BagInfo', 'TopicSummary',
@@ -569,7 +571,6 @@ def _definition_problem(connection: Any, spec: InputSpec, typestore: Any) -> Opt
     None: the bag's type hash is the installed one, or its recorded definition agrees with
     :data:`cdr.LAYOUTS` up to the last member read (an older Range without ``variance`` is
     read correctly when only ``range`` is)."""
-    from obstacle_classifier.cdr import LAYOUTS, members_read
     if not connection.digest or connection.digest == typestore.hash_rihs01(spec.msg_type):
         return None  # the installed definition, or a bag that records no hash (Humble)
     try:
@@ -594,7 +595,6 @@ def _definition_problem(connection: Any, spec: InputSpec, typestore: Any) -> Opt
 def _label_row(bag: Path, data: Any, class_index: dict[str, int], timestamp: int,
                msg_type: str) -> np.ndarray:
     """One label message's ``data`` (names text, or 0/1 per class) -> uint8 (c,)."""
-    from obstacle_classifier.online_training import parse_multi_hot
     from obstacle_classifier.ros_io import decode_labels
     if msg_type != LABELS_MSG_TYPE:
         row, problem = parse_multi_hot(data, len(class_index))

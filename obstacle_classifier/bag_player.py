@@ -2,8 +2,8 @@
 
 A small stand-in for ``ros2 bag play`` (absent here and on many robot images). Messages are read
 with ``rosbags`` and published as the raw CDR they were recorded as (rclpy ``publish`` of bytes:
-no decode, no re-encode), each topic with the QoS it was recorded with (reliability, durability,
-history and depth of its first offered profile), so a ``sensor_data`` subscriber matches a
+no decode, no re-encode), each topic with the QoS it was recorded with (adapted to all its offered
+profiles as rosbag2 does: see :func:`recorded_qos`), so a ``sensor_data`` subscriber matches a
 best-effort sensor topic and a reliable subscriber a reliable one. ``rosgraph_msgs/Clock`` on
 ``/clock`` carries bag time (the time of each message before it is published, and every
 ``1 / clock_rate_hz`` wall seconds scaled by ``rate`` in between), so nodes started with
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from rclpy.duration import Duration
 
@@ -70,26 +70,24 @@ def parse_remaps(items: Sequence[str]) -> dict[str, str]:
 
 
 def recorded_qos(profiles: Sequence[Any]):
-    """The rclpy QoSProfile for a topic recorded with rosbags ``Qos`` ``profiles``.
+    """The rclpy QoSProfile for a topic recorded with rosbags ``Qos`` ``profiles`` (one per
+    publisher the recorder saw).
 
-    The first profile's reliability, durability, history and depth; RELIABLE / VOLATILE /
-    KEEP_LAST 10 for what is unknown or system default (rosbag2's own fallback is similar).
+    As rosbag2 adapts a replay to its recorded offers: best effort if any publisher was (a
+    reliable offer would not match that publisher's best-effort subscribers), transient local
+    only if every one was; KEEP_ALL if any was, and the deepest recorded depth. RELIABLE /
+    VOLATILE / KEEP_LAST 10 for what is unknown or system default.
     """
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    reliability, durability = ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE
-    history, depth = HistoryPolicy.KEEP_LAST, 10
-    if profiles:
-        recorded = profiles[0]
-        if recorded.reliability.name == 'BEST_EFFORT':
-            reliability = ReliabilityPolicy.BEST_EFFORT
-        if recorded.durability.name == 'TRANSIENT_LOCAL':
-            durability = DurabilityPolicy.TRANSIENT_LOCAL
-        if recorded.history.name == 'KEEP_ALL':
-            history = HistoryPolicy.KEEP_ALL
-        if recorded.depth > 0:
-            depth = int(recorded.depth)
-    return QoSProfile(history=history, depth=depth, reliability=reliability,
-                      durability=durability)
+    best_effort = any(p.reliability.name == 'BEST_EFFORT' for p in profiles)
+    latched = bool(profiles) and all(p.durability.name == 'TRANSIENT_LOCAL' for p in profiles)
+    keep_all = any(p.history.name == 'KEEP_ALL' for p in profiles)
+    depth = max([int(p.depth) for p in profiles if p.depth > 0], default=10)
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_ALL if keep_all else HistoryPolicy.KEEP_LAST, depth=depth,
+        reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                    else DurabilityPolicy.VOLATILE))
 
 
 def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] = None
@@ -250,6 +248,15 @@ class _Playback:
 # bag record
 # ----------------------------------------------------------------------------------------------
 
+# Messages a recorded topic may queue while the recorder writes: the Python callback (one
+# storage write per message) is slower than DDS delivery, and a reliable publisher's burst
+# overflowing a 10-deep queue was lost silently (107 of 20,000 at 5 kHz). Memory is only used
+# when the recorder falls behind: at most this many messages per topic.
+RECORD_QUEUE_DEPTH = 1000
+#: Longest a stopping recorder goes on writing what it has received (s).
+DRAIN_LIMIT_S = 2.0
+
+
 @dataclass(frozen=True)
 class RecordOptions:
     """How to record a bag.
@@ -295,9 +302,21 @@ def _to_rosbags_qos(profile: Any):
 
 @dataclass
 class RecordStats:
-    """What a recording wrote: messages by topic, and topics never seen on the graph."""
+    """What a recording wrote: messages by topic, and what it could not write.
+
+    Attributes:
+        recorded: messages written, by topic.
+        lost: messages missing from a publisher's numbered sequence, by topic (overwritten
+            in a full queue, or dropped by the network).
+        before_clock: messages dropped under ``use_sim_time`` before the first /clock, when
+            there is no bag time to give them.
+        never_seen: topics with no message written.
+        interrupted: a signal ended the recording.
+    """
 
     recorded: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+    before_clock: int = 0
     never_seen: tuple[str, ...] = ()
     interrupted: bool = False
 
@@ -308,21 +327,27 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
 
     Each topic is subscribed to as soon as a publisher appears, with raw (serialised) delivery:
     the CDR bytes are written unchanged, stamped with their receive time on the node clock (bag
-    time follows /clock when run with ``use_sim_time``). The subscription is best effort if any
-    publisher is (it then matches every publisher present), and transient local if all of them
-    are (latched messages are recorded); the publishers' offered QoS is what the bag records for
-    ``bag play``. A topic whose message type is not installed here is logged and left out;
-    whatever ends the recording (duration, signal, error), what was recorded is a readable bag.
+    time follows /clock when run with ``use_sim_time``; messages before the first /clock are
+    dropped and counted). The subscription is best effort if any publisher is (it then matches
+    every publisher present), and transient local if all of them are (latched messages are
+    recorded); when a publisher it cannot match appears later, the topic is subscribed to
+    again. The offered QoS of the publishers present at the first subscription is what the bag
+    records for ``bag play``. A topic whose message type is not installed here is logged and
+    left out. The duration or a SIGINT / SIGTERM stops the recording after it has written what
+    it has received (a second signal cuts that short); whatever ends it (an error included),
+    what was recorded is a readable bag.
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     from obstacle_classifier.bags import BagError, new_bag_directory
-    from obstacle_classifier.ros_io import sigint_shuts_down
+    from obstacle_classifier.ros_io import signals_request_stop
     bag = new_bag_directory(path, options.storage)
     plugin = StoragePlugin.MCAP if options.storage == 'mcap' else StoragePlugin.SQLITE3
-    stats = RecordStats(recorded={topic: 0 for topic in options.topics})
+    stats = RecordStats(recorded={topic: 0 for topic in options.topics},
+                        lost={topic: 0 for topic in options.topics})
     writer = Writer(bag, version=9, storage_plugin=plugin)
     try:
         writer.open()
@@ -331,21 +356,21 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     # Closed (index and metadata.yaml written) whatever ends the recording, an error included:
     # what was recorded stays a bag (rosbags' context manager would abort it on an exception).
     try:
-        try:
-            with sigint_shuts_down() as interrupted, \
-                    rclpy.init(args=ros_args if ros_args is not None else []):
-                if interrupted():
-                    raise ExternalShutdownException()
-                node = rclpy.create_node('obstacle_classifier_bag_recorder')
-                executor = SingleThreadedExecutor()
-                executor.add_node(node)
-                try:
-                    _Recording(node, writer, options, stats).run(executor)
-                finally:
-                    executor.shutdown()
-                    node.destroy_node()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            stats.interrupted = True
+        # A signal only asks the loop to stop: rclpy's handler would shut the context down at
+        # once, and the messages received but not yet taken would be lost.
+        with signals_request_stop() as stop_requested, rclpy.init(
+                args=ros_args if ros_args is not None else [],
+                signal_handler_options=SignalHandlerOptions.NO):
+            node = rclpy.create_node('obstacle_classifier_bag_recorder')
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
+                _Recording(node, writer, options, stats).run(executor, stop_requested)
+            finally:
+                executor.shutdown()
+                node.destroy_node()
+    except KeyboardInterrupt:  # a second signal: the drain is cut short
+        stats.interrupted = True
     finally:
         try:
             writer.close()
@@ -353,6 +378,37 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
             raise BagError(f'{bag}: cannot write bag: {exc}') from exc
     stats.never_seen = tuple(topic for topic, count in stats.recorded.items() if not count)
     return stats
+
+
+def _recording_qos(publishers: Sequence[Any]):
+    """The subscription QoS that matches every one of ``publishers`` (rclpy TopicEndpointInfo).
+
+    Best effort if any publisher is, transient local only if every one is (a transient-local
+    subscription does not match a volatile publisher): then what was latched before the
+    recording started is recorded too.
+    """
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    best_effort = any(p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                      for p in publishers)
+    latched = all(p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                  for p in publishers)
+    return QoSProfile(depth=max([RECORD_QUEUE_DEPTH] + [int(p.qos_profile.depth)
+                                                        for p in publishers]),
+                      reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
+                                   else ReliabilityPolicy.RELIABLE),
+                      durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                                  else DurabilityPolicy.VOLATILE))
+
+
+def _matches_all(subscription_qos: Any, publishers: Sequence[Any]) -> bool:
+    """Whether a subscription with ``subscription_qos`` receives from every one of
+    ``publishers``: reliability and durability, the policies a recorder's choice can break."""
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+    if subscription_qos.reliability == ReliabilityPolicy.RELIABLE and any(
+            p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for p in publishers):
+        return False
+    return not (subscription_qos.durability == DurabilityPolicy.TRANSIENT_LOCAL and any(
+        p.qos_profile.durability != DurabilityPolicy.TRANSIENT_LOCAL for p in publishers))
 
 
 class _Recording:
@@ -365,73 +421,118 @@ class _Recording:
         self.typestore = get_typestore(Stores.ROS2_KILTED)
         self.subscriptions: dict[str, Any] = {}
         self.connections: dict[str, Any] = {}
+        self.msg_classes: dict[str, type] = {}
         self.unreadable: set[str] = set()  # topics whose message type is not installed here
+        self.last_sequence: dict[bytes, int] = {}  # publisher gid -> its last message taken
         self.clock = node.get_clock()
 
     def subscribe_discovered(self) -> None:
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
+        """Subscribe to each topic whose publishers have appeared, and again to one whose
+        subscription does not match a publisher that appeared since."""
         from obstacle_classifier.ros_io import message_class
         types = dict(self.node.get_topic_names_and_types())
         for topic in self.options.topics:
-            if topic in self.subscriptions or topic in self.unreadable or topic not in types:
+            if topic in self.unreadable or topic not in types:
                 continue
             publishers = self.node.get_publishers_info_by_topic(topic)
             if not publishers:
                 continue
-            msg_type = types[topic][0]
-            try:
-                msg_class = message_class(msg_type)
-            except ValueError as exc:  # not installed here: the other topics go on
-                self.unreadable.add(topic)
-                self.node.get_logger().error(f'cannot record {topic}: {exc}')
+            subscription = self.subscriptions.get(topic)
+            if subscription is None:
+                msg_type = types[topic][0]
+                try:
+                    self.msg_classes[topic] = message_class(msg_type)
+                except ValueError as exc:  # not installed here: the other topics go on
+                    self.unreadable.add(topic)
+                    self.node.get_logger().error(f'cannot record {topic}: {exc}')
+                    continue
+                self.connections[topic] = self.writer.add_connection(
+                    topic, msg_type, typestore=self.typestore,
+                    offered_qos_profiles=[_to_rosbags_qos(p.qos_profile) for p in publishers])
+                self.node.get_logger().info(f'recording {topic} ({msg_type})')
+            elif _matches_all(subscription.qos_profile, publishers):
                 continue
-            offered = publishers[0].qos_profile
-            best_effort = any(p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
-                              for p in publishers)
-            # Transient local only if every publisher offers it (a volatile one would not
-            # match): then what was latched before the recording started is recorded too.
-            latched = all(p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
-                          for p in publishers)
-            qos = QoSProfile(depth=max(int(offered.depth), 10),
-                             reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
-                                          else ReliabilityPolicy.RELIABLE),
-                             durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
-                                         else DurabilityPolicy.VOLATILE))
-            self.connections[topic] = self.writer.add_connection(
-                topic, msg_type, typestore=self.typestore,
-                offered_qos_profiles=[_to_rosbags_qos(offered)])
+            else:
+                # Messages in flight while the new subscription matches may be missed; without
+                # it, every message of the new publisher would be.
+                self.node.destroy_subscription(subscription)
+                self.node.get_logger().warning(
+                    f'subscribing to {topic} again: a publisher the subscription does not '
+                    'match appeared (best effort, or volatile where all were transient local)')
             self.subscriptions[topic] = self.node.create_subscription(
-                msg_class, topic, self._callback(topic), qos, raw=True)
-            self.node.get_logger().info(f'recording {topic} ({msg_type})')
+                self.msg_classes[topic], topic, self._callback(topic),
+                _recording_qos(publishers), raw=True,
+                event_callbacks=self._events())
 
     def _callback(self, topic: str):
         connection = self.connections[topic]
 
-        def on_message(raw: bytes) -> None:
-            self.writer.write(connection, self.clock.now().nanoseconds, raw)
+        def on_message(raw: bytes, info: Any) -> None:
+            self._count_lost(topic, info)
+            stamp = self.clock.now().nanoseconds
+            if stamp == 0:  # sim time before the first /clock: no bag time to give it
+                if not self.stats.before_clock:
+                    self.node.get_logger().warning(
+                        'dropping messages until the first /clock (use_sim_time is set)')
+                self.stats.before_clock += 1
+                return
+            self.writer.write(connection, stamp, raw)
             self.stats.recorded[topic] += 1
 
         return on_message
 
-    def run(self, executor: Any) -> None:
-        from rclpy.executors import ExternalShutdownException
-        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+    def _count_lost(self, topic: str, info: Any) -> None:
+        """Count the messages missing between this one and the last from its publisher.
+
+        Each publisher numbers its messages; a gap is messages lost on the way or overwritten
+        in a full subscription queue, which DDS does not report for a reliable topic. What a
+        publisher sent before the first message taken from it is not counted (a subscription
+        that matched later never had it).
+        """
+        sequence, gid = info['publication_sequence_number'], info['publisher_gid']
+        if sequence is None or gid is None:  # a middleware that does not number them
+            return
+        publisher = bytes(gid['data'])
+        last = self.last_sequence.get(publisher)
+        self.last_sequence[publisher] = sequence
+        if last is not None and sequence > last + 1:
+            if not self.stats.lost[topic]:
+                self.node.get_logger().warning(
+                    f'messages lost on {topic}: the recorder fell behind its queue of '
+                    f'{RECORD_QUEUE_DEPTH}, or the network dropped them (counted)')
+            self.stats.lost[topic] += sequence - last - 1
+
+    @staticmethod
+    def _events():
+        from rclpy.event_handler import SubscriptionEventCallbacks
+
+        def on_incompatible_qos(info: Any) -> None:
+            """Handled by subscribing again at the next discovery (rclpy's default warns)."""
+
+        return SubscriptionEventCallbacks(incompatible_qos=on_incompatible_qos)
+
+    def run(self, executor: Any, stop_requested: Callable[[], bool]) -> None:
+        """Record until the duration has passed or ``stop_requested()``, then write what has
+        been received and not yet taken (for at most ``DRAIN_LIMIT_S``: a flood goes on)."""
         deadline = (time.monotonic() + self.options.duration_s
                     if self.options.duration_s is not None else None)
         next_discovery = 0.0
-        while self.node.context.ok():
+        while not stop_requested():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                return
-            if now >= next_discovery and len(self.subscriptions) < len(self.options.topics):
+                break
+            if now >= next_discovery:
                 self.subscribe_discovered()
                 next_discovery = now + 0.2
-            try:
-                executor.spin_once(timeout_sec=0.05)
-            except (RuntimeError, _rclpy.RCLError):
-                # A signal shut the context down between the check and the wait (see
-                # ros_io.spin_until_shutdown): the normal end; while it is up, a real error.
-                if self.node.context.ok():
-                    raise
-                raise ExternalShutdownException() from None
+            executor.spin_once(timeout_sec=0.05)
+        self.stats.interrupted = stop_requested()
+        drain_end = time.monotonic() + DRAIN_LIMIT_S
+        idle_spins = 0  # a spin may run another callback (/clock, an event): two in a row
+        while idle_spins < 2 and time.monotonic() < drain_end:
+            written = self.written()
+            executor.spin_once(timeout_sec=0.01)
+            idle_spins = idle_spins + 1 if self.written() == written else 0
+
+    def written(self) -> int:
+        """Messages taken from the subscriptions so far (written or dropped)."""
+        return sum(self.stats.recorded.values()) + self.stats.before_clock

@@ -59,7 +59,8 @@ EXAMPLES = {
     'bag record': """examples:
   obstacle-classifier bag record robot_bag                 # the configured inputs + labels
   obstacle-classifier bag record robot_bag --storage mcap --duration 60
-  obstacle-classifier bag record robot_bag --topics /sensors/scan,/obstacle_labels""",
+  obstacle-classifier bag record robot_bag --topics /sensors/scan,/obstacle_labels
+  obstacle-classifier bag record sim_bag --use-sim-time  # stamped with the simulator's /clock""",
     'bag extract': """examples:
   obstacle-classifier bag extract sim_bag --output sim_bag.npz
   obstacle-classifier bag extract robot_bag --output robot.csv --config my_features.yaml""",
@@ -283,12 +284,19 @@ def _cmd_bag_record(args: argparse.Namespace) -> int:
         topics = tuple(topic if topic.startswith('/') else '/' + topic for topic in args.topics)
     else:
         topics = default_record_topics(_feature_config(args))
+    ros_args = ['--ros-args', '-p', 'use_sim_time:=true'] if args.use_sim_time else []
     stats = record_bag(args.bag, RecordOptions(topics=topics, storage=args.storage,
-                                               duration_s=args.duration))
+                                               duration_s=args.duration), ros_args)
     print(f'recorded {sum(stats.recorded.values())} messages into {args.bag}: ' + ', '.join(
         f'{topic} {count}' for topic, count in stats.recorded.items()))
     if stats.never_seen:
         print(f'no messages on: {", ".join(stats.never_seen)}')
+    lost = {topic: count for topic, count in stats.lost.items() if count}
+    if lost:
+        print("lost (missing from their publisher's sequence): " + ', '.join(
+            f'{topic} {count}' for topic, count in lost.items()))
+    if stats.before_clock:
+        print(f'dropped {stats.before_clock} messages that came before the first /clock')
     return 0
 
 
@@ -649,6 +657,9 @@ def _add_bag_commands(commands) -> None:
     record.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3')
     record.add_argument('--duration', type=_positive_float, metavar='S',
                         help='stop after this many seconds (default: at Ctrl-C)')
+    record.add_argument('--use-sim-time', action='store_true',
+                        help='stamp messages with /clock time (bag time of a replay or a '
+                             'simulator); messages before the first /clock are dropped')
     record.set_defaults(handler=_cmd_bag_record)
     extract = bag_commands.add_parser(
         'extract', help='bag -> data set through the node feature pipeline',

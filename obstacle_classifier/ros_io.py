@@ -368,6 +368,32 @@ def sigint_shuts_down() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def signals_request_stop() -> Iterator[Callable[[], bool]]:
+    """Within: SIGINT and SIGTERM only set a flag, read by the yielded ``stop_requested()``; a
+    second one raises KeyboardInterrupt, so that a stop that hangs can still be interrupted.
+
+    For a loop that must finish its work before it ends, e.g. a recorder writing the messages
+    it has received but not yet taken: init rclpy inside with ``signal_handler_options=
+    SignalHandlerOptions.NO``, so that no signal shuts the context down under it. The loop
+    checks the flag at least once per wait (Python runs the handler when the wait returns).
+    """
+    count = [0]
+
+    def on_signal(signum: int, frame: Any) -> None:
+        count[0] += 1
+        if count[0] > 1:
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, on_signal)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: count[0] > 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run_node(make_node: Callable[[], Any], node_name: str, args: Optional[list[str]] = None,
              spin: Callable[[Any], None] = spin_until_shutdown) -> int:
     """The executables' main: init, build the node, spin until SIGINT / SIGTERM, shut down.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import ros_helpers
 
 ros_helpers.import_rclpy()
 
+from rclpy.duration import Duration  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
@@ -96,12 +98,29 @@ def test_play_publishes_the_recorded_messages_and_bag_time_on_clock(bag, ros, ro
 
 
 def test_recorded_qos_is_matched_and_remaps_are_parsed(bag):
-    from rclpy.qos import ReliabilityPolicy
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
+    ZERO = QosTime(sec=0, nsec=0)
     with Reader(bag) as reader:
         profiles = {c.topic: c.ext.offered_qos_profiles for c in reader.connections}
     assert recorded_qos(profiles['/sensors/scan']).reliability == ReliabilityPolicy.BEST_EFFORT
     assert recorded_qos(profiles['/obstacle_labels']).reliability == ReliabilityPolicy.RELIABLE
     assert recorded_qos([]).depth == 10
+    # Several publishers' offers (rosbag2 stores one per publisher), adapted as rosbag2 does.
+    latched_reliable, volatile_best_effort = (
+        Qos(history=history, depth=depth, reliability=reliability, durability=durability,
+            deadline=ZERO, lifespan=ZERO, liveliness=QosLiveliness.AUTOMATIC,
+            liveliness_lease_duration=ZERO, avoid_ros_namespace_conventions=False)
+        for history, depth, reliability, durability in (
+            (QosHistory.KEEP_LAST, 5, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL),
+            (QosHistory.KEEP_LAST, 50, QosReliability.BEST_EFFORT, QosDurability.VOLATILE)))
+    mixed = recorded_qos([latched_reliable, volatile_best_effort])
+    assert (mixed.reliability, mixed.durability, mixed.depth) == (
+        ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE, 50)
+    latched = recorded_qos([latched_reliable, latched_reliable])
+    assert (latched.reliability, latched.durability, latched.depth) == (
+        ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL, 5)
     assert parse_remaps(['/a:=/b']) == {'/a': '/b'}
     with pytest.raises(ValueError, match='remap must look like'):
         parse_remaps(['/a=/b'])
@@ -238,10 +257,149 @@ def test_record_takes_latched_messages_published_before_it_started(
     assert [m.data for m in _bag_contents(recorded, topic)[1]] == ['["pole", "curb"]']
 
 
+def _start_recorder(ros_processes, path: Path, topic: str, *extra: str):
+    return ros_processes.start_module(
+        'recorder', 'obstacle_classifier.cli',
+        ['bag', 'record', str(path), '--topics', topic, *extra], extra_env=STRICT_WARNINGS)
+
+
+def _wait_until_matched(ros, publisher, recorder) -> None:
+    assert ros.spin_until(lambda: publisher.get_subscription_count() >= 1, timeout=60), \
+        recorder.report()
+
+
+def test_record_keeps_a_reliable_burst_its_callback_falls_behind_on(
+        ros, tmp_path, ros_processes):
+    """1000 messages published at once, then Ctrl-C: the recorder writes them one callback at
+    a time, far slower than DDS delivers them. Its 10-deep queue lost most of them silently,
+    and Ctrl-C lost what was queued."""
+    from rclpy.qos import QoSProfile
+    topic = f'/{ros_helpers.unique_name("burst")}'
+    publisher = ros.node.create_publisher(Float64, topic, QoSProfile(depth=1000))
+    recorded = tmp_path / 'burst'
+    recorder = _start_recorder(ros_processes, recorded, topic)
+    _wait_until_matched(ros, publisher, recorder)
+    for value in range(1000):
+        publisher.publish(Float64(data=float(value)))
+    assert ros.spin_until(lambda: publisher.wait_for_all_acked(Duration(seconds=0.1)),
+                          timeout=60), recorder.report()
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    assert [m.data for m in _bag_contents(recorded, topic)[1]] == [float(v) for v in range(1000)]
+    assert 'lost' not in recorder.stdout()
+
+
+def test_record_counts_what_overflows_its_queue_on_a_reliable_topic(
+        ros, tmp_path, ros_processes):
+    """20,000 messages at once overflow the 1000-deep queue of a Python writer; DDS reports no
+    loss on a reliable topic, the recorder counts the gaps in the publisher's sequence."""
+    from rclpy.qos import QoSProfile
+    topic = f'/{ros_helpers.unique_name("flood")}'
+    total = 20_000
+    publisher = ros.node.create_publisher(Float64, topic, QoSProfile(depth=total))
+    recorded = tmp_path / 'flood'
+    recorder = _start_recorder(ros_processes, recorded, topic)
+    _wait_until_matched(ros, publisher, recorder)
+    publisher.publish(Float64(data=0.0))  # taken before the flood: the count starts here
+    ros.spin_for(1.0)
+    for value in range(1, total):
+        publisher.publish(Float64(data=float(value)))
+    assert ros.spin_until(lambda: publisher.wait_for_all_acked(Duration(seconds=0.1)),
+                          timeout=60), recorder.report()
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    values = [m.data for m in _bag_contents(recorded, topic)[1]]
+    lost = int(re.search(rf'lost \(.*\): {topic} (\d+)', recorder.stdout()).group(1))
+    assert values[0] == 0.0 and values[-1] == total - 1 and values == sorted(values)
+    assert lost > 0 and len(values) + lost == total, (len(values), lost)
+
+
+def test_record_subscribes_again_when_a_publisher_it_cannot_match_appears(
+        ros, tmp_path, ros_processes):
+    """A reliable subscription chosen at discovery never receives a best-effort publisher that
+    comes later; the recorder now subscribes again, best effort, and records both."""
+    from rclpy.event_handler import PublisherEventCallbacks
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    topic = f'/{ros_helpers.unique_name("mixed")}'
+    reliable = ros.node.create_publisher(Float64, topic, QoSProfile(depth=10))
+    recorded = tmp_path / 'mixed'
+    recorder = _start_recorder(ros_processes, recorded, topic)
+    _wait_until_matched(ros, reliable, recorder)
+    reliable.publish(Float64(data=1.0))
+    best_effort = ros.node.create_publisher(  # incompatible until the recorder follows: quiet
+        Float64, topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT),
+        event_callbacks=PublisherEventCallbacks(incompatible_qos=lambda info: None))
+    _wait_until_matched(ros, best_effort, recorder)
+    ros.spin_for(0.5)  # both publishers matched by the new subscription
+    for _ in range(20):  # best effort: a few may be lost
+        best_effort.publish(Float64(data=2.0))
+        ros.spin_for(0.02)
+    reliable.publish(Float64(data=3.0))
+    ros.spin_for(1.0)
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    assert 'subscribing to' in recorder.stderr() and 'again' in recorder.stderr()
+    values = [m.data for m in _bag_contents(recorded, topic)[1]]
+    assert values[0] == 1.0 and values[-1] == 3.0 and values.count(2.0) >= 10, values
+    with Reader(recorded) as reader:  # the offer of the publisher present at the start
+        [connection] = reader.connections
+    assert [p.reliability.name for p in connection.ext.offered_qos_profiles] == ['RELIABLE']
+
+
+def test_record_with_sim_time_stamps_bag_time_and_drops_what_came_before_the_clock(
+        ros, tmp_path, ros_processes):
+    topic = f'/{ros_helpers.unique_name("simtime")}'
+    publisher = ros.node.create_publisher(Float64, topic, 10)
+    clock = ros.node.create_publisher(Clock, '/clock', 10)
+    recorded = tmp_path / 'sim'
+    recorder = _start_recorder(ros_processes, recorded, topic, '--use-sim-time')
+    _wait_until_matched(ros, publisher, recorder)
+    publisher.publish(Float64(data=1.0))  # no /clock yet: no bag time to give it
+    ros.spin_for(0.5)
+    _wait_until_matched(ros, clock, recorder)
+    bag_time = Clock()
+    bag_time.clock.sec = 1000
+    clock.publish(bag_time)
+    ros.spin_for(0.5)
+    publisher.publish(Float64(data=2.0))
+    ros.spin_for(0.5)
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    assert 'dropped 1 messages that came before the first /clock' in recorder.stdout()
+    stamps, messages = _bag_contents(recorded, topic)
+    assert [m.data for m in messages] == [2.0] and stamps == [1000 * SECOND]
+
+
+def test_a_signal_while_the_recorder_starts_up_ends_it_with_a_readable_bag(
+        tmp_path, ros_processes):
+    """SIGINT between ``rclpy.init`` and the node's creation: rclpy refused the node on the
+    context its handler had shut down, which was a traceback."""
+    recorded = tmp_path / 'early'
+    script = f"""
+import os, signal
+import rclpy
+from obstacle_classifier import bag_player
+create_node = rclpy.create_node
+
+def interrupted_create_node(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return create_node(*args, **kwargs)
+
+rclpy.create_node = interrupted_create_node
+stats = bag_player.record_bag({str(recorded)!r}, bag_player.RecordOptions(topics=('/speed',)))
+print('interrupted' if stats.interrupted else 'not interrupted')
+"""
+    recorder = ros_processes.start_script('recorder', script, extra_env=STRICT_WARNINGS)
+    assert recorder.wait(60) == 0, recorder.report()
+    assert recorder.stdout().strip() == 'interrupted', recorder.report()
+    with Reader(recorded) as reader:
+        assert reader.message_count == 0
+
+
 def test_a_recording_that_ends_in_an_error_is_still_a_readable_bag(tmp_path, monkeypatch):
     from obstacle_classifier import bag_player
 
-    def write_one_then_fail(recording, executor):
+    def write_one_then_fail(recording, executor, stop_requested):
         connection = recording.writer.add_connection(
             '/speed', 'std_msgs/msg/Float64', typestore=recording.typestore)
         recording.writer.write(connection, 1, bytes(

@@ -424,6 +424,7 @@ class _Recording:
         self.msg_classes: dict[str, type] = {}
         self.unreadable: set[str] = set()  # topics whose message type is not installed here
         self.last_sequence: dict[bytes, int] = {}  # publisher gid -> its last message taken
+        self.other_types: set[tuple[str, str]] = set()  # (topic, type) not recorded, logged
         self.clock = node.get_clock()
 
     def subscribe_discovered(self) -> None:
@@ -434,12 +435,16 @@ class _Recording:
         for topic in self.options.topics:
             if topic in self.unreadable or topic not in types:
                 continue
-            publishers = self.node.get_publishers_info_by_topic(topic)
+            subscription = self.subscriptions.get(topic)
+            # A bag topic has one type: the first seen (publishers of another are logged).
+            msg_type = (types[topic][0] if subscription is None
+                        else self.connections[topic].msgtype)
+            publishers = [p for p in self.node.get_publishers_info_by_topic(topic)
+                          if p.topic_type == msg_type]
             if not publishers:
                 continue
-            subscription = self.subscriptions.get(topic)
+            self._warn_of_other_types(topic, msg_type, types[topic])
             if subscription is None:
-                msg_type = types[topic][0]
                 try:
                     self.msg_classes[topic] = message_class(msg_type)
                 except ValueError as exc:  # not installed here: the other topics go on
@@ -463,6 +468,16 @@ class _Recording:
                 self.msg_classes[topic], topic, self._callback(topic),
                 _recording_qos(publishers), raw=True,
                 event_callbacks=self._events())
+
+    def _warn_of_other_types(self, topic: str, msg_type: str, types: Sequence[str]) -> None:
+        """Log, once per type, publishers of ``topic`` with a type other than ``msg_type``,
+        the one it is recorded as: the subscription does not receive them."""
+        for other in types:
+            if other != msg_type and (topic, other) not in self.other_types:
+                self.other_types.add((topic, other))
+                self.node.get_logger().warning(
+                    f'not recording the {other} publishers of {topic}: it is recorded as '
+                    f'{msg_type}')
 
     def _callback(self, topic: str):
         connection = self.connections[topic]

@@ -346,6 +346,32 @@ def test_record_subscribes_again_when_a_publisher_it_cannot_match_appears(
     assert [p.reliability.name for p in connection.ext.offered_qos_profiles] == ['RELIABLE']
 
 
+def test_record_names_publishers_of_another_type_and_keeps_recording_its_own(
+        ros, tmp_path, ros_processes):
+    topic = f'/{ros_helpers.unique_name("retyped")}'
+    numbers = ros.node.create_publisher(Float64, topic, 10)
+    recorded = tmp_path / 'retyped'
+    recorder = _start_recorder(ros_processes, recorded, topic)
+    _wait_until_matched(ros, numbers, recorder)
+    # A bag topic has one type. (Another process: one DDS participant refuses a second type.)
+    ros_processes.start_script('strings', f"""
+import rclpy
+from std_msgs.msg import String
+rclpy.init()
+node = rclpy.create_node('strings')
+node.create_publisher(String, {topic!r}, 10)
+rclpy.spin(node)
+""", extra_env=STRICT_WARNINGS)
+    recorder.wait_for_output(
+        f'not recording the std_msgs/msg/String publishers of {topic}: it is recorded as '
+        'std_msgs/msg/Float64', stream='stderr')
+    numbers.publish(Float64(data=4.0))
+    ros.spin_for(0.5)
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    assert [m.data for m in _bag_contents(recorded, topic)[1]] == [4.0]
+
+
 def test_record_with_sim_time_stamps_bag_time_and_drops_what_came_before_the_clock(
         ros, tmp_path, ros_processes):
     topic = f'/{ros_helpers.unique_name("simtime")}'

@@ -14,9 +14,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from rclpy.duration import Duration
+
+from obstacle_classifier.ros_io import StopSignals, signals_request_stop
 
 __all__ = ['PlaybackOptions', 'PlaybackStats', 'RecordOptions', 'RecordStats',
            'default_record_topics', 'parse_remaps', 'play_bag', 'record_bag', 'recorded_qos']
@@ -253,8 +255,9 @@ class _Playback:
 # overflowing a 10-deep queue was lost silently (107 of 20,000 at 5 kHz). Memory is only used
 # when the recorder falls behind: at most this many messages per topic.
 RECORD_QUEUE_DEPTH = 1000
-#: Longest a stopping recorder goes on writing what it has received (s).
+#: Longest a stopping recorder goes on writing what it received before the stop (s).
 DRAIN_LIMIT_S = 2.0
+_NEVER_NS = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -308,8 +311,8 @@ class RecordStats:
         recorded: messages written, by topic.
         lost: messages missing from a publisher's numbered sequence, by topic (overwritten
             in a full queue, or dropped by the network).
-        before_clock: messages dropped under ``use_sim_time`` before the first /clock, when
-            there is no bag time to give them.
+        before_clock: messages dropped under ``use_sim_time`` because more than
+            ``RECORD_QUEUE_DEPTH`` waited for the first /clock (or none came).
         never_seen: topics with no message written.
         interrupted: a signal ended the recording.
     """
@@ -326,16 +329,16 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     """Record ``options.topics`` into a new bag at ``path`` until the duration or a signal.
 
     Each topic is subscribed to as soon as a publisher appears, with raw (serialised) delivery:
-    the CDR bytes are written unchanged, stamped with their receive time on the node clock (bag
-    time follows /clock when run with ``use_sim_time``; messages before the first /clock are
-    dropped and counted). The subscription is best effort if any publisher is (it then matches
-    every publisher present), and transient local if all of them are (latched messages are
-    recorded); when a publisher it cannot match appears later, the topic is subscribed to
-    again. The offered QoS of the publishers present at the first subscription is what the bag
-    records for ``bag play``. A topic whose message type is not installed here is logged and
-    left out. The duration or a SIGINT / SIGTERM stops the recording after it has written what
-    it has received (a second signal cuts that short); whatever ends it (an error included),
-    what was recorded is a readable bag.
+    the CDR bytes are written unchanged, stamped with the node clock's time when taken (with
+    ``use_sim_time`` the latest /clock; what comes before the first one is written with it, up
+    to ``RECORD_QUEUE_DEPTH`` messages, and the rest dropped and counted). The subscription is
+    best effort if any publisher is (it then matches every publisher present), and transient
+    local if all of them are (latched messages are recorded); when a publisher it cannot match
+    appears later, the topic is subscribed to again. The offered QoS of the publishers present
+    at the first subscription is what the bag records for ``bag play``. A topic whose message
+    type is not installed here is logged and left out. The duration or a SIGINT / SIGTERM stops
+    the recording after it has written what it received before then (a second signal cuts that
+    short); whatever ends it (an error included), what was recorded is a readable bag.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -343,7 +346,6 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     from obstacle_classifier.bags import BagError, new_bag_directory
-    from obstacle_classifier.ros_io import signals_request_stop
     bag = new_bag_directory(path, options.storage)
     plugin = StoragePlugin.MCAP if options.storage == 'mcap' else StoragePlugin.SQLITE3
     stats = RecordStats(recorded={topic: 0 for topic in options.topics},
@@ -353,29 +355,27 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
         writer.open()
     except WriterError as exc:
         raise BagError(f'{bag}: cannot write bag: {exc}') from exc
-    # Closed (index and metadata.yaml written) whatever ends the recording, an error included:
-    # what was recorded stays a bag (rosbags' context manager would abort it on an exception).
-    try:
-        # A signal only asks the loop to stop: rclpy's handler would shut the context down at
-        # once, and the messages received but not yet taken would be lost.
-        with signals_request_stop() as stop_requested, rclpy.init(
-                args=ros_args if ros_args is not None else [],
-                signal_handler_options=SignalHandlerOptions.NO):
-            node = rclpy.create_node('obstacle_classifier_bag_recorder')
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            try:
-                _Recording(node, writer, options, stats).run(executor, stop_requested)
-            finally:
-                executor.shutdown()
-                node.destroy_node()
-    except KeyboardInterrupt:  # a second signal: the drain is cut short
-        stats.interrupted = True
-    finally:
+    # A signal only asks the recording to stop (rclpy's handler would shut the context down at
+    # once, and the messages received but not yet taken would be lost), until the bag is closed.
+    with signals_request_stop() as signals:
+        # Closed (index and metadata.yaml written) whatever ends the recording, an error
+        # included: what was recorded stays a bag (rosbags' context manager would abort it).
         try:
-            writer.close()
-        except WriterError as exc:
-            raise BagError(f'{bag}: cannot write bag: {exc}') from exc
+            with rclpy.init(args=ros_args if ros_args is not None else [],
+                            signal_handler_options=SignalHandlerOptions.NO):
+                node = rclpy.create_node('obstacle_classifier_bag_recorder')
+                executor = SingleThreadedExecutor()
+                executor.add_node(node)
+                try:
+                    _Recording(node, writer, options, stats).run(executor, signals)
+                finally:
+                    executor.shutdown()
+                    node.destroy_node()
+        finally:
+            try:
+                writer.close()
+            except WriterError as exc:
+                raise BagError(f'{bag}: cannot write bag: {exc}') from exc
     stats.never_seen = tuple(topic for topic, count in stats.recorded.items() if not count)
     return stats
 
@@ -425,7 +425,18 @@ class _Recording:
         self.unreadable: set[str] = set()  # topics whose message type is not installed here
         self.last_sequence: dict[bytes, int] = {}  # publisher gid -> its last message taken
         self.other_types: set[tuple[str, str]] = set()  # (topic, type) not recorded, logged
+        self.stop_ns = _NEVER_NS  # messages received later (wall time) are not recorded
+        self.taken = 0  # messages from before the stop taken from the subscriptions
+        self.after_stop: set[str] = set()  # topics that have delivered one received after it
         self.clock = node.get_clock()
+        self.sim_time = bool(node.get_parameter('use_sim_time').value)
+        self.clock_ns: Optional[int] = None  # the latest /clock, under sim time
+        self.before_clock: list[tuple[str, bytes]] = []  # (topic, raw) awaiting a /clock
+        if self.sim_time:
+            from rclpy.qos import QoSProfile, ReliabilityPolicy
+            from rosgraph_msgs.msg import Clock
+            node.create_subscription(Clock, '/clock', self._on_clock, QoSProfile(
+                depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))  # as rclpy's time source
 
     def subscribe_discovered(self) -> None:
         """Subscribe to each topic whose publishers have appeared, and again to one whose
@@ -480,21 +491,43 @@ class _Recording:
                     f'{msg_type}')
 
     def _callback(self, topic: str):
-        connection = self.connections[topic]
-
         def on_message(raw: bytes, info: Any) -> None:
+            received_ns = info['received_timestamp']  # wall time, 0 if the rmw has none
+            if received_ns > self.stop_ns:  # not part of the recording
+                self.after_stop.add(topic)
+                return
+            self.taken += 1
             self._count_lost(topic, info)
-            stamp = self.clock.now().nanoseconds
-            if stamp == 0:  # sim time before the first /clock: no bag time to give it
+            if not self.sim_time:
+                # Not received_ns: a reliable sample repaired by a resend carries the later
+                # reception time, which would put it out of order in the bag.
+                self._write(topic, raw, self.clock.now().nanoseconds)
+            elif self.clock_ns is not None:
+                self._write(topic, raw, self.clock_ns)
+            elif len(self.before_clock) < RECORD_QUEUE_DEPTH:
+                # No bag time yet: written with the first /clock (a latched message, sent once
+                # at subscription, would otherwise be lost for good).
+                self.before_clock.append((topic, raw))
+            else:
                 if not self.stats.before_clock:
                     self.node.get_logger().warning(
-                        'dropping messages until the first /clock (use_sim_time is set)')
+                        f'dropping messages: {RECORD_QUEUE_DEPTH} wait for the first /clock '
+                        '(use_sim_time is set)')
                 self.stats.before_clock += 1
-                return
-            self.writer.write(connection, stamp, raw)
-            self.stats.recorded[topic] += 1
 
         return on_message
+
+    def _on_clock(self, msg: Any) -> None:
+        """Bag time under sim time: the latest /clock (the node clock's time, known at once;
+        rclpy's time source may run its /clock callback after a message's)."""
+        self.clock_ns = msg.clock.sec * _NS_PER_S + msg.clock.nanosec
+        for topic, raw in self.before_clock:
+            self._write(topic, raw, self.clock_ns)
+        self.before_clock.clear()
+
+    def _write(self, topic: str, raw: bytes, stamp_ns: int) -> None:
+        self.writer.write(self.connections[topic], stamp_ns, raw)
+        self.stats.recorded[topic] += 1
 
     def _count_lost(self, topic: str, info: Any) -> None:
         """Count the messages missing between this one and the last from its publisher.
@@ -526,28 +559,32 @@ class _Recording:
 
         return SubscriptionEventCallbacks(incompatible_qos=on_incompatible_qos)
 
-    def run(self, executor: Any, stop_requested: Callable[[], bool]) -> None:
-        """Record until the duration has passed or ``stop_requested()``, then write what has
-        been received and not yet taken (for at most ``DRAIN_LIMIT_S``: a flood goes on)."""
-        deadline = (time.monotonic() + self.options.duration_s
-                    if self.options.duration_s is not None else None)
+    def run(self, executor: Any, signals: StopSignals) -> None:
+        """Record until the duration has passed or a signal, then write what was received before
+        that and not yet taken: until each topic's queue is empty or reaches what came after
+        (for at most ``DRAIN_LIMIT_S``, or until a second signal)."""
+        start = time.monotonic()
+        if self.options.duration_s is not None:
+            self.stop_ns = time.time_ns() + int(self.options.duration_s * _NS_PER_S)
         next_discovery = 0.0
-        while not stop_requested():
+        while not signals.count:
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if self.options.duration_s is not None and now - start >= self.options.duration_s:
                 break
             if now >= next_discovery:
                 self.subscribe_discovered()
                 next_discovery = now + 0.2
             executor.spin_once(timeout_sec=0.05)
-        self.stats.interrupted = stop_requested()
+        self.stats.interrupted = signals.count > 0
+        if signals.first_ns is not None:
+            self.stop_ns = min(self.stop_ns, signals.first_ns)
         drain_end = time.monotonic() + DRAIN_LIMIT_S
         idle_spins = 0  # a spin may run another callback (/clock, an event): two in a row
-        while idle_spins < 2 and time.monotonic() < drain_end:
-            written = self.written()
+        while (idle_spins < 2 and signals.count < 2 and time.monotonic() < drain_end
+               and not self.after_stop >= set(self.subscriptions)):
+            taken = self.taken
             executor.spin_once(timeout_sec=0.01)
-            idle_spins = idle_spins + 1 if self.written() == written else 0
-
-    def written(self) -> int:
-        """Messages taken from the subscriptions so far (written or dropped)."""
-        return sum(self.stats.recorded.values()) + self.stats.before_clock
+            idle_spins = idle_spins + 1 if self.taken == taken else 0
+        if self.before_clock:  # no /clock came: no bag time to give them
+            self.stats.before_clock += len(self.before_clock)
+            self.before_clock.clear()

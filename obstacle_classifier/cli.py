@@ -296,7 +296,7 @@ def _cmd_bag_record(args: argparse.Namespace) -> int:
         print("lost (missing from their publisher's sequence): " + ', '.join(
             f'{topic} {count}' for topic, count in lost.items()))
     if stats.before_clock:
-        print(f'dropped {stats.before_clock} messages that came before the first /clock')
+        print(f'dropped {stats.before_clock} messages for want of a /clock to stamp them with')
     return 0
 
 
@@ -659,7 +659,7 @@ def _add_bag_commands(commands) -> None:
                         help='stop after this many seconds (default: at Ctrl-C)')
     record.add_argument('--use-sim-time', action='store_true',
                         help='stamp messages with /clock time (bag time of a replay or a '
-                             'simulator); messages before the first /clock are dropped')
+                             'simulator); what comes before the first /clock gets its time')
     record.set_defaults(handler=_cmd_bag_record)
     extract = bag_commands.add_parser(
         'extract', help='bag -> data set through the node feature pipeline',

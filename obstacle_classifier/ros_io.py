@@ -26,6 +26,7 @@ import math
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -368,27 +369,37 @@ def sigint_shuts_down() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+@dataclass
+class StopSignals:
+    """The SIGINT / SIGTERM received within :func:`signals_request_stop`."""
+
+    count: int = 0
+    first_ns: Optional[int] = None  # wall time (time.time_ns) of the first
+
+
 @contextlib.contextmanager
-def signals_request_stop() -> Iterator[Callable[[], bool]]:
-    """Within: SIGINT and SIGTERM only set a flag, read by the yielded ``stop_requested()``; a
-    second one raises KeyboardInterrupt, so that a stop that hangs can still be interrupted.
+def signals_request_stop() -> Iterator[StopSignals]:
+    """Within: SIGINT and SIGTERM are only counted, in the yielded :class:`StopSignals`.
 
     For a loop that must finish its work before it ends, e.g. a recorder writing the messages
-    it has received but not yet taken: init rclpy inside with ``signal_handler_options=
-    SignalHandlerOptions.NO``, so that no signal shuts the context down under it. The loop
-    checks the flag at least once per wait (Python runs the handler when the wait returns).
+    it received before the stop and then closing its bag: no exception lands at an arbitrary
+    point of a write (a second signal asks the loop to cut its finishing short), and none ends
+    the process while the bag is closed. Init rclpy inside with ``signal_handler_options=
+    SignalHandlerOptions.NO``, so that no signal shuts the context down under the loop. The loop
+    must end in bounded time on its own: it checks ``count`` at least once per wait (Python runs
+    the handler when the wait returns).
     """
-    count = [0]
+    signals = StopSignals()
 
     def on_signal(signum: int, frame: Any) -> None:
-        count[0] += 1
-        if count[0] > 1:
-            raise KeyboardInterrupt
+        if signals.first_ns is None:
+            signals.first_ns = time.time_ns()
+        signals.count += 1
 
     previous = {signum: signal.signal(signum, on_signal)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: count[0] > 0
+        yield signals
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

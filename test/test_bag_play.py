@@ -314,6 +314,33 @@ def test_record_counts_what_overflows_its_queue_on_a_reliable_topic(
     assert lost > 0 and len(values) + lost == total, (len(values), lost)
 
 
+def test_a_stopped_recording_writes_what_came_before_the_stop_and_no_more(
+        tmp_path, ros_processes):
+    """After Ctrl-C the recorder writes what it had received; it went on recording whatever
+    came for its whole 2 s drain limit whenever messages came more often than every 20 ms."""
+    topic = f'/{ros_helpers.unique_name("steady")}'
+    ros_processes.start_script('steady', f"""
+import rclpy
+from std_msgs.msg import Float64
+rclpy.init()
+node = rclpy.create_node('steady')
+publisher = node.create_publisher(Float64, {topic!r}, 10)
+node.create_timer(0.002, lambda: publisher.publish(Float64(data=1.0)))  # 500 Hz
+rclpy.spin(node)
+""", extra_env=STRICT_WARNINGS)
+    recorded = tmp_path / 'steady'
+    recorder = _start_recorder(ros_processes, recorded, topic)
+    recorder.wait_for_output(f'recording {topic}', stream='stderr')
+    time.sleep(1.0)
+    stop_ns = time.time_ns()
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    stamps, _ = _bag_contents(recorded, topic)
+    assert len(stamps) > 100  # it was recording
+    # The handler sees the signal when a wait returns (<= 50 ms): the last is the backlog's.
+    assert max(stamps) < stop_ns + SECOND // 2, (max(stamps) - stop_ns) / SECOND
+
+
 def test_record_subscribes_again_when_a_publisher_it_cannot_match_appears(
         ros, tmp_path, ros_processes):
     """A reliable subscription chosen at discovery never receives a best-effort publisher that
@@ -372,28 +399,46 @@ rclpy.spin(node)
     assert [m.data for m in _bag_contents(recorded, topic)[1]] == [4.0]
 
 
-def test_record_with_sim_time_stamps_bag_time_and_drops_what_came_before_the_clock(
+def test_record_with_sim_time_stamps_the_latest_clock_and_what_came_before_with_the_first(
         ros, tmp_path, ros_processes):
+    """A message before the first /clock (a latched one is sent only then) waits for it; a
+    /clock of 0 (a simulator started paused) is a bag time like any other."""
     topic = f'/{ros_helpers.unique_name("simtime")}'
     publisher = ros.node.create_publisher(Float64, topic, 10)
     clock = ros.node.create_publisher(Clock, '/clock', 10)
     recorded = tmp_path / 'sim'
     recorder = _start_recorder(ros_processes, recorded, topic, '--use-sim-time')
     _wait_until_matched(ros, publisher, recorder)
-    publisher.publish(Float64(data=1.0))  # no /clock yet: no bag time to give it
-    ros.spin_for(0.5)
     _wait_until_matched(ros, clock, recorder)
+
+    publisher.publish(Float64(data=1.0))  # no /clock yet: no bag time to give it
+    ros.spin_for(0.3)
+    clock.publish(Clock())  # paused at 0
+    ros.spin_for(0.3)
+    publisher.publish(Float64(data=2.0))
+    ros.spin_for(0.3)
     bag_time = Clock()
     bag_time.clock.sec = 1000
     clock.publish(bag_time)
-    ros.spin_for(0.5)
-    publisher.publish(Float64(data=2.0))
-    ros.spin_for(0.5)
+    ros.spin_for(0.3)
+    publisher.publish(Float64(data=3.0))
+    ros.spin_for(0.3)
     recorder.send_sigint()
     assert recorder.wait(60) == 0, recorder.report()
-    assert 'dropped 1 messages that came before the first /clock' in recorder.stdout()
     stamps, messages = _bag_contents(recorded, topic)
-    assert [m.data for m in messages] == [2.0] and stamps == [1000 * SECOND]
+    assert [m.data for m in messages] == [1.0, 2.0, 3.0] and stamps == [0, 0, 1000 * SECOND]
+
+    # No /clock at all: nothing to stamp the message with; dropped and counted.
+    unclocked = tmp_path / 'unclocked'
+    recorder = _start_recorder(ros_processes, unclocked, topic, '--use-sim-time')
+    recorder.wait_for_output(f'recording {topic}', stream='stderr')
+    ros.spin_for(0.5)  # matched
+    publisher.publish(Float64(data=4.0))
+    ros.spin_for(0.3)
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    assert 'dropped 1 messages for want of a /clock' in recorder.stdout()
+    assert _bag_contents(unclocked, topic) == ([], [])
 
 
 def test_a_signal_while_the_recorder_starts_up_ends_it_with_a_readable_bag(

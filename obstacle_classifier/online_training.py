@@ -335,6 +335,7 @@ class OnlineTrainer:
         # from.
         self._reference = copy.deepcopy(model)
         self._reference_name = 'the starting model'
+        self._reference_is_file = False  # a checkpoint file the next write would replace
         self._trained_since_snapshot = False
 
     @property
@@ -406,6 +407,7 @@ class OnlineTrainer:
             raise ValueError('it has other feature or class names than the model')
         self._reference = copy.deepcopy(checkpoint)
         self._reference_name = name
+        self._reference_is_file = True
 
     def held_out_loss(self, model: Optional[ObstacleModel] = None) -> float:
         """Mean per-example loss of ``model`` (default: the trained one) on the held-out rows
@@ -433,7 +435,10 @@ class OnlineTrainer:
         Both the trained network and the last written checkpoint's (initially the starting
         model's) are scored now on the same held-out rows; the write is refused when
         ``loss > reference * (1 + WORSE_RELATIVE_MARGIN) + WORSE_ABSOLUTE_MARGIN``.
-        Without held-out rows the file is written unguarded (said in the reason).
+        Without held-out rows the file is written unguarded (said in the reason) only if it
+        would replace no checkpoint (:meth:`compare_with` was not called and none has been
+        written): a model change starts an empty buffer, and a barely trained model replaced a
+        well trained file when a checkpoint fell due before any held-out example had come.
         """
         held_out_rows = self.buffer.held_out.count
         loss = self.held_out_loss()
@@ -441,7 +446,11 @@ class OnlineTrainer:
         self.stats.last_held_out_loss = loss
         name = self._reference_name
         if held_out_rows == 0:
-            reason = 'written unguarded: no held-out examples yet'
+            if self._reference_is_file:  # nothing to tell a barely trained model by
+                reason = f'not written: no held-out examples yet to compare with {name}'
+                self.stats.last_checkpoint_reason = reason
+                return CheckpointDecision(False, reason, loss, reference)
+            reason = 'written unguarded: no held-out examples yet, and no checkpoint to keep'
         elif not math.isfinite(loss) or (
                 loss > reference * (1 + WORSE_RELATIVE_MARGIN) + WORSE_ABSOLUTE_MARGIN):
             self.stats.checkpoints_refused += 1
@@ -460,6 +469,7 @@ class OnlineTrainer:
             self.stats.last_checkpoint_reason = reason
             return CheckpointDecision(False, reason, loss, reference)
         self._reference, self._reference_name = exported, 'the last checkpoint'
+        self._reference_is_file = True
         self.stats.checkpoints_written += 1
         self.stats.last_checkpoint_reason = reason
         return CheckpointDecision(True, reason, loss, reference)

@@ -296,12 +296,25 @@ def test_a_checkpoint_whose_held_out_loss_is_not_finite_is_refused(tmp_path):
     assert not math.isfinite(decision.held_out_loss)
 
 
-def test_a_checkpoint_without_held_out_rows_is_written_and_says_so(tmp_path):
+def test_a_checkpoint_without_held_out_rows_is_written_only_if_it_replaces_none(tmp_path):
     trainer = OnlineTrainer(fresh_model(), buffer_size=10)
-    decision = trainer.checkpoint(tmp_path / 'm.npz')
+    path = tmp_path / 'm.npz'
+    decision = trainer.checkpoint(path)
     assert decision.written and 'unguarded' in decision.reason
     assert math.isnan(decision.held_out_loss)
-    ObstacleModel.load(tmp_path / 'm.npz')
+    written = path.read_bytes()
+    decision = trainer.checkpoint(path)  # now there is a checkpoint to keep
+    assert not decision.written and 'no held-out examples yet' in decision.reason
+    # A model change: a new trainer with an empty buffer, guarded against the file, must not
+    # replace it before it can be compared (the soak test's reload wrote 2 s of training).
+    changed = OnlineTrainer(fresh_model(), buffer_size=10)
+    changed.compare_with(ObstacleModel.load(path), 'the checkpoint file')
+    changed.stats.steps = 40
+    decision = changed.checkpoint(path)
+    assert not decision.written, decision.reason
+    assert decision.reason == ('not written: no held-out examples yet to compare with the '
+                               'checkpoint file')
+    assert changed.stats.checkpoints_refused == 0 and path.read_bytes() == written
 
 
 def test_adding_examples_while_training_runs_in_another_thread_is_safe():

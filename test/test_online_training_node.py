@@ -164,7 +164,7 @@ def test_training_from_the_simulator_learns_checkpoints_and_keeps_the_tick_rate(
     assert classifier.wait(20.0) == 0, classifier.report()
     final = [line for line in classifier.stderr().splitlines() if 'checkpoint' in line]
     assert final and final[-1].split(': ', 2)[-1].startswith(
-        ('written', 'refused', 'not rewritten')), final  # the last: unless nothing since
+        ('written', 'refused', 'not written', 'not rewritten')), final  # unless nothing since
     ObstacleModel.load(checkpoint)
     assert 'Traceback' not in classifier.stderr()
 
@@ -182,7 +182,9 @@ def test_kill_9_mid_run_leaves_a_loadable_checkpoint_and_multi_hot_labels_are_ch
     multi_hot = ros.node.create_publisher(UInt8MultiArray, f'/{namespace}/truth_multi_hot', 10)
     simulator, classifier = start(ros_processes, namespace, model_path, checkpoint, **{
         'train.labels_topic': 'truth_multi_hot', 'train.labels_format': 'multi_hot',
-        'train.checkpoint_period_s': 0.2})
+        # Held-out rows after 10 labels (a held-out ring of 20, blocks of 5): from then on
+        # every checkpoint has something to be compared on, and is written unless worse.
+        'train.checkpoint_period_s': 0.2, 'train.buffer_size': 200})
 
     def relay():  # the simulator's truth as multi-hot, plus a few of the wrong width
         while truth:

@@ -258,6 +258,8 @@ RECORD_QUEUE_DEPTH = 1000
 #: Longest a stopping recorder goes on writing what it received before the stop (s).
 DRAIN_LIMIT_S = 2.0
 _NEVER_NS = 2**63 - 1
+#: Longest an old subscription of a topic subscribed to again waits for the new one to match.
+RETIRE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -411,6 +413,15 @@ def _matches_all(subscription_qos: Any, publishers: Sequence[Any]) -> bool:
         p.qos_profile.durability != DurabilityPolicy.TRANSIENT_LOCAL for p in publishers))
 
 
+@dataclass
+class _Retiring:
+    """A topic's subscription being replaced, and the publishers (endpoint gids) it writes."""
+
+    subscription: Any
+    deadline: float  # time.monotonic() by which it is retired, matched or not
+    publishers: set[bytes]
+
+
 class _Recording:
     """Subscriptions of one ``record_bag`` call, created as publishers are discovered."""
 
@@ -420,6 +431,7 @@ class _Recording:
         self.node, self.writer, self.options, self.stats = node, writer, options, stats
         self.typestore = get_typestore(Stores.ROS2_KILTED)
         self.subscriptions: dict[str, Any] = {}
+        self.retiring: dict[str, _Retiring] = {}  # topic -> subscription being replaced
         self.connections: dict[str, Any] = {}
         self.msg_classes: dict[str, type] = {}
         self.unreadable: set[str] = set()  # topics whose message type is not installed here
@@ -466,12 +478,19 @@ class _Recording:
                     topic, msg_type, typestore=self.typestore,
                     offered_qos_profiles=[_to_rosbags_qos(p.qos_profile) for p in publishers])
                 self.node.get_logger().info(f'recording {topic} ({msg_type})')
+            elif topic in self.retiring:
+                self._retire_when_replaced(topic, len(publishers))
+                continue
             elif _matches_all(subscription.qos_profile, publishers):
                 continue
             else:
-                # Messages in flight while the new subscription matches may be missed; without
-                # it, every message of the new publisher would be.
-                self.node.destroy_subscription(subscription)
+                # The old subscription goes on with its publishers until the new one has
+                # matched them all, then what is queued in it is written: destroyed at once, it
+                # took its backlog with it.
+                self.retiring[topic] = _Retiring(
+                    subscription, time.monotonic() + RETIRE_TIMEOUT_S,
+                    {bytes(p.endpoint_gid) for p in publishers
+                     if _matches_all(subscription.qos_profile, [p])})
                 self.node.get_logger().warning(
                     f'subscribing to {topic} again: a publisher the subscription does not '
                     'match appeared (best effort, or volatile where all were transient local)')
@@ -479,6 +498,23 @@ class _Recording:
                 self.msg_classes[topic], topic, self._callback(topic),
                 _recording_qos(publishers), raw=True,
                 event_callbacks=self._events())
+
+    def _retire_when_replaced(self, topic: str, publishers: int) -> None:
+        """Destroy the old subscription of ``topic`` once the new one has matched
+        ``publishers`` (or after ``RETIRE_TIMEOUT_S``), having written what it queued."""
+        retiring = self.retiring[topic]
+        if (self.subscriptions[topic].get_publisher_count() < publishers
+                and time.monotonic() < retiring.deadline):
+            return
+        old = retiring.subscription
+        while True:
+            with old.handle:
+                taken = old.handle.take_message(old.msg_type, old.raw)
+            if taken is None:
+                break
+            old.callback(*taken)
+        del self.retiring[topic]
+        self.node.destroy_subscription(old)
 
     def _warn_of_other_types(self, topic: str, msg_type: str, types: Sequence[str]) -> None:
         """Log, once per type, publishers of ``topic`` with a type other than ``msg_type``,
@@ -495,6 +531,8 @@ class _Recording:
             received_ns = info['received_timestamp']  # wall time, 0 if the rmw has none
             if received_ns > self.stop_ns:  # not part of the recording
                 self.after_stop.add(topic)
+                return
+            if not self._writes(topic, on_message, info):
                 return
             self.taken += 1
             self._count_lost(topic, info)
@@ -528,6 +566,19 @@ class _Recording:
     def _write(self, topic: str, raw: bytes, stamp_ns: int) -> None:
         self.writer.write(self.connections[topic], stamp_ns, raw)
         self.stats.recorded[topic] += 1
+
+    def _writes(self, topic: str, callback: Any, info: Any) -> bool:
+        """Whether the subscription of ``callback`` writes this message of ``topic``: while an
+        old subscription retires, it writes its own publishers' and the new one the others';
+        then the new one writes all but the copies the old one wrote."""
+        gid, sequence = info['publisher_gid'], info['publication_sequence_number']
+        publisher = bytes(gid['data']) if gid is not None else None
+        retiring = self.retiring.get(topic)
+        if retiring is not None:
+            from_old = callback is retiring.subscription.callback
+            return from_old == (publisher in retiring.publishers)
+        last = self.last_sequence.get(publisher)
+        return sequence is None or last is None or sequence > last
 
     def _count_lost(self, topic: str, info: Any) -> None:
         """Count the messages missing between this one and the last from its publisher.

@@ -373,6 +373,67 @@ def test_record_subscribes_again_when_a_publisher_it_cannot_match_appears(
     assert [p.reliability.name for p in connection.ext.offered_qos_profiles] == ['RELIABLE']
 
 
+def test_subscribing_again_keeps_what_the_old_subscription_had_queued(ros, tmp_path):
+    """In one process, so that the backlog is certain: 900 reliable messages wait in the
+    recorder's queue when a best-effort publisher appears. Destroying the old subscription at
+    once lost them all, uncounted; it now goes on until the new one has matched, then what it
+    holds is written, and the new one's copies are not written twice."""
+    from rclpy.event_handler import PublisherEventCallbacks
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosbags.rosbag2 import Writer
+
+    from obstacle_classifier import bag_player
+    topic = f'/{ros_helpers.unique_name("backlog")}'
+    options = bag_player.RecordOptions(topics=(topic,))
+    stats = bag_player.RecordStats(recorded={topic: 0}, lost={topic: 0})
+    node = Node(ros_helpers.unique_name('recorder'), context=ros.context)
+    executor = SingleThreadedExecutor(context=ros.context)
+    executor.add_node(node)
+    path = tmp_path / 'backlog'
+    writer = Writer(path, version=9)
+    writer.open()
+    try:
+        recording = bag_player._Recording(node, writer, options, stats)
+        reliable = ros.node.create_publisher(Float64, topic, QoSProfile(depth=1000))
+        assert ros.spin_until(lambda: (recording.subscribe_discovered(), topic in
+                                       recording.subscriptions)[1], timeout=30)
+        assert ros.spin_until(lambda: reliable.get_subscription_count() >= 1, timeout=30)
+        for value in range(900):  # queued: the recorder does not spin
+            reliable.publish(Float64(data=float(value)))
+        assert ros.spin_until(lambda: reliable.wait_for_all_acked(Duration(seconds=0.1)),
+                              timeout=30)
+        best_effort = ros.node.create_publisher(
+            Float64, topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT),
+            event_callbacks=PublisherEventCallbacks(incompatible_qos=lambda info: None))
+        assert ros.spin_until(lambda: (recording.subscribe_discovered(), topic in
+                                       recording.retiring)[1], timeout=30)
+        assert ros.spin_until(lambda: best_effort.get_subscription_count() >= 1, timeout=30)
+        for _ in range(20):
+            best_effort.publish(Float64(data=-1.0))
+            reliable.publish(Float64(data=1000.0))
+            ros.spin_for(0.01)
+
+        def retired() -> bool:
+            executor.spin_once(timeout_sec=0.01)
+            recording.subscribe_discovered()
+            return topic not in recording.retiring
+
+        assert ros.spin_until(retired, timeout=30)
+        for _ in range(200):
+            executor.spin_once(timeout_sec=0.01)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        writer.close()
+    values = [m.data for m in _bag_contents(path, topic)[1]]
+    assert [v for v in values if 0 <= v < 900] == [float(v) for v in range(900)]
+    assert values.count(1000.0) == 20  # every reliable message once, none twice
+    assert values.count(-1.0) >= 10  # best effort: most of them
+    assert stats.lost[topic] == 0
+
+
 def test_record_names_publishers_of_another_type_and_keeps_recording_its_own(
         ros, tmp_path, ros_processes):
     topic = f'/{ros_helpers.unique_name("retyped")}'

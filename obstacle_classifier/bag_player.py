@@ -250,10 +250,11 @@ class _Playback:
 # bag record
 # ----------------------------------------------------------------------------------------------
 
-# Messages a recorded topic may queue while the recorder writes: the Python callback (one
-# storage write per message) is slower than DDS delivery, and a reliable publisher's burst
-# overflowing a 10-deep queue was lost silently (107 of 20,000 at 5 kHz). Memory is only used
-# when the recorder falls behind: at most this many messages per topic.
+# Messages a recorded topic may queue while the recorder writes (``RecordOptions.queue_depth``
+# by default): the Python callback (one storage write per message) is slower than DDS delivery,
+# and a reliable publisher's burst overflowing a 10-deep queue was lost silently (107 of 20,000
+# at 5 kHz). Memory is only used when the recorder falls behind, up to this many messages per
+# topic: 1000 x 2 MB images took 1.35 GB, so large messages want a smaller queue.
 RECORD_QUEUE_DEPTH = 1000
 #: Longest a stopping recorder goes on writing what it received before the stop (s).
 DRAIN_LIMIT_S = 2.0
@@ -270,11 +271,18 @@ class RecordOptions:
         topics: absolute topic names to record; their types are discovered from the graph.
         storage: 'sqlite3' or 'mcap'.
         duration_s: stop after this many wall seconds (None: until SIGINT / SIGTERM).
+        queue_depth: messages each topic may queue while the recorder writes; memory is up to
+            this many times the message size per topic, when the recorder falls behind.
     """
 
     topics: tuple[str, ...]
     storage: str = 'sqlite3'
     duration_s: Optional[float] = None
+    queue_depth: int = RECORD_QUEUE_DEPTH
+
+    def __post_init__(self) -> None:
+        if self.queue_depth < 1:
+            raise ValueError(f'queue_depth must be >= 1, got {self.queue_depth}')
 
 
 def default_record_topics(config: Any = None) -> tuple[str, ...]:
@@ -314,7 +322,7 @@ class RecordStats:
         lost: messages missing from a publisher's numbered sequence, by topic (overwritten
             in a full queue, or dropped by the network).
         before_clock: messages dropped under ``use_sim_time`` because more than
-            ``RECORD_QUEUE_DEPTH`` waited for the first /clock (or none came).
+            ``queue_depth`` waited for the first /clock (or none came).
         never_seen: topics with no message written.
         interrupted: a signal ended the recording.
     """
@@ -333,7 +341,7 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     Each topic is subscribed to as soon as a publisher appears, with raw (serialised) delivery:
     the CDR bytes are written unchanged, stamped with the node clock's time when taken (with
     ``use_sim_time`` the latest /clock; what comes before the first one is written with it, up
-    to ``RECORD_QUEUE_DEPTH`` messages, and the rest dropped and counted). The subscription is
+    to ``options.queue_depth`` messages, and the rest dropped and counted). The subscription is
     best effort if any publisher is (it then matches every publisher present), and transient
     local if all of them are (latched messages are recorded); when a publisher it cannot match
     appears later, the topic is subscribed to again. The offered QoS of the publishers present
@@ -382,8 +390,9 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
     return stats
 
 
-def _recording_qos(publishers: Sequence[Any]):
-    """The subscription QoS that matches every one of ``publishers`` (rclpy TopicEndpointInfo).
+def _recording_qos(publishers: Sequence[Any], depth: int):
+    """The subscription QoS, ``depth`` deep, that matches every one of ``publishers`` (rclpy
+    TopicEndpointInfo).
 
     Best effort if any publisher is, transient local only if every one is (a transient-local
     subscription does not match a volatile publisher): then what was latched before the
@@ -394,8 +403,7 @@ def _recording_qos(publishers: Sequence[Any]):
                       for p in publishers)
     latched = all(p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
                   for p in publishers)
-    return QoSProfile(depth=max([RECORD_QUEUE_DEPTH] + [int(p.qos_profile.depth)
-                                                        for p in publishers]),
+    return QoSProfile(depth=depth,
                       reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
                                    else ReliabilityPolicy.RELIABLE),
                       durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
@@ -496,7 +504,7 @@ class _Recording:
                     'match appeared (best effort, or volatile where all were transient local)')
             self.subscriptions[topic] = self.node.create_subscription(
                 self.msg_classes[topic], topic, self._callback(topic),
-                _recording_qos(publishers), raw=True,
+                _recording_qos(publishers, self.options.queue_depth), raw=True,
                 event_callbacks=self._events())
 
     def _retire_when_replaced(self, topic: str, publishers: int) -> None:
@@ -542,14 +550,14 @@ class _Recording:
                 self._write(topic, raw, self.clock.now().nanoseconds)
             elif self.clock_ns is not None:
                 self._write(topic, raw, self.clock_ns)
-            elif len(self.before_clock) < RECORD_QUEUE_DEPTH:
+            elif len(self.before_clock) < self.options.queue_depth:
                 # No bag time yet: written with the first /clock (a latched message, sent once
                 # at subscription, would otherwise be lost for good).
                 self.before_clock.append((topic, raw))
             else:
                 if not self.stats.before_clock:
                     self.node.get_logger().warning(
-                        f'dropping messages: {RECORD_QUEUE_DEPTH} wait for the first /clock '
+                        f'dropping messages: {len(self.before_clock)} wait for the first /clock '
                         '(use_sim_time is set)')
                 self.stats.before_clock += 1
 
@@ -598,7 +606,7 @@ class _Recording:
             if not self.stats.lost[topic]:
                 self.node.get_logger().warning(
                     f'messages lost on {topic}: the recorder fell behind its queue of '
-                    f'{RECORD_QUEUE_DEPTH}, or the network dropped them (counted)')
+                    f'{self.options.queue_depth}, or the network dropped them (counted)')
             self.stats.lost[topic] += sequence - last - 1
 
     @staticmethod

@@ -285,8 +285,9 @@ def _cmd_bag_record(args: argparse.Namespace) -> int:
     else:
         topics = default_record_topics(_feature_config(args))
     ros_args = ['--ros-args', '-p', 'use_sim_time:=true'] if args.use_sim_time else []
+    depth = {'queue_depth': args.queue_depth} if args.queue_depth else {}
     stats = record_bag(args.bag, RecordOptions(topics=topics, storage=args.storage,
-                                               duration_s=args.duration), ros_args)
+                                               duration_s=args.duration, **depth), ros_args)
     print(f'recorded {sum(stats.recorded.values())} messages into {args.bag}: ' + ', '.join(
         f'{topic} {count}' for topic, count in stats.recorded.items()))
     if stats.never_seen:
@@ -657,6 +658,10 @@ def _add_bag_commands(commands) -> None:
     record.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3')
     record.add_argument('--duration', type=_positive_float, metavar='S',
                         help='stop after this many seconds (default: at Ctrl-C)')
+    record.add_argument('--queue-depth', type=_positive_int, metavar='N',
+                        help='messages each topic may queue while the recorder writes (default '
+                             '1000); memory is up to N times the message size per topic: lower '
+                             'it for images')
     record.add_argument('--use-sim-time', action='store_true',
                         help='stamp messages with /clock time (bag time of a replay or a '
                              'simulator); what comes before the first /clock gets its time')

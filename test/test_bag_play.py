@@ -289,6 +289,37 @@ def test_record_keeps_a_reliable_burst_its_callback_falls_behind_on(
     assert 'lost' not in recorder.stdout()
 
 
+def test_record_help_states_the_default_queue_depth(capsys):
+    from obstacle_classifier.bag_player import RECORD_QUEUE_DEPTH, RecordOptions
+    from obstacle_classifier.cli import main
+    with pytest.raises(SystemExit):
+        main(['bag', 'record', '--help'])
+    assert f'(default {RECORD_QUEUE_DEPTH})' in ' '.join(capsys.readouterr().out.split())
+    with pytest.raises(ValueError, match='queue_depth must be >= 1'):
+        RecordOptions(topics=('/speed',), queue_depth=0)
+
+
+def test_record_with_a_shallow_queue_loses_a_burst_and_counts_it(ros, tmp_path, ros_processes):
+    """--queue-depth (for large messages) takes effect: 100 at once into a queue of 10."""
+    from rclpy.qos import QoSProfile
+    topic = f'/{ros_helpers.unique_name("shallow")}'
+    publisher = ros.node.create_publisher(Float64, topic, QoSProfile(depth=100))
+    recorded = tmp_path / 'shallow'
+    recorder = _start_recorder(ros_processes, recorded, topic, '--queue-depth', '10')
+    _wait_until_matched(ros, publisher, recorder)
+    publisher.publish(Float64(data=0.0))
+    ros.spin_for(0.5)
+    for value in range(1, 100):
+        publisher.publish(Float64(data=float(value)))
+    assert ros.spin_until(lambda: publisher.wait_for_all_acked(Duration(seconds=0.1)),
+                          timeout=60), recorder.report()
+    recorder.send_sigint()
+    assert recorder.wait(60) == 0, recorder.report()
+    written = len(_bag_contents(recorded, topic)[1])
+    lost = int(re.search(rf'lost \(.*\): {topic} (\d+)', recorder.stdout()).group(1))
+    assert written + lost == 100 and written < 100
+
+
 def test_record_counts_what_overflows_its_queue_on_a_reliable_topic(
         ros, tmp_path, ros_processes):
     """20,000 messages at once overflow the 1000-deep queue of a Python writer; DDS reports no

@@ -407,6 +407,8 @@ class _OnlineTraining:
             message = (f'a label publisher has an incompatible QoS ({self.incompatible_policy})'
                        if incompatible_qos else
                        f'a label publisher has another message type than {self.msg_type}')
+        elif not publishers:  # training goes on from the buffer, on nothing new
+            level, message = WARN, f'no label publisher on {self.subscription.topic_name}'
         elif stats.last_checkpoint_reason.startswith(('refused', 'failed')):
             level = WARN  # as things are now; the totals are in the values
             message = f'{stats.steps} steps; last checkpoint {stats.last_checkpoint_reason}'

@@ -99,6 +99,7 @@ class Watcher:
                 if status.hardware_id == hardware_id and status.name == TRAINING:
                     values = {kv.key: kv.value for kv in status.values}
                     values['level'] = int.from_bytes(status.level, 'little')
+                    values['message'] = status.message
                     self.training.append(values)
         ros.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 50)
 
@@ -167,6 +168,24 @@ def test_training_from_the_simulator_learns_checkpoints_and_keeps_the_tick_rate(
         ('written', 'refused', 'not written', 'not rewritten')), final  # unless nothing since
     ObstacleModel.load(checkpoint)
     assert 'Traceback' not in classifier.stderr()
+
+
+def test_training_without_a_label_publisher_is_a_warning(ros, ros_processes, tmp_path):
+    """A soak test saw the training status OK for the 20 s its label source was gone."""
+    namespace = ros_helpers.unique_name('nolabels')
+    model_path = tmp_path / 'fresh.npz'
+    fresh_model(model_path)
+    watcher = Watcher(ros, namespace)
+    classifier = ros_processes.start_module('classifier', NODE, [
+        '--ros-args', '-r', f'__ns:=/{namespace}', '-p', f'model_path:={model_path}',
+        '-p', 'train.enabled:=true'], extra_env=STRICT_WARNINGS)
+    assert ros.spin_until(lambda: watcher.training, timeout=STARTUP_TIMEOUT), classifier.report()
+    assert watcher.training[-1]['level'] == 1
+    assert watcher.training[-1]['message'] == f'no label publisher on /{namespace}/obstacle_labels'
+    ros.node.create_publisher(String, f'/{namespace}/obstacle_labels', 10)
+    reports = len(watcher.training)
+    assert ros.spin_until(lambda: len(watcher.training) > reports + 1, timeout=30)
+    assert watcher.training[-1]['message'] == 'no labelled examples yet'
 
 
 def test_kill_9_mid_run_leaves_a_loadable_checkpoint_and_multi_hot_labels_are_checked(

@@ -540,10 +540,12 @@ class _Recording:
             if received_ns > self.stop_ns:  # not part of the recording
                 self.after_stop.add(topic)
                 return
-            if not self._writes(topic, on_message, info):
+            gid, sequence = info['publisher_gid'], info['publication_sequence_number']
+            publisher = bytes(gid['data']) if gid is not None else None
+            if not self._writes(topic, on_message, publisher, sequence):
                 return
             self.taken += 1
-            self._count_lost(topic, info)
+            self._count_lost(topic, publisher, sequence)
             if not self.sim_time:
                 # Not received_ns: a reliable sample repaired by a resend carries the later
                 # reception time, which would put it out of order in the bag.
@@ -575,12 +577,12 @@ class _Recording:
         self.writer.write(self.connections[topic], stamp_ns, raw)
         self.stats.recorded[topic] += 1
 
-    def _writes(self, topic: str, callback: Any, info: Any) -> bool:
-        """Whether the subscription of ``callback`` writes this message of ``topic``: while an
-        old subscription retires, it writes its own publishers' and the new one the others';
-        then the new one writes all but the copies the old one wrote."""
-        gid, sequence = info['publisher_gid'], info['publication_sequence_number']
-        publisher = bytes(gid['data']) if gid is not None else None
+    def _writes(self, topic: str, callback: Any, publisher: Optional[bytes],
+                sequence: Optional[int]) -> bool:
+        """Whether the subscription of ``callback`` writes message ``sequence`` of
+        ``publisher`` (its gid) on ``topic``: while an old subscription retires, it writes its
+        own publishers' and the new one the others'; then the new one writes all but the copies
+        the old one wrote."""
         retiring = self.retiring.get(topic)
         if retiring is not None:
             from_old = callback is retiring.subscription.callback
@@ -588,18 +590,18 @@ class _Recording:
         last = self.last_sequence.get(publisher)
         return sequence is None or last is None or sequence > last
 
-    def _count_lost(self, topic: str, info: Any) -> None:
-        """Count the messages missing between this one and the last from its publisher.
+    def _count_lost(self, topic: str, publisher: Optional[bytes],
+                    sequence: Optional[int]) -> None:
+        """Count the messages missing between message ``sequence`` of ``publisher`` (its gid)
+        and the last one taken from it.
 
         Each publisher numbers its messages; a gap is messages lost on the way or overwritten
         in a full subscription queue, which DDS does not report for a reliable topic. What a
         publisher sent before the first message taken from it is not counted (a subscription
         that matched later never had it).
         """
-        sequence, gid = info['publication_sequence_number'], info['publisher_gid']
-        if sequence is None or gid is None:  # a middleware that does not number them
+        if sequence is None or publisher is None:  # a middleware that does not number them
             return
-        publisher = bytes(gid['data'])
         last = self.last_sequence.get(publisher)
         self.last_sequence[publisher] = sequence
         if last is not None and sequence > last + 1:

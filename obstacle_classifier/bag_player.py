@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from rclpy.duration import Duration
 
@@ -446,8 +446,6 @@ class _Recording:
         self.last_sequence: dict[bytes, int] = {}  # publisher gid -> its last message taken
         self.other_types: set[tuple[str, str]] = set()  # (topic, type) not recorded, logged
         self.stop_ns = _NEVER_NS  # messages received later (wall time) are not recorded
-        self.taken = 0  # messages from before the stop taken from the subscriptions
-        self.after_stop: set[str] = set()  # topics that have delivered one received after it
         self.clock = node.get_clock()
         self.sim_time = bool(node.get_parameter('use_sim_time').value)
         self.clock_ns: Optional[int] = None  # the latest /clock, under sim time
@@ -486,10 +484,7 @@ class _Recording:
                     topic, msg_type, typestore=self.typestore,
                     offered_qos_profiles=[_to_rosbags_qos(p.qos_profile) for p in publishers])
                 self.node.get_logger().info(f'recording {topic} ({msg_type})')
-            elif topic in self.retiring:
-                self._retire_when_replaced(topic, len(publishers))
-                continue
-            elif _matches_all(subscription.qos_profile, publishers):
+            elif self._keeps(topic, subscription, publishers):
                 continue
             else:
                 # The old subscription goes on with its publishers until the new one has
@@ -507,22 +502,34 @@ class _Recording:
                 _recording_qos(publishers, self.options.queue_depth), raw=True,
                 event_callbacks=self._events())
 
-    def _retire_when_replaced(self, topic: str, publishers: int) -> None:
-        """Destroy the old subscription of ``topic`` once the new one has matched
-        ``publishers`` (or after ``RETIRE_TIMEOUT_S``), having written what it queued."""
-        retiring = self.retiring[topic]
-        if (self.subscriptions[topic].get_publisher_count() < publishers
-                and time.monotonic() < retiring.deadline):
-            return
-        old = retiring.subscription
-        while True:
-            with old.handle:
-                taken = old.handle.take_message(old.msg_type, old.raw)
-            if taken is None:
-                break
-            old.callback(*taken)
-        del self.retiring[topic]
-        self.node.destroy_subscription(old)
+    def _keeps(self, topic: str, subscription: Any, publishers: Sequence[Any]) -> bool:
+        """Whether ``subscription``, the topic's, stays: it matches every one of ``publishers``.
+
+        An old subscription retiring beside it is retired once this one has matched them all
+        (or after ``RETIRE_TIMEOUT_S``), and at once when this one does not match a publisher:
+        this one is then replaced in turn, and neither would receive that publisher meanwhile.
+        """
+        matches = _matches_all(subscription.qos_profile, publishers)
+        retiring = self.retiring.get(topic)
+        if retiring is not None and (
+                not matches or subscription.get_publisher_count() >= len(publishers)
+                or time.monotonic() >= retiring.deadline):
+            self._drain(retiring.subscription, time.monotonic() + DRAIN_LIMIT_S)
+            del self.retiring[topic]
+            self.node.destroy_subscription(retiring.subscription)
+        return matches
+
+    def _drain(self, subscription: Any, deadline: float,
+               stop_now: Callable[[], bool] = lambda: False) -> None:
+        """Write what ``subscription`` holds that was received before the stop, taken directly
+        (not through the executor, which would interleave other subscriptions' messages), until
+        it is empty, ``deadline`` (time.monotonic()) passes or ``stop_now()``."""
+        while time.monotonic() < deadline and not stop_now():
+            with subscription.handle:
+                taken = subscription.handle.take_message(subscription.msg_type, subscription.raw)
+            if taken is None or taken[1]['received_timestamp'] > self.stop_ns:
+                return  # empty, or the rest came after the stop
+            subscription.callback(*taken)
 
     def _warn_of_other_types(self, topic: str, msg_type: str, types: Sequence[str]) -> None:
         """Log, once per type, publishers of ``topic`` with a type other than ``msg_type``,
@@ -536,15 +543,12 @@ class _Recording:
 
     def _callback(self, topic: str):
         def on_message(raw: bytes, info: Any) -> None:
-            received_ns = info['received_timestamp']  # wall time, 0 if the rmw has none
-            if received_ns > self.stop_ns:  # not part of the recording
-                self.after_stop.add(topic)
-                return
+            if info['received_timestamp'] > self.stop_ns:  # wall time (0 if the rmw has none)
+                return  # after the stop: not part of the recording
             gid, sequence = info['publisher_gid'], info['publication_sequence_number']
             publisher = bytes(gid['data']) if gid is not None else None
             if not self._writes(topic, on_message, publisher, sequence):
                 return
-            self.taken += 1
             self._count_lost(topic, publisher, sequence)
             if not self.sim_time:
                 # Not received_ns: a reliable sample repaired by a resend carries the later
@@ -622,8 +626,8 @@ class _Recording:
 
     def run(self, executor: Any, signals: StopSignals) -> None:
         """Record until the duration has passed or a signal, then write what was received before
-        that and not yet taken: until each topic's queue is empty or reaches what came after
-        (for at most ``DRAIN_LIMIT_S``, or until a second signal)."""
+        that and not yet taken: until each subscription's queue is empty or reaches what came
+        after (for at most ``DRAIN_LIMIT_S`` in all, or until a second signal)."""
         start = time.monotonic()
         if self.options.duration_s is not None:
             self.stop_ns = time.time_ns() + int(self.options.duration_s * _NS_PER_S)
@@ -639,13 +643,11 @@ class _Recording:
         self.stats.interrupted = signals.count > 0
         if signals.first_ns is not None:
             self.stop_ns = min(self.stop_ns, signals.first_ns)
+        # Each subscription in turn, retiring ones first (they hold their publishers' oldest).
         drain_end = time.monotonic() + DRAIN_LIMIT_S
-        idle_spins = 0  # a spin may run another callback (/clock, an event): two in a row
-        while (idle_spins < 2 and signals.count < 2 and time.monotonic() < drain_end
-               and not self.after_stop >= set(self.subscriptions)):
-            taken = self.taken
-            executor.spin_once(timeout_sec=0.01)
-            idle_spins = idle_spins + 1 if self.taken == taken else 0
+        for subscription in ([retiring.subscription for retiring in self.retiring.values()]
+                             + list(self.subscriptions.values())):
+            self._drain(subscription, drain_end, lambda: signals.count > 1)
         if self.before_clock:  # no /clock came: no bag time to give them
             self.stats.before_clock += len(self.before_clock)
             self.before_clock.clear()

@@ -520,16 +520,18 @@ class _Recording:
         return matches
 
     def _drain(self, subscription: Any, deadline: float,
-               stop_now: Callable[[], bool] = lambda: False) -> None:
+               stop_now: Callable[[], bool] = lambda: False) -> bool:
         """Write what ``subscription`` holds that was received before the stop, taken directly
         (not through the executor, which would interleave other subscriptions' messages), until
-        it is empty, ``deadline`` (time.monotonic()) passes or ``stop_now()``."""
+        it is empty, ``deadline`` (time.monotonic()) passes or ``stop_now()``; False if cut
+        short by those two."""
         while time.monotonic() < deadline and not stop_now():
             with subscription.handle:
                 taken = subscription.handle.take_message(subscription.msg_type, subscription.raw)
             if taken is None or taken[1]['received_timestamp'] > self.stop_ns:
-                return  # empty, or the rest came after the stop
+                return True  # empty, or the rest came after the stop
             subscription.callback(*taken)
+        return False
 
     def _warn_of_other_types(self, topic: str, msg_type: str, types: Sequence[str]) -> None:
         """Log, once per type, publishers of ``topic`` with a type other than ``msg_type``,
@@ -584,15 +586,17 @@ class _Recording:
     def _writes(self, topic: str, callback: Any, publisher: Optional[bytes],
                 sequence: Optional[int]) -> bool:
         """Whether the subscription of ``callback`` writes message ``sequence`` of
-        ``publisher`` (its gid) on ``topic``: while an old subscription retires, it writes its
-        own publishers' and the new one the others'; then the new one writes all but the copies
-        the old one wrote."""
+        ``publisher`` (its gid) on ``topic``: never a copy of one already written; while an old
+        subscription retires, it writes its own publishers' and the new one the others'."""
+        last = self.last_sequence.get(publisher)
+        # Not a copy of one already written (a subscription retired before this one can have
+        # written it: a re-subscription during another's retirement).
+        new = sequence is None or last is None or sequence > last
         retiring = self.retiring.get(topic)
         if retiring is not None:
             from_old = callback is retiring.subscription.callback
-            return from_old == (publisher in retiring.publishers)
-        last = self.last_sequence.get(publisher)
-        return sequence is None or last is None or sequence > last
+            return new and from_old == (publisher in retiring.publishers)
+        return new
 
     def _count_lost(self, topic: str, publisher: Optional[bytes],
                     sequence: Optional[int]) -> None:
@@ -647,7 +651,11 @@ class _Recording:
         drain_end = time.monotonic() + DRAIN_LIMIT_S
         for subscription in ([retiring.subscription for retiring in self.retiring.values()]
                              + list(self.subscriptions.values())):
-            self._drain(subscription, drain_end, lambda: signals.count > 1)
+            if not self._drain(subscription, drain_end, lambda: signals.count > 1):
+                self.node.get_logger().warning(
+                    f'stopped writing what came before the stop after {DRAIN_LIMIT_S:g} s or a '
+                    'second signal: what was still queued is not in the bag')
+                break
         if self.before_clock:  # no /clock came: no bag time to give them
             self.stats.before_clock += len(self.before_clock)
             self.before_clock.clear()

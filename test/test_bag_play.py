@@ -555,17 +555,22 @@ def test_a_publisher_neither_subscription_matches_is_followed_during_a_retiremen
         ros, in_process):
     """Transient local -> a volatile publisher -> a best-effort one, before the first
     retirement ended: the second subscribing again waited for its 5 s timeout, and the
-    best-effort publisher's messages were lost meanwhile, uncounted."""
+    best-effort publisher's messages were lost meanwhile, uncounted; then, done at once, it
+    wrote what both old subscriptions held twice."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     from obstacle_classifier.bag_player import RETIRE_TIMEOUT_S
     topic = f'/{ros_helpers.unique_name("twice")}'
     recorder = in_process(topic)
     latched = ros.node.create_publisher(Float64, topic, QoSProfile(
-        depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     assert recorder.discover_until(lambda: latched.get_subscription_count() >= 1)
     volatile = _quiet_publisher(ros, topic, QoSProfile(depth=10))
     assert recorder.discover_until(lambda: topic in recorder.recording.retiring)
+    assert ros.spin_until(lambda: latched.get_subscription_count() >= 2, timeout=30)
+    # Queued in both subscriptions: the retiring one writes them when the next mismatch
+    # retires it, and the middle one, retiring in turn, must not write them again.
+    _publish_and_wait_for_acks(ros, latched, range(100, 200))
     best_effort = _quiet_publisher(ros, topic)
     assert recorder.discover_until(
         lambda: recorder.recording.subscriptions[topic].qos_profile.reliability
@@ -581,6 +586,7 @@ def test_a_publisher_neither_subscription_matches_is_followed_during_a_retiremen
     recorder.close()
     values = recorder.values(topic)
     assert values.count(-1.0) >= 10 and values.count(1.0) == 1, values
+    assert [v for v in values if v >= 100] == [float(v) for v in range(100, 200)]
 
 
 def test_record_names_publishers_of_another_type_and_keeps_recording_its_own(

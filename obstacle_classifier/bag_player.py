@@ -24,7 +24,8 @@ __all__ = ['PlaybackOptions', 'PlaybackStats', 'RecordOptions', 'RecordStats',
            'default_record_topics', 'parse_remaps', 'play_bag', 'record_bag', 'recorded_qos']
 
 _NS_PER_S = 1_000_000_000
-#: Longest sleep of the player between checks of its context (s).
+#: Longest sleep of the player between checks for a stop (s); also its pause between loops of
+#: messages that all share one time (without it such a loop would spin).
 MAX_SLEEP_S = 0.1
 
 
@@ -61,12 +62,22 @@ class PlaybackStats:
 
 
 def parse_remaps(items: Sequence[str]) -> dict[str, str]:
-    """``['/a:=/b', ...]`` -> ``{'/a': '/b'}``; ValueError naming a malformed item."""
-    remaps = {}
+    """``['/a:=/b', ...]`` -> ``{'/a': '/b'}``; ValueError naming a malformed item, a target
+    that is not a valid topic name, or a topic remapped twice."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+    remaps: dict[str, str] = {}
     for item in items:
         source, separator, target = item.partition(':=')
         if not separator or not source or not target:
             raise ValueError(f'remap must look like /from:=/to, got {item!r}')
+        try:
+            validate_topic_name(target)
+        except InvalidTopicNameException as exc:
+            reason = str(exc).splitlines()[0].rstrip(':')  # the rest draws the name
+            raise ValueError(f'remap {item!r}: {reason}') from None
+        if source in remaps:
+            raise ValueError(f'{source} is remapped twice ({remaps[source]} and {target})')
         remaps[source] = target
     return remaps
 
@@ -106,7 +117,7 @@ def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] 
         ValueError: a requested topic is not in the bag, or its message type is not installed.
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
     from obstacle_classifier.bags import BagError, _iterate, _open_reader
     if not options.rate > 0:
@@ -132,15 +143,18 @@ def play_bag(path: str, options: PlaybackOptions, ros_args: Optional[list[str]] 
                 return stats  # a bag without topics: nothing to publish
             raise BagError(f'{bag}: nothing to play: ' + '; '.join(
                 f'{topic}: {reason}' for topic, reason in stats.left_out.items()))
-        try:
-            with rclpy.init(args=ros_args if ros_args is not None else []):
-                node = rclpy.create_node('obstacle_classifier_bag_player')
-                try:
-                    _Playback(node, bag, reader, connections, options, stats, _iterate).run()
-                finally:
-                    node.destroy_node()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            stats.interrupted = True
+        # A signal only asks the loop to stop: rclpy's handler would shut the context down
+        # under it, and a publish between its check and the next one then raised.
+        with signals_request_stop() as signals, rclpy.init(
+                args=ros_args if ros_args is not None else [],
+                signal_handler_options=SignalHandlerOptions.NO):
+            node = rclpy.create_node('obstacle_classifier_bag_player')
+            try:
+                _Playback(node, bag, reader, connections, options, stats, _iterate,
+                          lambda: not signals.count).run()
+            finally:
+                node.destroy_node()
+            stats.interrupted = signals.count > 0
     finally:
         reader.close()
     return stats
@@ -168,7 +182,8 @@ class _Playback:
     """The publishing loop of one ``play_bag`` call (one node, its publishers, the clock)."""
 
     def __init__(self, node: Any, bag: Path, reader: Any, connections: list,
-                 options: PlaybackOptions, stats: PlaybackStats, iterate: Any) -> None:
+                 options: PlaybackOptions, stats: PlaybackStats, iterate: Any,
+                 ok: Callable[[], bool]) -> None:
         from rosgraph_msgs.msg import Clock
 
         self.node, self.bag, self.reader = node, bag, reader
@@ -183,7 +198,7 @@ class _Playback:
             self.publishers[connection.id] = node.create_publisher(
                 msg_class, topic, recorded_qos(connection.ext.offered_qos_profiles))
             stats.published.setdefault(connection.topic, 0)
-        self.ok = node.context.ok
+        self.ok = ok  # false once a signal asked to stop
 
     def publish_clock(self, bag_ns: int) -> None:
         from builtin_interfaces.msg import Time
@@ -201,8 +216,8 @@ class _Playback:
             now = time.monotonic()
             if now >= wall_deadline:
                 return
-            # At most 0.1 s at a time: a SIGTERM shuts the context down (rclpy's handler) and
-            # must end the playback then, not when the next message is due (a minute later).
+            # At most 0.1 s at a time: a signal must end the playback then, not when the next
+            # message is due (a minute later).
             step = min(wall_deadline - now, MAX_SLEEP_S)
             if clock_period is not None:
                 step = min(step, clock_period)
@@ -211,39 +226,46 @@ class _Playback:
                 elapsed_ns = int((time.monotonic() - wall_start) * self.options.rate * _NS_PER_S)
                 self.publish_clock(min(bag_start_ns + elapsed_ns, next_ns))
 
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless asked to stop meanwhile."""
+        end = time.monotonic() + seconds
+        while self.ok() and time.monotonic() < end:
+            time.sleep(min(MAX_SLEEP_S, max(0.0, end - time.monotonic())))
+
     def run(self) -> None:
-        delay_end = time.monotonic() + self.options.delay_s
-        while self.ok() and time.monotonic() < delay_end:
-            time.sleep(min(0.05, max(0.0, delay_end - time.monotonic())))
+        self.pause(self.options.delay_s)
         while self.ok():
-            played = self.play_once()
+            played, span_ns = self.play_once()
             if not self.options.loop or not self.ok() or not played:
                 break  # (a loop over nothing would spin)
             self.stats.loops += 1
+            if span_ns == 0:  # messages of one time: without a pause the loop would spin
+                self.pause(MAX_SLEEP_S)
         # Let reliable subscribers receive the last messages before the publishers go away.
         for publisher in self.publishers.values():
             if self.ok():
                 publisher.wait_for_all_acked(Duration(seconds=1.0))
 
-    def play_once(self) -> int:
-        """Play the selected topics once; the number of messages published."""
+    def play_once(self) -> tuple[int, int]:
+        """Play the selected topics once; the number of messages published, and the bag time
+        they spanned (ns)."""
         bag_start_ns: Optional[int] = None
         wall_start = time.monotonic()
-        played = 0
+        played = timestamp = 0
         for connection, timestamp, raw in self.iterate(self.bag, self.reader, self.connections):
             if not self.ok():
-                return played
+                break
             if bag_start_ns is None:
                 bag_start_ns, wall_start = timestamp, time.monotonic()
             deadline = wall_start + (timestamp - bag_start_ns) / (_NS_PER_S * self.options.rate)
             self.wait_until(deadline, bag_start_ns, wall_start, timestamp)
             if not self.ok():
-                return played
+                break
             self.publish_clock(timestamp)
             self.publishers[connection.id].publish(bytes(raw))
             self.stats.published[connection.topic] += 1
             played += 1
-        return played
+        return played, (timestamp - bag_start_ns if bag_start_ns is not None else 0)
 
 
 # ----------------------------------------------------------------------------------------------

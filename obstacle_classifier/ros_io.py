@@ -355,18 +355,8 @@ def sigint_shuts_down() -> Iterator[Callable[[], bool]]:
     shutdown that hangs can still be interrupted. SIGTERM needs nothing: Python installs no
     handler of its own for it.
     """
-    count = [0]
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        count[0] += 1
-        if count[0] > 1:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield lambda: count[0] > 0
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with _counting_signals((signal.SIGINT,), raise_from=2) as signals:
+        yield lambda: signals.count > 0
 
 
 @dataclass
@@ -377,8 +367,7 @@ class StopSignals:
     first_ns: Optional[int] = None  # wall time (time.time_ns) of the first
 
 
-@contextlib.contextmanager
-def signals_request_stop() -> Iterator[StopSignals]:
+def signals_request_stop() -> contextlib.AbstractContextManager[StopSignals]:
     """Within: SIGINT and SIGTERM are only counted, in the yielded :class:`StopSignals`.
 
     For a loop that must finish its work before it ends, e.g. a recorder writing the messages
@@ -389,15 +378,25 @@ def signals_request_stop() -> Iterator[StopSignals]:
     must end in bounded time on its own: it checks ``count`` at least once per wait (Python runs
     the handler when the wait returns).
     """
+    return _counting_signals((signal.SIGINT, signal.SIGTERM))
+
+
+@contextlib.contextmanager
+def _counting_signals(signums: Sequence[int], raise_from: Optional[int] = None
+                      ) -> Iterator[StopSignals]:
+    """Within: ``signums`` are counted in the yielded :class:`StopSignals`, and from the
+    ``raise_from``-th on (if given) raise KeyboardInterrupt; the handlers before are put back
+    at the end."""
     signals = StopSignals()
 
     def on_signal(signum: int, frame: Any) -> None:
         if signals.first_ns is None:
             signals.first_ns = time.time_ns()
         signals.count += 1
+        if raise_from is not None and signals.count >= raise_from:
+            raise KeyboardInterrupt
 
-    previous = {signum: signal.signal(signum, on_signal)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, on_signal) for signum in signums}
     try:
         yield signals
     finally:

@@ -274,7 +274,7 @@ class Network:
         # forward: Z = A @ W + b in place, then the rectifier in place (Z is not kept)
         A = X
         for linear, rectifier, Z, Z_bits, mask in zip(linears, rectifiers + [None], work.outputs,
-                                                      work.output_bits, work.masks + [None]):
+                                                      work.output_bits, work.masks):
             dot(A, linear.W, Z)
             add(Z, linear.b, out=Z)
             if rectifier is not None:
@@ -518,7 +518,8 @@ class _TrainingWorkspace:
         self.output_bits = [out.view(bits) for out in self.outputs]  # the same memory
         # x > knee as 0/1 in the float's integer width (the select multiplies same-type ints):
         # one scratch buffer, a C-ordered (n, w) view per hidden layer; not kept for backward
-        self.mask_scratch, self.masks = _flat_views([(n, w) for w in hidden], bits, shared=True)
+        self.mask_scratch, masks = _flat_views([(n, w) for w in hidden], bits, shared=True)
+        self.masks = masks + [None]  # (None: the output layer has no rectifier)
         self.grad_hidden = [np.empty((n, w), dtype) for w in hidden]  # dL/d(rectifier output)
         self.grad_hidden_bits = [grad.view(bits) for grad in self.grad_hidden]
         # parameter gradients: views of one flat array in the order W1, b1, W2, b2, ... (the

@@ -414,22 +414,15 @@ def record_bag(path: str, options: RecordOptions, ros_args: Optional[list[str]] 
 
 def _recording_qos(publishers: Sequence[Any], depth: int):
     """The subscription QoS, ``depth`` deep, that matches every one of ``publishers`` (rclpy
-    TopicEndpointInfo).
-
-    Best effort if any publisher is, transient local only if every one is (a transient-local
-    subscription does not match a volatile publisher): then what was latched before the
-    recording started is recorded too.
+    TopicEndpointInfo): the reliability and durability a replay of their offers takes
+    (:func:`recorded_qos`). Best effort if any publisher is, transient local only if every one
+    is (a transient-local subscription does not match a volatile publisher): then what was
+    latched before the recording started is recorded too.
     """
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    best_effort = any(p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
-                      for p in publishers)
-    latched = all(p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
-                  for p in publishers)
-    return QoSProfile(depth=depth,
-                      reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
-                                   else ReliabilityPolicy.RELIABLE),
-                      durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
-                                  else DurabilityPolicy.VOLATILE))
+    from rclpy.qos import QoSProfile
+    adapted = recorded_qos([_to_rosbags_qos(p.qos_profile) for p in publishers])
+    return QoSProfile(depth=depth, reliability=adapted.reliability,
+                      durability=adapted.durability)
 
 
 def _matches_all(subscription_qos: Any, publishers: Sequence[Any]) -> bool:

@@ -253,6 +253,52 @@ def test_single_example_fast_path_follows_weights_updated_in_place_and_replaced(
     assert np.array_equal(model.predict_proba(x), model._predict_proba_layerwise(x))
 
 
+class _LeakyReLU(ReLU):
+    """A rectifier subclass that computes something else (the fast paths must not assume)."""
+
+    def forward(self, X, cache=None):
+        self._input = np.asarray(X)
+        return np.where(self._input > 0, self._input, 0.1 * self._input)
+
+    def backward(self, grad_out):
+        return (np.where(self._input > 0, grad_out, 0.1 * grad_out),)
+
+
+@pytest.mark.parametrize('replace', ['subclass', 'strided_W'])
+def test_layers_the_fast_paths_cannot_reproduce_take_the_layer_loop(replace):
+    dtype = np.float32
+    model, layerwise = MLP(16, 64, 8, dtype=dtype, rng=3), MLP(16, 64, 8, dtype=dtype, rng=3)
+    X, Y = _data(1, 16, 8, dtype, seed=2)
+    x = X[0]
+    for net in (model, layerwise):
+        net.predict_proba(x)  # the single inference's buffers, built for the packed arrays
+        if replace == 'subclass':
+            net.layers[1] = _LeakyReLU(64)
+        else:  # np.dot copies it for BLAS, @ runs its own loop: they round apart
+            wide = np.zeros((16, 128), dtype)
+            wide[:, ::2] = net.layers[0].W
+            net.layers[0].W = wide[:, ::2]
+        net.predict_proba(x)
+        net.layers[0].b[...] += 0.5  # in place, as an optimiser updates it
+    general = model._predict_proba_layerwise(x[None])[0]
+    assert np.array_equal(model.predict_proba(x), general)
+    assert np.array_equal(model.predict_proba_into(x, np.empty(8, dtype)), general)
+    model.single_step_sgd(X, Y)
+    layerwise._layerwise_sgd_step(X, Y)
+    assert all(np.array_equal(a, b) for a, b in zip(model.parameters(), layerwise.parameters()))
+
+
+def test_rectifier_constants_cannot_change_on_one_layer():
+    # The single inference reads gain and knee when it builds its buffers: a gain set on one
+    # layer later went unnoticed there. Another activation is another class.
+    layer = ScaledReLU(4)
+    assert (layer.gain, layer.knee) == (2.0, 1.0)
+    with pytest.raises(AttributeError):
+        layer.gain = 3.0
+    with pytest.raises(AttributeError):
+        layer.knee = 0.5
+
+
 def test_predict_proba_returns_a_new_array_each_call():
     model = MLP(6, 10, 3, rng=6)
     rng = np.random.default_rng(6)

@@ -204,10 +204,22 @@ class _Rectifier(Layer):
     only the output, which the next Linear holds anyway (shared by reference, zero extra bytes).
     With ``keep='mask'`` a bool mask (1 byte per value) is kept instead, for when nothing
     downstream holds the output.
+
+    ``gain`` and ``knee`` are constants of the class (read-only on an instance): the fast paths
+    of :class:`~obstacle_classifier.nn.mlp.Network` read them once per buffer set, so a value
+    changed on one layer would go unnoticed there. Another activation is another class.
     """
 
-    gain = 1.0
-    knee = 0.0
+    _GAIN = 1.0
+    _KNEE = 0.0
+
+    @property
+    def gain(self) -> float:
+        return self._GAIN
+
+    @property
+    def knee(self) -> float:
+        return self._KNEE
 
     def __init__(self, h: int, *, keep: str = 'output') -> None:
         super().__init__()
@@ -263,15 +275,15 @@ class ScaledReLU(_Rectifier):
     """The brief's activation: ``2x`` where ``x > 1``, else ``0``; derivative 2 / 0 likewise
     (0 at exactly x = 1, where the function jumps)."""
 
-    gain = 2.0
-    knee = 1.0
+    _GAIN = 2.0
+    _KNEE = 1.0
 
 
 class ReLU(_Rectifier):
     """``max(x, 0)``; derivative 1 where ``x > 0``, else 0 (torch's convention at 0)."""
 
-    gain = 1.0
-    knee = 0.0
+    _GAIN = 1.0
+    _KNEE = 0.0
 
 
 class Sigmoid(Layer):

@@ -616,18 +616,27 @@ def _sigmoid_into(logits: np.ndarray, exps: np.ndarray, e: np.ndarray, e_neg: np
 def _layer_chain(layers: list[Layer]) -> Optional[tuple[list[Linear], list[_Rectifier]]]:
     """(linears, rectifiers) if ``layers`` are Linear, (rectifier, Linear)*, Sigmoid, every
     Linear with a bias, all in one float dtype and of widths that chain: the chain the fast
-    paths support; else None."""
+    paths support; else None.
+
+    The types are exact: a subclass may compute something else, so it takes the layer loop.
+    So does a weight matrix that is neither C- nor Fortran-contiguous (a strided view):
+    ``np.dot`` copies it for BLAS where ``@`` runs its own loop, and the two round apart.
+    """
     if len(layers) < 2 or len(layers) % 2 or type(layers[-1]) is not Sigmoid:
         return None
     linears, rectifiers = layers[0:-1:2], layers[1:-1:2]
+    if any(type(linear) is not Linear or linear.b is None for linear in linears):
+        return None
+    if any(type(rectifier) not in (ReLU, ScaledReLU) for rectifier in rectifiers):
+        return None
     dtype = linears[0].W.dtype
     if dtype not in (np.float32, np.float64):
         return None
-    if any(type(linear) is not Linear or linear.b is None or linear.W.dtype != dtype
-           or linear.b.dtype != dtype for linear in linears):
-        return None
-    if any(not isinstance(rectifier, _Rectifier) for rectifier in rectifiers):
-        return None
+    for linear in linears:
+        W, b = linear.W, linear.b
+        if (W.dtype != dtype or b.dtype != dtype
+                or not (W.flags.c_contiguous or W.flags.f_contiguous)):
+            return None
     # Widths that do not chain: the layer loop raises the layer's own error.
     widths = [linear.d_out for linear in linears]
     if ([rectifier.h for rectifier in rectifiers] != widths[:-1]

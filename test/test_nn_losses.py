@@ -94,6 +94,22 @@ def test_cross_entropy_matches_torch_with_one_hot_targets():
     assert value == pytest.approx(slow, rel=1e-12)
 
 
+def test_cross_entropy_is_finite_where_a_class_without_target_weight_has_no_probability():
+    # 0 * log(0) counts as 0: a logit of -inf, or a finite one far below the row's max, on a
+    # class the target does not name used to make the loss NaN (torch with a class index: 5.0067).
+    Z = np.array([[0.0, -np.inf, 5.0]])
+    Y = np.array([[1.0, 0.0, 0.0]])
+    expected = float(torch.nn.functional.cross_entropy(torch.tensor(Z), torch.tensor([0])))
+    assert CrossEntropyLoss().forward(Z, Y) == pytest.approx(expected, rel=1e-12)
+    with np.errstate(all='raise'):  # finite float32 logits 6e38 apart: no overflow warning
+        huge = CrossEntropyLoss()
+        assert huge.forward(np.array([[3e38, -3e38, 0.0]], np.float32),
+                            np.array([[1.0, 0.0, 0.0]], np.float32)) == 0.0
+        assert np.array_equal(huge.backward(), np.zeros((1, 3), np.float32))
+    # A class the target does name, with probability 0: the loss is +inf, as in torch.
+    assert CrossEntropyLoss().forward(Z, np.array([[0.0, 1.0, 0.0]])) == np.inf
+
+
 @pytest.mark.parametrize('make,on_probabilities', [
     (lambda: BCELoss(), True), (lambda: BCEWithLogitsLoss(), False),
     (lambda: BCEWithLogitsLoss(pos_weight=np.array([2.0, 1.0, 0.5, 4.0])), False),

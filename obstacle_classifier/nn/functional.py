@@ -142,7 +142,10 @@ def softplus_neg(z: np.ndarray) -> np.ndarray:
 
 def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """``z - logsumexp(z)`` along ``axis``; shifts by the max so only ``exp(<= 0)`` is taken."""
-    shifted = z - z.max(axis=axis, keepdims=True)
+    # Finite logits more than the dtype's range apart overflow to -inf here: the right answer
+    # (their probability is 0), so the overflow is silenced like the underflow below.
+    with np.errstate(over='ignore'):
+        shifted = z - z.max(axis=axis, keepdims=True)
     with np.errstate(under='ignore'):
         lse = np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
     shifted -= lse

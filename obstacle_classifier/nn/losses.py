@@ -213,7 +213,11 @@ class CrossEntropyLoss(Loss):
         scale = _reduce_scale('batchmean' if self.reduction == 'mean' else self.reduction,
                               Z.shape, 'CrossEntropyLoss')
         self._saved = (logp, Y, scale)
-        return float(-np.vdot(Y, logp) * scale)
+        # Only the classes a row has weight on count: a target of 0 times a log-probability of
+        # -inf (a logit of -inf, or a finite one 1e38 below the row's max) is 0, not NaN.
+        terms = np.zeros_like(logp)
+        np.multiply(Y, logp, out=terms, where=Y != 0)
+        return float(-terms.sum() * scale)
 
     def backward(self) -> np.ndarray:
         logp, Y, scale = self._take_saved()

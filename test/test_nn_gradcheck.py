@@ -1,5 +1,6 @@
 """check_gradient: accepts right gradients, rejects wrong ones, leaves its argument alone."""
 import numpy as np
+import pytest
 
 from obstacle_classifier.nn import check_gradient, numerical_gradient, rel_error
 
@@ -40,6 +41,14 @@ def test_central_differences_are_second_order_accurate():
 
 def test_rel_error_of_two_zero_arrays_is_zero():
     assert rel_error(np.zeros(3), np.zeros(3)) == 0.0
+
+
+def test_rel_error_refuses_arrays_of_different_shapes():
+    # Broadcast, a (1,) gradient "matched" a (4,) one and a column matched a row.
+    with pytest.raises(ValueError, match=r'shapes \(4,\) and \(1,\)'):
+        rel_error(np.ones(4), np.ones(1))
+    with pytest.raises(ValueError, match='differ'):
+        rel_error(np.ones((3, 1)), np.ones((1, 3)))
 
 
 def test_rel_error_is_scale_free_at_the_ends_of_float64():

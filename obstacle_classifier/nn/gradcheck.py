@@ -11,10 +11,13 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
 
     Both are divided by their largest magnitude first: the ratio is unchanged, but the squared
     norms of gradients near 1e-170 or 1e170 would otherwise underflow to 0 (and any gradient
-    would pass) or overflow to inf (and a right one would fail).
+    would pass) or overflow to inf (and a right one would fail). Arrays of different shapes are
+    a ValueError: broadcast, a gradient of the wrong shape could compare equal.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f'rel_error: arrays of shapes {a.shape} and {b.shape} differ')
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return float('nan')  # compares False against any tolerance
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))

@@ -112,5 +112,7 @@ def flops_report(model, n: int) -> str:
         'Backward adds two products of the same size: grad_W = X^T G and grad_X = G W^T,',
         'so training costs 2*n*i*o + 4*n*i*o = 6*n*i*o per layer against 2*n*i*o for inference.',
         'Summed over layers the ratio is 6/2 = 3, independent of n, d, h and c.',
+        'Training here is one pass over the n examples (one epoch, in batches or not: the',
+        "products' FLOPs add up the same); the brief's sgd() makes 10 passes, 10x this column.",
     ]
     return '\n'.join(lines)

@@ -32,16 +32,25 @@ def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None
     """Atomically replace ``path`` with whatever ``write_fn`` writes.
 
     Args:
-        path: destination file. Its directory must exist.
+        path: destination file. Its directory must exist. A symbolic link is written through:
+            the file it points to is replaced and the link stays (as ``open(path, 'w')``
+            would), e.g. a ``current.npz`` link to the model in use.
         write_fn: called once with a binary file object opened for writing; its return value is
             ignored. If it raises, the exception propagates, the destination is unchanged and no
             temporary file is left behind.
+
+    Raises:
+        OSError: the destination's directory refuses the temporary file (read-only, missing,
+            full); the message names the destination, not the temporary file.
     """
-    destination = Path(path)
+    destination = _resolved(path)
     directory = destination.parent
     # A hidden name that says what it belongs to, so a leftover after a hard kill is recognisable.
-    fd, temp_name = tempfile.mkstemp(prefix=f'.{_temporary_stem(destination)}.', suffix='.tmp',
-                                     dir=directory)
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f'.{_temporary_stem(destination)}.',
+                                         suffix='.tmp', dir=directory)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f'cannot write {path}: {exc.strerror} ({directory})') from exc
     try:
         with os.fdopen(fd, 'wb') as temp_file:
             write_fn(temp_file)
@@ -80,7 +89,7 @@ def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORA
     seconds ago are removed, so a write in progress by another process is left alone. Returns
     the paths removed; files that vanish or cannot be removed meanwhile are skipped.
     """
-    destination = Path(path)
+    destination = _resolved(path)
     cutoff = time.time() - older_than_s
     # Exactly mkstemp's names for this destination: a glob of the name would treat [ ] * ? in
     # it as patterns and match other files' leftovers.
@@ -101,6 +110,12 @@ def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORA
         except OSError:
             continue
     return removed
+
+
+def _resolved(path: PathLike) -> Path:
+    """The file a write to ``path`` lands in: symbolic links followed (the path itself if it is
+    none, or a link that leads nowhere: then the missing file it names)."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
 def _temporary_stem(destination: Path) -> str:

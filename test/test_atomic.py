@@ -123,3 +123,29 @@ def test_no_leftovers_in_a_directory_that_does_not_exist(tmp_path):
     assert remove_stale_temporaries(tmp_path / 'not_yet' / 'online.npz') == []
     (tmp_path / 'a_file').write_bytes(b'')
     assert remove_stale_temporaries(tmp_path / 'a_file' / 'online.npz') == []
+
+
+def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
+    # current.npz -> releases/v3.npz: the model in use is updated, the deployment's link kept.
+    (tmp_path / 'releases').mkdir()
+    target = tmp_path / 'releases' / 'v3.npz'
+    target.write_bytes(b'old')
+    link = tmp_path / 'current.npz'
+    link.symlink_to(target.relative_to(tmp_path))
+    atomic_write_bytes(link, b'new')
+    assert link.is_symlink() and target.read_bytes() == b'new'
+    assert sorted(os.listdir(tmp_path)) == ['current.npz', 'releases']
+    # A killed write left its temporary file next to the target: found through the link too.
+    leftover = _leftover(tmp_path / 'releases', '.v3.npz.abcd1234.tmp')
+    assert remove_stale_temporaries(link) == [leftover]
+    # A link that leads nowhere yet: the file it names is created.
+    dangling = tmp_path / 'next.npz'
+    dangling.symlink_to('releases/v4.npz')
+    atomic_write_bytes(dangling, b'v4')
+    assert (tmp_path / 'releases' / 'v4.npz').read_bytes() == b'v4' and dangling.is_symlink()
+
+
+def test_a_directory_that_refuses_the_write_is_named_not_the_temporary_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'cannot write .*missing/model\.npz') as info:
+        atomic_write_bytes(tmp_path / 'missing' / 'model.npz', b'x')
+    assert '.tmp' not in str(info.value)

@@ -189,12 +189,25 @@ def _load_model(path: str) -> ObstacleModel:
     return ObstacleModel.load(path)
 
 
-def _check_output_path(path: str, suffixes: Sequence[str]) -> Path:
+def _check_output_path(path: str, suffixes: Sequence[str],
+                       inputs: Sequence[Optional[str]] = ()) -> Path:
+    """``path`` as the output file of a command, checked before any work is done: its suffix,
+    a directory that exists and can be written to, and not one of the command's ``inputs``
+    (the same file under any name: a symlink or hard link to it too)."""
     output = Path(path)
     if output.suffix.lower() not in suffixes:
         raise CliError(f'{output}: output must end in {" or ".join(suffixes)}')
+    if output.is_dir():
+        raise CliError(f'{output}: is a directory, not a file')
     if not output.parent.is_dir():
         raise CliError(f'{output}: directory {output.parent} does not exist')
+    # (root passes os.access on a read-only mode, not on a read-only file system)
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise CliError(f'{output}: directory {output.parent} is not writable')
+    for source in inputs:
+        if source is not None and output.exists() and os.path.exists(source) \
+                and os.path.samefile(output, source):
+            raise CliError(f'{output}: the output would overwrite the input {source}')
     return output
 
 
@@ -250,7 +263,7 @@ def _cmd_bag_info(args: argparse.Namespace) -> int:
 
 def _cmd_bag_extract(args: argparse.Namespace) -> int:
     from .bags import extract_bag
-    output = _check_output_path(args.output, ('.npz', '.csv'))
+    output = _check_output_path(args.output, ('.npz', '.csv'), (args.config,))
     extraction = extract_bag(args.bag, _feature_config(args),
                              require_labels=not args.allow_unlabelled,
                              label_max_age_s=args.label_max_age)
@@ -318,14 +331,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .metrics import best_f1_thresholds
     from .training import plot_history, split_indices, train_model
     # Every option is checked before the data are loaded and the model trained (minutes).
-    output = _check_output_path(args.output, ('.npz',))
+    inputs = (args.data, args.validation)
+    output = _check_output_path(args.output, ('.npz',), inputs)
     config = _train_config(args)
     config.validate()
     if args.tune_thresholds and not args.validation and config.val_fraction == 0:
         raise CliError('--tune-thresholds needs validation data (--validation or '
                        '--val-fraction > 0; --brief-regime uses no validation split)')
     if args.plot:
-        _check_output_path(args.plot, PLOT_SUFFIXES)
+        _check_output_path(args.plot, PLOT_SUFFIXES, inputs)
     data = _load_data(args.data, args)
     validation = _load_data(args.validation, args) if args.validation else None
     if validation is None and config.val_fraction > 0:
@@ -362,13 +376,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f'macro F1 {report["macro"]["f1"]:.3f}')
     print(f'wrote {output} (version {model.version})')
     if args.plot:
-        plot_history(result.history, args.plot)
+        try:
+            plot_history(result.history, args.plot)
+        except OSError as exc:
+            raise CliError(f'wrote {output}, but not the plot: {exc}') from exc
         print(f'wrote {args.plot}')
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_report
+    if args.plot:
+        _check_output_path(args.plot, PLOT_SUFFIXES, (args.model, args.data))
     model = _load_model(args.model)
     data = _load_data(args.data, args)
     report = _evaluation(model, data, args.threshold)
@@ -388,6 +407,8 @@ def _plot_report(report: dict, path: str) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    from .training import save_figure
+
     names = list(report['per_class'])
     x = np.arange(len(names))
     figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
@@ -399,14 +420,13 @@ def _plot_report(report: dict, path: str) -> None:
              title=f'per-class scores (micro F1 {report["micro"]["f1"]:.3f}, '
                    f'macro F1 {report["macro"]["f1"]:.3f})')
     axis.legend(loc='lower right')
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _cmd_tune_thresholds(args: argparse.Namespace) -> int:
     from .metrics import best_f1_thresholds
-    output = _check_output_path(args.output or args.model, ('.npz',))
+    # (rewriting the model file itself is the default)
+    output = _check_output_path(args.output or args.model, ('.npz',), (args.data,))
     model = _load_model(args.model)
     data = _load_data(args.data, args)
     before = _evaluation(model, data)
@@ -430,6 +450,8 @@ def _cmd_tune_thresholds(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    output = (None if args.output is None
+              else _check_output_path(args.output, ('.npz', '.csv'), (args.model, args.input)))
     model = _load_model(args.model)
     # From a bag each row is a tick: its bag time goes first in every output, so the
     # predictions line up with what the node published for the same tick.
@@ -438,13 +460,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     probabilities = model.predict_proba(data.X)
     labels = model.decide(probabilities, args.threshold)
     stamp_texts = [] if stamps is None else [str(int(stamp)) for stamp in stamps]
-    if args.output is None:
+    if output is None:
         for k, (row_labels, row_probs) in enumerate(zip(labels, probabilities)):
             present = [name for name, flag in zip(model.class_names, row_labels) if flag]
             line = ','.join(present) + '\t' + ' '.join(f'{p:.4f}' for p in row_probs)
             print(f'{stamp_texts[k]}\t{line}' if stamp_texts else line)
         return 0
-    output = _check_output_path(args.output, ('.npz', '.csv'))
     if output.suffix.lower() == '.npz':
         from .atomic import atomic_write
         arrays = {'probabilities': probabilities, 'labels': labels,

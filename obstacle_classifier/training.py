@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -429,6 +430,18 @@ def plot_history(history: Sequence[EpochRecord], path: str) -> None:
     loss_axis.set(xlabel='epoch', ylabel='mean NLL per example', title='loss')
     loss_axis.legend()
     f1_axis.set(xlabel='epoch', ylabel='micro F1', title='validation micro F1', ylim=(0, 1))
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
+
+
+def save_figure(figure, path: str) -> None:
+    """Write a matplotlib figure atomically (an error leaves no partial file and any previous
+    one intact) in the format its suffix names (.png, .svg, .pdf), and close it."""
+    import matplotlib.pyplot as plt
+
+    from .atomic import atomic_write
+    try:
+        figure.tight_layout()
+        atomic_write(path, lambda file: figure.savefig(file, format=Path(path).suffix[1:].lower(),
+                                                       dpi=100))
+    finally:
+        plt.close(figure)

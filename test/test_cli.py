@@ -256,3 +256,68 @@ def test_every_subcommand_has_help_with_examples(command, capsys):
         main([command, '--help'])
     assert exit_info.value.code == 0
     assert 'obstacle-classifier ' + command in capsys.readouterr().out.split('example')[-1]
+
+
+@pytest.mark.parametrize('command', ['train', 'predict', 'tune-thresholds', 'evaluate-plot'])
+@pytest.mark.parametrize('alias', ['same', 'symlink', 'hardlink'])
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(files, capsys, command, alias):
+    # `predict model.npz data.npz --output model.npz` replaced the model with predictions, exit 0.
+    model_path = files['dir'] / 'model.npz'
+    assert _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 1,
+                '--quiet')[0] == 0
+    victim = {'train': files['train'], 'predict': model_path, 'tune-thresholds': files['train'],
+              'evaluate-plot': files['train']}[command]
+    if command == 'evaluate-plot':  # a data file named like a plot, to reach the input check
+        plot = files['dir'] / 'data.png'
+        victim.rename(plot)
+        victim = files['train'] = plot
+    output = {'same': victim, 'symlink': files['dir'] / f'alias{victim.suffix}',
+              'hardlink': files['dir'] / f'alias{victim.suffix}'}[alias]
+    if alias == 'symlink':
+        output.symlink_to(victim)
+    elif alias == 'hardlink':
+        os.link(victim, output)
+    before = victim.read_bytes()
+    argv = {'train': ['train', files['train'], '--output', output, '--quiet', '--epochs', 1],
+            'predict': ['predict', model_path, files['test'], '--output', output],
+            'tune-thresholds': ['tune-thresholds', model_path, files['train'], '--output', output],
+            'evaluate-plot': ['evaluate', model_path, files['train'], '--plot', output]}[command]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and 'would overwrite the input' in err and 'Traceback' not in err
+    assert victim.read_bytes() == before
+
+
+def test_tune_thresholds_rewrites_its_own_model_file_by_default(files, capsys):
+    model_path = files['dir'] / 'model.npz'
+    _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 3, '--quiet')
+    before = ObstacleModel.load(model_path).thresholds
+    code, out, _ = _run(capsys, 'tune-thresholds', model_path, files['train'])
+    assert code == 0 and not np.array_equal(ObstacleModel.load(model_path).thresholds, before)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['evaluate', '{dir}/missing.npz', '{train}', '--plot', '{dir}/noext'], 'must end in .png'),
+    (['evaluate', '{dir}/missing.npz', '{train}', '--plot', '{dir}/no/p.png'], 'does not exist'),
+    (['predict', '{dir}/missing.npz', '{train}', '--output', '{dir}/p.txt'], 'must end in .npz'),
+    (['predict', '{dir}/missing.npz', '{train}', '--output', '{dir}/d.csv'], 'is a directory'),
+])
+def test_evaluate_and_predict_check_their_outputs_before_any_work(files, capsys, argv, message):
+    # The model does not exist: an output error must come first (predict on a bag extracts
+    # the whole bag before it writes; evaluate printed its report, then failed on the plot).
+    (files['dir'] / 'd.csv').mkdir()
+    argv = [a.format(dir=files['dir'], train=files['train']) for a in argv]
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and message in err and out == ''
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into a read-only mode directory')
+def test_a_read_only_output_directory_is_refused_before_training(files, capsys):
+    locked = files['dir'] / 'locked'
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, out, err = _run(capsys, 'train', files['train'], '--output', locked / 'm.npz',
+                              '--quiet')
+    finally:
+        locked.chmod(0o755)
+    assert code == 2 and 'is not writable' in err and 'trained' not in out

@@ -211,6 +211,17 @@ def _check_output_path(path: str, suffixes: Sequence[str],
     return output
 
 
+def _storable_thresholds(thresholds: np.ndarray) -> np.ndarray:
+    """Tuned thresholds (c,) as a model file takes them, strictly inside (0, 1).
+
+    A tuned threshold is an observed score; only one of exactly 0 or 1 lies outside, and it
+    becomes the nearest float inside, which decides every other score as before (``p >= t``).
+    A wider clip (to 1e-6, say) would move the thresholds of classes the model scores very
+    low, and with them the F1 the tuning found.
+    """
+    return np.clip(thresholds, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
+
+
 def _evaluation(model: ObstacleModel, data: Dataset, threshold: Optional[float] = None) -> dict:
     from .metrics import multilabel_report
     check_compatible(data, model.feature_names, model.class_names)
@@ -360,8 +371,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.tune_thresholds:
         thresholds, _ = best_f1_thresholds(validation.Y, model.predict_proba(validation.X),
                                            default_threshold=model.thresholds)
-        model.thresholds = np.clip(thresholds, 1e-6, 1 - 1e-6)
-        model.metadata['thresholds_tuned_on'] = 'validation split'
+        model.thresholds = _storable_thresholds(thresholds)
+        model.metadata['thresholds_tuned_on'] = str(args.validation or 'validation split')
     if validation is not None:
         report = _evaluation(model, validation)
         model.metadata['validation'] = {'micro_f1': report['micro']['f1'],
@@ -432,17 +443,17 @@ def _cmd_tune_thresholds(args: argparse.Namespace) -> int:
     before = _evaluation(model, data)
     # A class without positives in these data keeps the threshold the model has: the data
     # say nothing about it (an earlier tuning may have).
-    thresholds, best_f1 = best_f1_thresholds(data.Y, model.predict_proba(data.X),
-                                             default_threshold=model.thresholds)
+    thresholds, _ = best_f1_thresholds(data.Y, model.predict_proba(data.X),
+                                       default_threshold=model.thresholds)
     absent = np.count_nonzero(data.Y, axis=0) == 0
-    # thresholds must lie strictly inside (0, 1) for the model file
-    model.thresholds = np.clip(thresholds, 1e-6, 1 - 1e-6)
+    model.thresholds = _storable_thresholds(thresholds)
     model.metadata['thresholds_tuned_on'] = str(args.data)
-    after = _evaluation(model, data)
+    after = _evaluation(model, data)  # with the thresholds as stored
     model.save(output)
-    for name, threshold, f1, kept in zip(model.class_names, model.thresholds, best_f1, absent):
-        outcome = 'kept (no positives in the data)' if kept else f'F1 {f1:.3f}'
-        print(f'  {name:<12} threshold {threshold:.4f}  {outcome}')
+    for name, threshold, kept in zip(model.class_names, model.thresholds, absent):
+        outcome = ('kept (no positives in the data)' if kept
+                   else f'F1 {after["per_class"][name]["f1"]:.3f}')
+        print(f'  {name:<12} threshold {threshold:.6g}  {outcome}')
     print(f'micro F1 {before["micro"]["f1"]:.3f} -> {after["micro"]["f1"]:.3f}, '
           f'macro F1 {before["macro"]["f1"]:.3f} -> {after["macro"]["f1"]:.3f} on {args.data}')
     print(f'wrote {output} (version {model.version})')

@@ -321,3 +321,29 @@ def test_a_read_only_output_directory_is_refused_before_training(files, capsys):
     finally:
         locked.chmod(0o755)
     assert code == 2 and 'is not writable' in err and 'trained' not in out
+
+
+def test_tuned_thresholds_are_stored_as_found_and_report_their_own_f1(files, capsys):
+    # A class the model scores around 1e-9: its best threshold was clipped up to 1e-6 when
+    # stored, while the F1 printed was the unclipped threshold's.
+    model_path, tuned = files['dir'] / 'model.npz', files['dir'] / 'tuned.npz'
+    _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 3, '--quiet')
+    model = ObstacleModel.load(model_path)
+    model.network.linears[-1].b[0] -= 25.0  # pedestrian probabilities now about 1e-11..1e-9
+    model.save(model_path)
+    data = load_dataset(files['test'])
+    probabilities = model.predict_proba(data.X)
+    assert probabilities[:, 0].max() < 1e-6
+    code, out, _ = _run(capsys, 'tune-thresholds', model_path, files['test'], '--output', tuned)
+    assert code == 0
+    thresholds = ObstacleModel.load(tuned).thresholds
+    assert 0 < thresholds[0] < 1e-6
+    from obstacle_classifier.metrics import best_f1_thresholds, multilabel_report
+    best, best_f1 = best_f1_thresholds(data.Y, probabilities)
+    assert np.array_equal(thresholds, best)
+    report = multilabel_report(data.Y, (probabilities >= thresholds).astype(np.uint8), CLASSES)
+    for name, f1 in zip(CLASSES, best_f1):
+        line = next(line for line in out.splitlines() if line.strip().startswith(name))
+        assert report['per_class'][name]['f1'] == pytest.approx(f1)
+        assert line.endswith(f'F1 {f1:.3f}')
+    assert f'threshold {thresholds[0]:.6g}' in out

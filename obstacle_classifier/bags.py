@@ -267,6 +267,9 @@ class BagExtraction:
             message type, or a type other than the config's for an input topic.
         missing_inputs: configured inputs whose topic is not in the bag or has no messages
             (a driver that died before the recording).
+        truncated_windows: by input name, ticks whose window had lost readings to a full
+            buffer: the input came faster than the config's ``max_rate_hz``, and its features
+            at those ticks were computed from the newest readings only.
     """
 
     dataset: Dataset
@@ -278,6 +281,17 @@ class BagExtraction:
     rejected: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped_messages: dict[str, int] = field(default_factory=dict)
     missing_inputs: tuple[str, ...] = ()
+    truncated_windows: dict[str, int] = field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        """What makes these features differ from what the node computes on a well-configured
+        robot (empty if nothing does)."""
+        truncated = {name: count for name, count in self.truncated_windows.items() if count}
+        if not truncated:
+            return []
+        return ['features from truncated windows (the input came faster than its max_rate_hz '
+                'in the feature config; only its newest readings were used) at: ' + ', '.join(
+                    f'{name} {count} of {self.ticks} ticks' for name, count in truncated.items())]
 
     def summary(self) -> str:
         """A few lines for the command line."""
@@ -296,6 +310,7 @@ class BagExtraction:
             lines.append(f'skipped {count} message(s) on {what}')
         if self.missing_inputs:
             lines.append(f'inputs without messages in the bag: {", ".join(self.missing_inputs)}')
+        lines += [f'warning: {warning}' for warning in self.warnings()]
         return '\n'.join(lines)
 
 
@@ -467,7 +482,9 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
     return BagExtraction(dataset=dataset, stamps_ns=np.asarray(stamps, dtype=np.int64),
                          ticks=len(results), skipped_ticks=skipped, unlabelled_ticks=unlabelled,
                          readings=readings_count, rejected=rejected,
-                         skipped_messages=skipped_messages, missing_inputs=missing)
+                         skipped_messages=skipped_messages, missing_inputs=missing,
+                         truncated_windows={name: stats[name].truncated_windows
+                                            for name in readings_count})
 
 
 @dataclass

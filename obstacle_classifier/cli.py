@@ -180,6 +180,9 @@ def _load_data_and_stamps(path: str, args: argparse.Namespace, require_labels: b
         # would drop ticks.
         extraction = extract_bag(path, _feature_config(args), require_labels=require_labels,
                                  ignore_labels=not require_labels)
+        for warning in extraction.warnings():
+            print(f'obstacle-classifier {args.command}: warning: {path}: {warning}',
+                  file=sys.stderr)
         return extraction.dataset, extraction.stamps_ns
     return load_dataset(path, label_columns=args.label_columns, label_prefix=args.label_prefix,
                         require_labels=require_labels), None

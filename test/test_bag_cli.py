@@ -179,3 +179,21 @@ def test_the_commands_read_a_bag_with_the_feature_config_the_node_runs(simulated
     assert not np.array_equal(default['probabilities'][common], bag['probabilities'])
     code, out, _ = _run(capsys, 'evaluate', model, simulated_bag, '--config', custom, '--json')
     assert code == 0 and json.loads(out)['micro']['f1'] >= 0
+
+
+def test_commands_on_a_bag_warn_of_windows_a_low_max_rate_truncated(simulated_bag, tmp_path,
+                                                                    capsys):
+    # A feature config whose max_rate_hz is below the recorded rate: the features differ from
+    # the node's at every tick, which only the pipeline's counters knew.
+    from obstacle_classifier.paths import config_path
+    custom = tmp_path / 'features.yaml'
+    text = Path(config_path('features.yaml')).read_text()
+    custom.write_text(text.replace('max_rate_hz: 250', 'max_rate_hz: 2'))
+    model = config_path('default_model.npz')
+    code, out, err = _run(capsys, 'bag', 'extract', simulated_bag, '--output',
+                          tmp_path / 'x.npz', '--config', custom)
+    assert code == 0 and 'warning: features from truncated windows' in out
+    code, _, err = _run(capsys, 'evaluate', model, simulated_bag, '--config', custom)
+    assert code == 0 and 'evaluate: warning: ' in err and 'truncated windows' in err
+    code, _, err = _run(capsys, 'evaluate', model, simulated_bag)
+    assert code == 0 and 'warning' not in err

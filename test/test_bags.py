@@ -262,6 +262,21 @@ def test_features_follow_the_pipeline_for_receive_stamped_inputs(tmp_path):
     assert extraction.readings == {'speed': 100}
 
 
+def test_windows_truncated_by_an_input_faster_than_its_max_rate_are_counted_and_warned(
+        tmp_path):
+    # 50 Hz into a buffer sized for 2 Hz: the features silently came from the newest readings.
+    bag = _write_bag(tmp_path / 'bag', _speed_messages(100 * SECOND, 2.0))
+    slow = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [{**SPEED_INPUT, 'max_rate_hz': 2}]},
+                                   source='slow')
+    extraction = extract_bag(bag, slow, require_labels=False)
+    assert extraction.truncated_windows == {'speed': extraction.ticks} and extraction.ticks > 0
+    assert 'warning: features from truncated windows' in extraction.summary()
+    assert f'speed {extraction.ticks} of {extraction.ticks} ticks' in extraction.summary()
+    plain = extract_bag(bag, SPEED_CONFIG, require_labels=False)
+    assert plain.truncated_windows == {'speed': 0} and plain.warnings() == []
+    assert 'warning' not in plain.summary()
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 def test_missing_metadata_yaml_is_named(simulated_bags, tmp_path):

@@ -85,8 +85,8 @@ from obstacle_classifier.ros_io import (classes_qos, diagnostic_status,
                                         drop_negative_clock_messages, encode_classes,
                                         encode_features, encode_obstacles, has_subscribers,
                                         input_qos, message_class, message_type_name,
-                                        output_qos,
-                                        publish_unless_shut_down, run_node, serialized_reader,
+                                        output_qos, publish_unless_shut_down, qos_text,
+                                        run_node, serialized_reader,
                                         spin_on_events, stamp_to_ns, timer_callback,
                                         unless_shut_down)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
@@ -146,6 +146,7 @@ class _InputState:
     incompatible_type: int = 0
     received_at_report: int = 0
     rejected_at_report: int = 0
+    truncated_at_report: int = 0
 
     def __post_init__(self) -> None:
         self.rejected = {reason: 0 for reason in REJECTION_REASONS[1:] + NODE_REJECTION_REASONS}
@@ -500,6 +501,8 @@ class ClassifierNode(Node):
         self._ticks = self._ticks_skipped = self._ticks_missed = 0
         self._time_jumps = self._inference_errors = 0
         self._period_ticks = self._period_skipped = self._period_missed = 0
+        # Ticks that predicted with a stale 'fill' input's fill value in its features.
+        self._ticks_filled = self._period_filled = 0
         self._period_processing_ns = self._period_processing_max_ns = 0
         self._processing_ns = np.zeros(_PROCESSING_HISTORY, dtype=np.int64)
         self._histogram_edges_ns = [edge * 1000 for edge in PROCESSING_HISTOGRAM_EDGES_US]
@@ -834,7 +837,7 @@ class ClassifierNode(Node):
         self.get_logger().warning(
             f"input '{state.spec.name}': a publisher on {state.topic} offers QoS incompatible "
             f"with this subscription (policy {state.incompatible_policy}; the input asks for "
-            f"'{state.spec.qos}'): NONE of its messages will arrive. Match the publisher "
+            f"{qos_text(state.qos)}): NONE of its messages will arrive. Match the publisher "
             "(qos in the feature config, or the qos_overrides parameters).")
 
     def create_output(self, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
@@ -994,6 +997,9 @@ class ClassifierNode(Node):
         if status != 'ok':
             self._ticks_skipped += 1
             self._period_skipped += 1
+        elif result.stale_inputs:
+            self._ticks_filled += 1
+            self._period_filled += 1
         elapsed = time.perf_counter_ns() - started
         self._processing_ns[self._ticks % _PROCESSING_HISTORY] = elapsed
         self._processing_histogram[bisect.bisect_left(self._histogram_edges_ns, elapsed)] += 1
@@ -1052,10 +1058,12 @@ class ClassifierNode(Node):
         self._rate_since_ns, self._period_expected = node_ns, 0.0
         self._period_jumped = False
         self._period_ticks = self._period_skipped = self._period_missed = 0
+        self._period_filled = 0
         self._period_processing_ns = self._period_processing_max_ns = 0
-        for state in self._inputs.values():
+        for name, state in self._inputs.items():
             state.received_at_report = state.received
             state.rejected_at_report = state.rejected_total
+            state.truncated_at_report = stats[name].truncated_windows
 
     # -- running -------------------------------------------------------------------------------
 
@@ -1101,6 +1109,8 @@ class ClassifierNode(Node):
             'ticks_missed': self._period_missed, 'ticks_missed_total': self._ticks_missed,
             'ticks_without_prediction': skipped,
             'ticks_total': self._ticks, 'ticks_without_prediction_total': self._ticks_skipped,
+            'ticks_with_filled_inputs': self._period_filled,
+            'ticks_with_filled_inputs_total': self._ticks_filled,
             'processing_mean_us': mean_us,
             'processing_max_us': self._period_processing_max_ns / 1e3,
             f'processing_p50_us_last_{_PROCESSING_HISTORY}': p50,
@@ -1126,6 +1136,12 @@ class ClassifierNode(Node):
             level, message = ERROR, 'no prediction on any tick: inputs stale (see inputs)'
         elif skipped:
             level, message = WARN, f'{skipped} of {ticks} ticks without prediction'
+        elif self._period_filled:
+            # A filled input stands for "nothing seen" (its fill value) on a sensor that says
+            # nothing: the predictions go on, but a consumer must not take them for full sight.
+            filled = ', '.join(self._stale_inputs) or 'none now'
+            level, message = WARN, (f'{self._period_filled} of {ticks} ticks predicted with '
+                                    f'stale inputs filled in (now: {filled})')
         elif ticks < 0.9 * expected:
             level, message = WARN, f'{ticks} ticks for {expected:.0f} expected'
         elif self._period_processing_max_ns > period_ns:
@@ -1141,6 +1157,7 @@ class ClassifierNode(Node):
         last = stats.last_stamp_ns
         age_s = (node_ns - last) / 1e9 if last is not None else math.inf
         rejected_now = state.rejected_total - state.rejected_at_report
+        truncated_now = stats.truncated_windows - state.truncated_at_report
         publishers, other_type, incompatible_qos = self.publishers_of(
             state.topic, spec.msg_type, state.qos)
         if other_type > state.incompatible_type:
@@ -1150,6 +1167,7 @@ class ClassifierNode(Node):
         state.incompatible_type = other_type  # as now: it clears when that publisher leaves
         values: dict[str, Any] = {
             'topic': state.topic, 'type': spec.msg_type, 'qos': spec.qos,
+            'qos_effective': qos_text(state.qos),
             'stamp_source': spec.stamp_source, 'policy': spec.policy,
             'timeout_s': spec.timeout_s,
             'rate_hz': (state.received - state.received_at_report) / elapsed_s,
@@ -1158,6 +1176,9 @@ class ClassifierNode(Node):
             'rejected': state.rejected_total,
             **{f'rejected_{reason}': count for reason, count in state.rejected.items()},
             'rejected_last_period': rejected_now,
+            'max_rate_hz': spec.max_rate_hz,
+            'truncated_windows': stats.truncated_windows,
+            'truncated_windows_last_period': truncated_now,
             'publishers': publishers,
             'incompatible_qos_publishers': incompatible_qos,
             'incompatible_type_publishers': state.incompatible_type,
@@ -1178,6 +1199,11 @@ class ClassifierNode(Node):
                        else 'a publisher has another message type')
         elif rejected_now:
             level, message = WARN, f'{rejected_now} readings rejected in the last period'
+        elif truncated_now:
+            # The buffer holds max_rate_hz readings per second of window: at a higher rate the
+            # oldest in the window are gone, and the features describe a shorter one.
+            level, message = WARN, (f'{truncated_now} ticks with a window cut short: the '
+                                    f'input comes faster than max_rate_hz {spec.max_rate_hz:g}')
         else:
             level, message = OK, f'{values["rate_hz"]:.1f} Hz, age {age_s * 1e3:.0f} ms'
         if stale and (incompatible_qos or state.incompatible_type):

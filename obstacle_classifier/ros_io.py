@@ -166,6 +166,15 @@ def classes_qos() -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+def qos_text(profile: QoSProfile) -> str:
+    """A subscription's or publisher's QoS as it is in effect (overrides applied), for logs and
+    diagnostics: e.g. ``'best_effort, volatile, keep_last 5'``."""
+    history = profile.history.name.lower()
+    depth = f' {profile.depth}' if profile.history == HistoryPolicy.KEEP_LAST else ''
+    return (f'{profile.reliability.name.lower()}, {profile.durability.name.lower()}, '
+            f'{history}{depth}')
+
+
 def publish_unless_shut_down(node: Any, publisher: Any, msg: Any) -> bool:
     """Publish ``msg``; False, and nothing raised, if the context was shut down meanwhile.
 

@@ -414,6 +414,10 @@ def test_a_silent_input_is_flagged_within_its_timeout_and_a_qos_mismatch_is_repo
         lambda d: d['obstacle_classifier: input b'].values['stale'] == 'true', since=index)
     assert statuses['obstacle_classifier: input b'].level == 1  # WARN: filled, still working
     assert 'filled with 4' in statuses['obstacle_classifier: input b'].message
+    # The output says so too: its predictions take b's fill value for what b sees.
+    output = statuses['obstacle_classifier: output']
+    assert output.level == 1 and 'stale inputs filled in (now: b)' in output.message
+    assert int(output.values['ticks_with_filled_inputs']) > 0
 
     # Stop a (policy skip): no prediction any more, and an ERROR.
     stopped = time.time_ns()
@@ -430,6 +434,44 @@ def test_a_silent_input_is_flagged_within_its_timeout_and_a_qos_mismatch_is_repo
         lambda d: d['obstacle_classifier: output'].level == 2, since=index)
     assert statuses['obstacle_classifier: input a'].level == 2
     assert 'ticks are skipped' in statuses['obstacle_classifier: input a'].message
+
+
+def test_an_input_faster_than_its_max_rate_is_reported_with_its_windows_cut_short(
+        ros, ros_processes, tmp_path):
+    # A buffer sized for 4 readings/s of a 0.5 s window, fed 500 readings/s: each window holds
+    # only the newest ~14 ms. The features are computed, but on less than was configured.
+    namespace = ros_helpers.unique_name('fast')
+    config = write_config(tmp_path / 'features.yaml', [
+        scalar_input('a', max_rate_hz=4, aggregations=['last', 'mean'])])
+    model = tmp_path / 'model.npz'
+    linear_model(model, ['a.last', 'a.mean'], ['near'])
+    observer = Observer(ros, namespace)
+    feeder = Feeder(ros)
+    feeder.add('a', Float64, f'/{namespace}/in/a', RELIABLE_10, lambda: float64(1.0) * 10)
+    start_classifier(ros_processes, namespace, feature_config=config, model_path=model,
+                     rate_hz=RATE_HZ, **{'qos_overrides./' + namespace + '/in/a.subscription'
+                                         '.depth': 100})
+    statuses = observer.wait_for_diagnostics(
+        lambda d: int(d['obstacle_classifier: input a'].values['truncated_windows_last_period']))
+    status = statuses['obstacle_classifier: input a']
+    assert status.level == 1
+    assert 'window cut short: the input comes faster than max_rate_hz 4' in status.message
+    assert int(status.values['truncated_windows']) >= int(
+        status.values['truncated_windows_last_period'])
+    assert status.values['qos_effective'] == 'reliable, volatile, keep_last 100'
+    assert status.values['qos'] == 'reliable'  # the feature config's, before the override
+    # At the rate it was sized for, no window is cut short.
+    feeder.sources['a'] = _every(5, lambda: float64(1.0))  # 10 readings/s: 7 fill 0.6 s
+    index = len(observer.diagnostics)
+    observer.wait_for_diagnostics(
+        lambda d: d['obstacle_classifier: input a'].values['truncated_windows_last_period']
+        == '0' and d['obstacle_classifier: input a'].level == 0, since=index)
+
+
+def _every(n: int, source):
+    """A Feeder source that gives ``source()`` on every n-th call and nothing otherwise."""
+    calls = iter(range(1 << 62))
+    return lambda: source() if next(calls) % n == 0 else []
 
 
 def test_bad_readings_are_rejected_counted_and_never_reach_the_network(

@@ -32,8 +32,8 @@ from obstacle_classifier.cdr import (LAYOUTS, CdrError, UnsupportedEncapsulation
                                      members_read)
 from obstacle_classifier.datasets import Dataset
 from obstacle_classifier.features import (FeatureConfig, FeaturePipeline, InputSpec,
-                                          extract_values, load_default_config, message_stamp_ns,
-                                          replay)
+                                          ReadingRefused, extract_values, load_default_config,
+                                          message_stamp_ns, replay)
 from obstacle_classifier.online_training import parse_multi_hot
 
 __all__ = [
@@ -262,7 +262,8 @@ class BagExtraction:
         ticks: ticks computed; skipped_ticks: of those, skipped as stale ('skip' inputs);
             unlabelled_ticks: of those, dropped for want of a recent label.
         readings: messages fed to the pipeline, by input name; rejected: refusals by input and
-            reason (the pipeline's reasons, plus 'no_stamp' and 'malformed' as the node counts).
+            reason (the pipeline's reasons, the readers' ``READING_REFUSALS``, plus 'no_stamp'
+            and 'malformed', as the node counts them).
         skipped_messages: messages not used, by 'topic (type)' with the reason: an unknown
             message type, or a type other than the config's for an input topic.
         missing_inputs: configured inputs whose topic is not in the bag or has no messages
@@ -417,6 +418,9 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
                     header_stamp_ns, values = read_input(raw, connection, timestamp, spec)
                 except BagError:
                     raise
+                except ReadingRefused as refused:  # as the node counts it
+                    refuse(spec.name, refused.reason)
+                    continue
                 except (ValueError, TypeError, AttributeError):
                     refuse(spec.name, 'malformed')  # e.g. an empty scan
                     continue

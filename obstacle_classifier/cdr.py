@@ -226,7 +226,8 @@ def _little_endian_reader(steps: tuple[tuple[str, object], ...]
 
 def members_read(spec: InputSpec) -> tuple[str, ...]:
     """The members of ``spec.msg_type`` that :func:`cdr_reader` reads for ``spec``, in wire
-    order (paths as in :data:`LAYOUTS`): the fields, the header stamp, a scan's geometry."""
+    order (paths as in :data:`LAYOUTS`): the fields, the header stamp, a scan's geometry, the
+    measurement's own limits (``spec.limit_members``)."""
     if spec.msg_type not in LAYOUTS:
         raise ValueError(f'no CDR layout for {spec.msg_type!r}')
     paths = [path for path, _ in LAYOUTS[spec.msg_type]]
@@ -234,7 +235,8 @@ def members_read(spec: InputSpec) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f'{spec.msg_type} has no member {unknown[0]!r}')
     geometry = ('angle_min', 'angle_increment') if spec.sectors is not None else ()
-    wanted = set(spec.fields) | set(geometry) | (
+    limits = spec.limit_members[1:] if spec.limit_members is not None else ()
+    wanted = set(spec.fields) | set(geometry) | set(limits) | (
         {'header.stamp.sec', 'header.stamp.nanosec'} if paths[0] == 'header.stamp.sec'
         else set())
     return tuple(path for path in paths if path in wanted)
@@ -256,6 +258,11 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     # where each needed member lands in the values read (wire order)
     field_index = [in_wire_order.index(field) for field in spec.fields]
     geometry_index = [in_wire_order.index(name) for name in geometry]
+    limit_members = spec.limit_members
+    limit_index = ([in_wire_order.index(name) for name in limit_members[1:]]
+                   if limit_members is not None else [])
+    # a Range's measured value among the values read (the limits apply to it alone)
+    measured = spec.fields.index(limit_members[0]) if limit_members is not None else None
     kinds = dict(LAYOUTS[spec.msg_type])
     # A sequence field is an input's only field (FeatureConfig refuses others next to it).
     sequence_only = kinds[spec.fields[0]] in _VARIABLE
@@ -278,16 +285,25 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
         stamp_ns = None
         if has_header:
             stamp_ns = members[0] * _NS_PER_S + members[1] or None
+        limits = tuple(members[index] for index in limit_index) or None
         if sequence_only:
             raw = members[field_index[0]]
             if not geometry_index:
-                return stamp_ns, prepare_values(raw, spec)
+                return stamp_ns, prepare_values(raw, spec, limits=limits)
             angle_min, angle_increment = (members[index] for index in geometry_index)
             return stamp_ns, prepare_values(raw, spec, angle_min=angle_min,
-                                            angle_increment=angle_increment)
-        # scalars: the infinity mappings on the list, then one float64 array (what
-        # prepare_values gives, without its array calls)
+                                            angle_increment=angle_increment, limits=limits)
+        # scalars: the limits and the infinity mappings on the list, then one float64 array
+        # (what prepare_values gives, without its array calls)
         values = [members[index] for index in field_index]
+        if limits is not None:
+            low, high = limits
+            value = values[measured]
+            # (0 and 0: none stated; NaN limits and a NaN value compare False; infinities are
+            # never compared)
+            if (low or high) and (not low < high
+                                  or (math.isfinite(value) and not low <= value <= high)):
+                prepare_values(values, spec, limits=limits)  # raises ReadingRefused, says why
         if infinities:
             values = [infinities.get(value, value) for value in values]
         return stamp_ns, np.array(values, dtype=np.float64)

@@ -75,8 +75,9 @@ from std_srvs.srv import Trigger
 
 from obstacle_classifier import paths
 from obstacle_classifier.atomic import remove_stale_temporaries
-from obstacle_classifier.features import (REJECTION_REASONS, FeatureConfig, FeaturePipeline,
-                                          InputSpec, InputStats)
+from obstacle_classifier.features import (READING_REFUSALS, REJECTION_REASONS, FeatureConfig,
+                                          FeaturePipeline, InputSpec, InputStats,
+                                          ReadingRefused)
 from obstacle_classifier.model import ModelFileError, ObstacleModel
 from obstacle_classifier.nn.optim import OPTIMIZERS
 from obstacle_classifier.online_training import (OnlineTrainer, TickRing, parse_label_names,
@@ -149,7 +150,8 @@ class _InputState:
     truncated_at_report: int = 0
 
     def __post_init__(self) -> None:
-        self.rejected = {reason: 0 for reason in REJECTION_REASONS[1:] + NODE_REJECTION_REASONS}
+        self.rejected = {reason: 0 for reason in
+                         REJECTION_REASONS[1:] + READING_REFUSALS + NODE_REJECTION_REASONS}
 
     @property
     def rejected_total(self) -> int:
@@ -789,8 +791,11 @@ class ClassifierNode(Node):
             state.received += 1
             try:
                 header_stamp_ns, values = read(data)
+            except ReadingRefused as refused:  # e.g. a range outside its sensor's limits
+                self._reject(state, refused.reason)
+                return
             except (ValueError, RuntimeError):
-                self._reject(state, 'malformed')  # e.g. truncated, or an empty scan
+                self._reject(state, 'malformed')  # e.g. truncated bytes
                 return
             if from_header:
                 stamp_ns = header_stamp_ns

@@ -39,8 +39,9 @@ import yaml
 from obstacle_classifier.paths import config_path
 
 __all__ = [
-    'AGGREGATIONS', 'MSG_TYPES', 'REJECTION_REASONS', 'FeatureConfig', 'FeatureConfigError',
-    'FeaturePipeline', 'InputSpec', 'InputStats', 'TickResult', 'default_config_path',
+    'AGGREGATIONS', 'MSG_TYPES', 'READING_REFUSALS', 'REJECTION_REASONS', 'FeatureConfig',
+    'FeatureConfigError', 'FeaturePipeline', 'InputSpec', 'InputStats', 'ReadingRefused',
+    'TickResult', 'default_config_path',
     'extract_values', 'load_default_config', 'message_stamp_ns', 'prepare_values', 'replay',
 ]
 
@@ -48,9 +49,10 @@ PathLike = Union[str, os.PathLike]
 
 #: Window aggregations, in the order they appear in a config and in the feature names.
 AGGREGATIONS = ('last', 'mean', 'min', 'max', 'std')
-#: Reasons ``FeaturePipeline.add`` gives for refusing a reading, in the order they are checked.
+#: Reasons ``FeaturePipeline.add`` gives for refusing a reading, in the order they are checked
+#: ('blind_sector' is what 'non_finite' is called for a scan's sector values).
 REJECTION_REASONS = ('unknown_input', 'wrong_length', 'non_finite', 'out_of_range',
-                     'future_stamp', 'out_of_order')
+                     'future_stamp', 'out_of_order', 'blind_sector')
 #: How far a header stamp may lie ahead of the time the reading was received, by default.
 DEFAULT_MAX_STAMP_LEAD_S = 0.5
 POLICIES = ('skip', 'fill')
@@ -79,6 +81,15 @@ MSG_TYPES: Mapping[str, Mapping[str, str]] = {
     'std_msgs/msg/Float64': {'data': _SCALAR},
     'std_msgs/msg/Float32MultiArray': {'data': _SEQUENCE},
 }
+#: The message members that bound a measured field (REP 117): (type, field) -> (min, max).
+SENSOR_LIMIT_MEMBERS: Mapping[tuple[str, str], tuple[str, str]] = {
+    ('sensor_msgs/msg/Range', 'range'): ('min_range', 'max_range'),
+    ('sensor_msgs/msg/LaserScan', 'ranges'): ('range_min', 'range_max'),
+}
+#: Why a message's values are refused before the pipeline sees them (:class:`ReadingRefused`):
+#: a finite range outside the limits its message states; limits that are no interval (NaN, min
+#: not below max; both 0 is a pair never filled in, which states no limits).
+READING_REFUSALS = ('outside_sensor_limits', 'bad_sensor_limits')
 _MSG_TYPES_WITH_HEADER = frozenset(
     {'sensor_msgs/msg/Range', 'sensor_msgs/msg/Imu', 'sensor_msgs/msg/LaserScan'})
 
@@ -90,6 +101,15 @@ _SECTOR_EDGE_TOLERANCE = 1e-6  # rad at the span's edges; fraction of a sector a
 
 class FeatureConfigError(ValueError):
     """A feature config that cannot be used; the message names the file, the input and the key."""
+
+
+class ReadingRefused(ValueError):
+    """A message whose values describe no valid measurement; ``reason`` is one of
+    :data:`READING_REFUSALS` (counted like the pipeline's rejections)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f'{reason}: {detail}')
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +143,19 @@ class InputSpec:
     sector_span_deg: tuple[float, float] | None = None
     blind_sector_value: float | None = None
     max_rate_hz: float = DEFAULT_MAX_RATE_HZ
+    sensor_limits: bool = True
+
+    @property
+    def limit_members(self) -> tuple[str, str, str] | None:
+        """(measured field, min member, max member) if readings are checked against the limits
+        their own message states (``sensor_limits``, a Range's range or a LaserScan's ranges),
+        else None."""
+        if self.sensor_limits:
+            for path in self.fields:
+                members = SENSOR_LIMIT_MEMBERS.get((self.msg_type, path))
+                if members is not None:
+                    return (path, *members)
+        return None
 
     @property
     def window_ns(self) -> int:
@@ -156,7 +189,8 @@ def _seconds_to_ns(seconds: float) -> int:
 _REQUIRED_INPUT_KEYS = ('name', 'topic', 'msg_type', 'fields', 'dim', 'valid_range', 'timeout_s',
                         'window_s', 'aggregations', 'policy')
 _OPTIONAL_INPUT_KEYS = ('fill_value', 'stamp_source', 'qos', 'posinf_value', 'neginf_value',
-                        'sectors', 'sector_span_deg', 'blind_sector_value', 'max_rate_hz')
+                        'sectors', 'sector_span_deg', 'blind_sector_value', 'max_rate_hz',
+                        'sensor_limits')
 _TOP_LEVEL_KEYS = ('rate_hz', 'inputs')
 _OPTIONAL_TOP_LEVEL_KEYS = ('max_stamp_lead_s',)
 
@@ -392,6 +426,10 @@ def _parse_input(item: object, source: str, index: int) -> InputSpec:
         values['blind_sector_value'] = number('blind_sector_value', allow_none=True)
     if 'max_rate_hz' in item:
         values['max_rate_hz'] = number('max_rate_hz')
+    if 'sensor_limits' in item:
+        if not isinstance(item['sensor_limits'], bool):
+            raise fail('sensor_limits', f"must be true or false, got {item['sensor_limits']!r}")
+        values['sensor_limits'] = item['sensor_limits']
     return InputSpec(**values)
 
 
@@ -519,8 +557,12 @@ def extract_values(msg: object, spec: InputSpec) -> np.ndarray:
 
     Returns:
         float64 array (k,): the field values in ``spec.fields`` order, sequences flattened, then
-        passed through :func:`prepare_values` (infinity mappings, LaserScan sectors). Not
-        validated: :meth:`FeaturePipeline.add` does that and reports why a reading is refused.
+        passed through :func:`prepare_values` (the message's own range limits, infinity
+        mappings, LaserScan sectors). Not validated further: :meth:`FeaturePipeline.add` does
+        that and reports why a reading is refused.
+
+    Raises:
+        ReadingRefused: see :func:`prepare_values`.
     """
     parts = []
     for path in spec.fields:
@@ -530,19 +572,31 @@ def extract_values(msg: object, spec: InputSpec) -> np.ndarray:
         else:  # array.array from rclpy, numpy array from rosbags, list from tests
             parts.append(np.asarray(value, dtype=np.float64).reshape(-1))
     raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    if spec.sectors is None:
-        return prepare_values(raw, spec)
-    return prepare_values(raw, spec, angle_min=float(msg.angle_min),
-                          angle_increment=float(msg.angle_increment))
+    extra: dict[str, Any] = {}
+    if spec.limit_members is not None:
+        _, low_member, high_member = spec.limit_members
+        extra['limits'] = (float(_read_field(msg, low_member)),
+                           float(_read_field(msg, high_member)))
+    if spec.sectors is not None:
+        extra.update(angle_min=float(msg.angle_min), angle_increment=float(msg.angle_increment))
+    return prepare_values(raw, spec, **extra)
 
 
 def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
-                   angle_increment: float | None = None) -> np.ndarray:
+                   angle_increment: float | None = None,
+                   limits: tuple[float, float] | None = None) -> np.ndarray:
     """Turn raw field values into the input's value vector: the one shared transformation.
 
     Both :func:`extract_values` (messages) and the simulator (raw readings) call this, so the node,
     bag extraction and simulated training data see identical numbers.
 
+    * ``limits``: the (min, max) the message states for its measured field
+      (``spec.limit_members``; None: not checked, as for the simulator's raw readings). REP 117:
+      a finite value outside them is no measurement. A Range reading is then refused
+      ('outside_sensor_limits'); a scan beam is unusable, as one outside ``valid_range``. Limits
+      that are no interval (NaN, min not below max) refuse the reading ('bad_sensor_limits'),
+      except 0 and 0: a pair the driver never filled in, which states no limits (``valid_range``
+      still applies). Infinities are never compared with the limits.
     * ``posinf_value``: +inf ("no return" in REP 117) becomes that value (usually the max range);
       ``neginf_value``: -inf ("too close to measure") becomes that one (usually the min range).
     * ``sectors`` (LaserScan ``ranges``): beam i at angle ``angle_min + i * angle_increment`` falls
@@ -550,19 +604,26 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
       angles compared as directions (modulo 360 degrees: a [0, 2 pi) scan fits [-60, 60]);
       each sector yields the minimum of its beams that are finite and inside ``valid_range``
       (after the infinity mappings); a sector whose beams are all unusable yields
-      ``blind_sector_value``, or NaN without one, which ``add`` then rejects as non-finite (and a
-      sector no beam falls into is always NaN: the span does not fit the scan, or the scan's
-      geometry is not finite).
+      ``blind_sector_value``, or NaN without one, which ``add`` then rejects ('blind_sector');
+      and a sector no beam falls into is always NaN (an empty scan, a span the scan does not
+      cover, a geometry that is not finite).
 
     Args:
         raw: array-like (k,) of raw values (float32 or float64).
         spec: the input.
         angle_min, angle_increment: scan geometry in radians; required when ``spec.sectors``.
+        limits: see above.
 
     Returns:
         float64 array: (k,) unchanged apart from the infinity mappings, or (sectors,).
+
+    Raises:
+        ReadingRefused: with one of :data:`READING_REFUSALS` as its reason.
     """
     values = np.asarray(raw, dtype=np.float64).reshape(-1)
+    outside_limits = None
+    if limits is not None and spec.limit_members is not None:
+        outside_limits = _outside_limits(values, spec, limits)
     if spec.posinf_value is not None:
         values = np.where(values == np.inf, spec.posinf_value, values)
     if spec.neginf_value is not None:
@@ -582,6 +643,8 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
     # NaN. Written into a copy: ``values`` may be the caller's array.
     masked = values.take(beams)
     masked[(masked < low) | (masked > high)] = np.nan  # NaN compares False: it stays NaN
+    if outside_limits is not None:
+        masked[outside_limits.take(beams)] = np.nan
     occupied_min = np.fmin.reduceat(masked, starts) if beams.shape[0] else masked
     if spec.blind_sector_value is not None:  # beams, none of them usable
         occupied_min[np.isnan(occupied_min)] = spec.blind_sector_value
@@ -590,6 +653,34 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
     sector_min = np.full(spec.sectors, np.nan)  # a sector without beams has no value
     sector_min[occupied] = occupied_min
     return sector_min
+
+
+def _outside_limits(values: np.ndarray, spec: InputSpec, limits: tuple[float, float]
+                    ) -> np.ndarray | None:
+    """For :func:`prepare_values`: bool (k,) of the finite measured values outside ``limits``
+    for a scan (None if there are none, or no limits are stated); refuses a Range reading
+    outside them, and limits that are no interval."""
+    low_limit, high_limit = limits
+    if low_limit == 0 and high_limit == 0:  # never filled in
+        return None
+    if not low_limit < high_limit:  # False for NaN too
+        raise ReadingRefused('bad_sensor_limits', f'the message states limits [{low_limit}, '
+                                                  f'{high_limit}]: no interval')
+    field = spec.limit_members[0]
+    index = spec.fields.index(field)  # a sequence is the only field: index 0, all values
+    measured = values if len(spec.fields) == 1 else values[index:index + 1]
+    outside = np.isfinite(measured) & ((measured < low_limit) | (measured > high_limit))
+    if not outside.any():
+        return None
+    if spec.sectors is None:  # a Range, or a whole scan as the input's values
+        raise ReadingRefused('outside_sensor_limits', f'{field} {_first(measured[outside])} '
+                                                      f'outside the message\'s own limits '
+                                                      f'[{low_limit}, {high_limit}]')
+    return outside
+
+
+def _first(values: np.ndarray) -> float:
+    return float(values.reshape(-1)[0])
 
 
 @functools.lru_cache(maxsize=32)
@@ -828,7 +919,9 @@ class FeaturePipeline:
             else:
                 low, high = float(np.minimum.reduce(array)), float(np.maximum.reduce(array))
             if not (math.isfinite(low) and math.isfinite(high)):  # min/max propagate NaN
-                reason = 'non_finite'
+                # A scan's sector values are NaN only where no beam was usable (see
+                # prepare_values): not a non-finite reading, a blind part of the scan.
+                reason = 'non_finite' if buffer.spec.sectors is None else 'blind_sector'
             elif low < buffer.low or high > buffer.high:
                 reason = 'out_of_range'
             elif received_ns is not None and stamp_ns - received_ns > self._max_lead_ns:

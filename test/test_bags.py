@@ -345,6 +345,33 @@ def test_inputs_are_read_from_their_cdr_bytes_in_either_byte_order(tmp_path):
         extract_bag(truncated, SPEED_CONFIG, require_labels=False)
 
 
+def test_ranges_outside_their_sensors_own_limits_are_refused_as_the_node_counts_them(
+        tmp_path):
+    Range = TYPESTORE.types['sensor_msgs/msg/Range']
+    Header = TYPESTORE.types['std_msgs/msg/Header']
+    Time = TYPESTORE.types['builtin_interfaces/msg/Time']
+    config = FeatureConfig.from_dict({'rate_hz': 10, 'inputs': [{
+        'name': 'front', 'topic': 'sensors/front', 'msg_type': 'sensor_msgs/msg/Range',
+        'fields': ['range'], 'dim': 1, 'valid_range': [0.0, 4.0], 'timeout_s': 0.3,
+        'window_s': 0.3, 'aggregations': ['last'], 'policy': 'skip'}]}, source='front')
+    start, messages = 100 * SECOND, []
+    for k in range(100):  # 50 Hz, every fifth beyond the 2 m its message says it can measure
+        value, limits = (3.5, (0.02, 2.0)) if k % 5 == 0 else (1.0, (0.02, 2.0))
+        if k % 5 == 1:
+            limits = (2.0, 0.02)  # upside down
+        t = start + k * 20_000_000
+        header = Header(stamp=Time(sec=t // SECOND, nanosec=t % SECOND), frame_id='front')
+        messages.append(('/sensors/front', 'sensor_msgs/msg/Range', t, Range(
+            header=header, radiation_type=0, field_of_view=0.4, min_range=limits[0],
+            max_range=limits[1], range=value, variance=0.0)))
+    extraction = extract_bag(_write_bag(tmp_path / 'bag', messages), config,
+                             require_labels=False)
+    assert extraction.rejected == {'front': {'outside_sensor_limits': 20,
+                                             'bad_sensor_limits': 20}}
+    assert set(extraction.dataset.X[:, 0]) == {1.0}
+    assert 'outside_sensor_limits 20' in extraction.summary()
+
+
 def test_unknown_message_type_is_skipped_and_counted(tmp_path):
     start = 100 * SECOND
     path = tmp_path / 'bag'

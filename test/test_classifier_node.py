@@ -233,8 +233,8 @@ def float64(value):
     return [Float64(data=float(value))]
 
 
-def a_range(value, stamp=None):
-    msg = Range(radiation_type=Range.ULTRASOUND, min_range=0.02, max_range=4.0,
+def a_range(value, stamp=None, limits=(0.02, 4.0)):
+    msg = Range(radiation_type=Range.ULTRASOUND, min_range=limits[0], max_range=limits[1],
                 field_of_view=0.4, range=float(value))
     msg.header.stamp = now_stamp() if stamp is None else stamp
     msg.header.frame_id = 'test_range'
@@ -506,7 +506,11 @@ def test_bad_readings_are_rejected_counted_and_never_reach_the_network(
         # CDR encapsulation (PLAIN_CDR2), which the node has rclpy deserialise.
         cut = bytes(serialize_message(a_range(good_range)))[:20]
         cdr2 = bytes(serialize_message(a_range(good_range)))
+        # Outside the sensor's own limits (REP 117), limits upside down, and within a 10 m
+        # sensor's limits but outside the input's valid_range [0, 4].
         return [good, a_range(math.nan), a_range(-1.0), a_range(math.inf), a_range(4.5),
+                a_range(1.0, limits=(4.0, 0.02)), a_range(4.5, limits=(0.02, 10.0)),
+                a_range(-1.0, limits=(-5.0, 10.0)),
                 a_range(2.0, stamp=ns_to_stamp(0)), a_range(2.0, stamp=old),
                 a_range(2.0, stamp=future), cut, b'\x00\x07' + cdr2[2:]]
 
@@ -535,6 +539,8 @@ def test_bad_readings_are_rejected_counted_and_never_reach_the_network(
     assert int(vec['rejected_out_of_range']) >= cycles
     assert int(vec['rejected_wrong_length']) >= 2 * cycles
     assert int(rng['rejected_non_finite']) >= 2 * cycles
+    assert int(rng['rejected_outside_sensor_limits']) >= 2 * cycles
+    assert int(rng['rejected_bad_sensor_limits']) >= cycles
     assert int(rng['rejected_out_of_range']) >= 2 * cycles
     assert int(rng['rejected_no_stamp']) >= cycles
     assert int(rng['rejected_out_of_order']) >= cycles

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from obstacle_classifier.features import (AGGREGATIONS, FeatureConfig, FeatureConfigError,
-                                          FeaturePipeline, InputSpec, default_config_path,
-                                          extract_values, load_default_config, message_stamp_ns,
+                                          FeaturePipeline, InputSpec, ReadingRefused,
+                                          default_config_path, extract_values,
+                                          load_default_config, message_stamp_ns,
                                           prepare_values, replay)
 
 MS = 1_000_000
@@ -336,11 +337,13 @@ def test_neginf_maps_to_min_range_so_too_close_is_seen():
         make_config(range_input(neginf_value=-1.0))
 
 
-def scan_msg(ranges, angle_min_deg=-90.0, increment_deg=22.5) -> SimpleNamespace:
+def scan_msg(ranges, angle_min_deg=-90.0, increment_deg=22.5, range_min=0.01,
+             range_max=30.0) -> SimpleNamespace:
     return SimpleNamespace(
         header=SimpleNamespace(stamp=SimpleNamespace(sec=1, nanosec=0)),
         angle_min=float(np.float32(math.radians(angle_min_deg))),
         angle_increment=float(np.float32(math.radians(increment_deg))),
+        range_min=float(np.float32(range_min)), range_max=float(np.float32(range_max)),
         ranges=array.array('f', ranges), intensities=array.array('f'))
 
 
@@ -358,7 +361,7 @@ def test_laserscan_sector_reduction():
     np.testing.assert_array_equal(values[[0, 2, 3]], [3.0, 7.5, 2.0])
     assert math.isnan(values[1])
     pipeline = FeaturePipeline(make_config(lidar_input()))
-    assert pipeline.add('lidar', 1 * MS, values) == 'non_finite'   # a blind sector: refused
+    assert pipeline.add('lidar', 1 * MS, values) == 'blind_sector'   # refused
     beams[2] = 1.25
     assert pipeline.add('lidar', 2 * MS, extract_values(scan_msg(beams), spec)) is None
     np.testing.assert_array_equal(pipeline.tick(2 * MS).features, [3.0, 1.25, 7.5, 2.0])
@@ -384,14 +387,74 @@ def test_blind_sector_value_stands_in_for_a_sector_without_a_usable_beam():
 @pytest.mark.parametrize('angle_min_deg, increment_deg', [
     (math.nan, 22.5), (-90.0, math.nan), (-90.0, math.inf), (-math.inf, 22.5)])
 def test_a_scan_without_a_finite_geometry_has_no_sector_values(angle_min_deg, increment_deg):
-    # No beam has a direction: every sector is NaN (refused as non_finite), quietly (a
+    # No beam has a direction: every sector is NaN (refused as blind_sector), quietly (a
     # RuntimeWarning from the angle arithmetic is an error in a node run with -W error).
     spec = make_config(lidar_input(blind_sector_value=12.0)).input('lidar')
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         values = extract_values(scan_msg([5.0] * 9, angle_min_deg, increment_deg), spec)
     assert values.shape == (4,) and np.isnan(values).all()
-    assert FeaturePipeline(make_config(lidar_input())).add('lidar', MS, values) == 'non_finite'
+    assert FeaturePipeline(make_config(lidar_input())).add('lidar', MS, values) == \
+        'blind_sector'
+
+
+def _range_with_limits(value, low, high):
+    msg = range_msg(value, sec=1)
+    msg.min_range, msg.max_range = low, high
+    return msg
+
+
+@pytest.mark.parametrize('value, low, high, reason', [
+    (3.5, 0.02, 2.0, 'outside_sensor_limits'),   # beyond the max range the sensor states
+    (0.1, 0.5, 4.0, 'outside_sensor_limits'),    # closer than it can measure, yet finite
+    (1.0, 4.0, 0.02, 'bad_sensor_limits'),       # limits upside down
+    (1.0, math.nan, 4.0, 'bad_sensor_limits'),
+    (1.0, 2.0, 2.0, 'bad_sensor_limits'),
+])
+def test_a_range_outside_the_limits_its_message_states_is_refused(value, low, high, reason):
+    # REP 117: a finite range outside [min_range, max_range] is no measurement. Taken within
+    # valid_range, an inverted pair (4.0, 0.02) with range 1.0 gave curb at p 0.97 every tick.
+    spec = make_config(range_input()).input('range_front')
+    with pytest.raises(ReadingRefused, match=reason) as refused:
+        extract_values(_range_with_limits(value, low, high), spec)
+    assert refused.value.reason == reason
+    unchecked = make_config(range_input(sensor_limits=False)).input('range_front')
+    np.testing.assert_array_equal(extract_values(_range_with_limits(value, low, high),
+                                                 unchecked), [value])
+
+
+def test_range_limits_leave_infinities_and_unset_limits_alone():
+    spec = make_config(range_input(neginf_value=0.0)).input('range_front')
+    # +inf is "no return", -inf "too close": REP 117's own codes, never compared
+    assert extract_values(_range_with_limits(math.inf, 0.02, 2.0), spec).tolist() == [4.0]
+    assert extract_values(_range_with_limits(-math.inf, 0.5, 2.0), spec).tolist() == [0.0]
+    # min 0 and max 0: a driver that never filled them in states no limits
+    assert extract_values(_range_with_limits(3.5, 0.0, 0.0), spec).tolist() == [3.5]
+    assert extract_values(_range_with_limits(2.0, 0.02, 2.0), spec).tolist() == [2.0]  # edges in
+    # the limits bound the range alone, not the other fields read with it
+    both = make_config(range_input(fields=['field_of_view', 'range'], dim=2,
+                                   valid_range=[0.0, 4.0])).input('range_front')
+    msg = _range_with_limits(1.5, 0.02, 2.0)
+    msg.field_of_view = 3.0
+    assert extract_values(msg, both).tolist() == [3.0, 1.5]
+    with pytest.raises(FeatureConfigError, match="'sensor_limits': must be true or false"):
+        make_config(range_input(sensor_limits='yes'))
+
+
+def test_scan_beams_outside_the_scans_own_limits_are_unusable():
+    spec = make_config(lidar_input()).input('lidar')
+    beams = [5.0, 3.0, 1.0, 2.0, math.inf, 7.5, 9.0, math.inf, 2.0]
+    # range_max 6 m: the 7.5 and 9.0 beams are not measurements, +inf still is "no return"
+    values = extract_values(scan_msg(beams, range_max=6.0), spec)
+    np.testing.assert_array_equal(values, [3.0, 1.0, 12.0, 2.0])
+    # range_min 2.5 m: sector 1's beams (1.0, 2.0) are all unusable: a blind sector
+    values = extract_values(scan_msg(beams, range_min=2.5), spec)
+    assert np.isnan(values[1]) and values[0] == 3.0
+    assert FeaturePipeline(make_config(lidar_input())).add('lidar', MS, values) == 'blind_sector'
+    with pytest.raises(ReadingRefused, match='bad_sensor_limits'):
+        extract_values(scan_msg(beams, range_min=10.0, range_max=5.0), spec)
+    np.testing.assert_array_equal(extract_values(scan_msg(beams, range_min=0, range_max=0), spec),
+                                  extract_values(scan_msg(beams, range_max=30.0), spec))
 
 
 def test_laserscan_sector_span_ignores_beams_outside():
@@ -575,10 +638,10 @@ def test_every_rejection_reason_is_counted():
     assert pipeline.add('range_front', 12 + S // 2, [1.0], received_ns=12) is None
     stats = pipeline.stats()
     assert stats['imu'].rejected == {'wrong_length': 2, 'non_finite': 1, 'out_of_range': 1,
-                                     'future_stamp': 0, 'out_of_order': 0}
+                                     'future_stamp': 0, 'out_of_order': 0, 'blind_sector': 0}
     assert stats['range_front'].rejected == {'wrong_length': 0, 'non_finite': 2,
                                              'out_of_range': 1, 'future_stamp': 1,
-                                             'out_of_order': 2}
+                                             'out_of_order': 2, 'blind_sector': 0}
     assert stats['range_front'].accepted == 3
     assert stats['range_front'].last_stamp_ns == 12 + S // 2
     assert stats['imu'].accepted == 0 and stats['imu'].last_stamp_ns is None

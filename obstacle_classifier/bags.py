@@ -21,6 +21,7 @@ import copy
 import heapq
 import operator
 import os
+import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -742,8 +743,14 @@ def write_simulated_bag(path: PathLike, duration_s: float, *, seed: int = 0,
                     _write_label(writer, labels_connection, simulator, next_label, start_ns,
                                  serialize_message, String, encode_labels)
                     next_label += label_period
-    except WriterError as exc:
-        raise BagError(f'{bag}: cannot write bag: {exc}') from exc
+    except BaseException as exc:
+        # A simulated bag cut short (a full disk, Ctrl-C) is of no use, and its directory
+        # would block the same command run again: it goes (the seed writes it again).
+        shutil.rmtree(bag, ignore_errors=True)
+        if isinstance(exc, (WriterError, sqlite3.Error, OSError)):
+            raise BagError(f'{bag}: cannot write bag ({type(exc).__name__}: {exc}); nothing '
+                           'was kept') from exc
+        raise
     return bag_info(bag)
 
 

@@ -145,6 +145,36 @@ def test_simulate_bag_refuses_an_existing_directory(tmp_path, capsys):
     assert code == 2 and 'already exists' in err
 
 
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+@pytest.mark.parametrize('failure', ['disk_full', 'interrupted'])
+def test_simulate_bag_that_fails_midway_leaves_no_directory_behind(tmp_path, capsys,
+                                                                   monkeypatch, storage,
+                                                                   failure):
+    # A full disk gave a sqlite3 traceback and left a bag without metadata.yaml, which made the
+    # same command fail again with 'already exists'.
+    import sqlite3
+
+    from rosbags.rosbag2 import Writer
+    write, calls = Writer.write, []
+
+    def failing_write(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 200:
+            raise (sqlite3.OperationalError('database or disk is full') if failure == 'disk_full'
+                   else KeyboardInterrupt())
+        return write(self, *args, **kwargs)
+    monkeypatch.setattr(Writer, 'write', failing_write)
+    bag = tmp_path / 'bag'
+    code, _, err = _run(capsys, 'simulate', '--ticks', 100, '--bag', bag, '--storage', storage)
+    if failure == 'disk_full':
+        assert code == 2 and 'database or disk is full' in err and 'Traceback' not in err
+    else:
+        assert code == 130 and 'interrupted' in err
+    assert not bag.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(Writer, 'write', write)
+    assert _run(capsys, 'simulate', '--ticks', 100, '--bag', bag, '--storage', storage)[0] == 0
+
+
 @pytest.mark.parametrize('argv', [['bag', '--help'], ['bag', 'info', '--help'],
                                   ['bag', 'extract', '--help']])
 def test_bag_commands_have_help_with_examples(argv, capsys):

@@ -579,6 +579,15 @@ def _select_label_columns(path: Path, header: list[str], label_columns: Sequence
         if not name:
             raise _error(path, f'column {index + 1} is the bare label prefix {label_prefix!r} '
                                f'with no class name after it')
+    # A misspelt prefix ('lable:pole') would make a copy of the labels a feature, silently.
+    # Feature names (the feature config's) never hold the prefix's separator.
+    separator = label_prefix[-1:] if label_prefix[-1:] in (':', '/', '=') else ''
+    labels = set(label_index)
+    for index, name in enumerate(header):
+        if separator and index not in labels and separator in name:
+            raise _error(path, f'column {index + 1} {name!r} has a {separator!r} as label '
+                               f'columns do, but not their prefix {label_prefix!r}: a typo? '
+                               f'(feature names have none; or name the label columns)')
     return label_index, class_names
 
 

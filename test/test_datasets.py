@@ -291,6 +291,17 @@ def test_no_label_columns(tmp_path):
                  "label prefix 'label:'")
 
 
+def test_a_misspelt_label_prefix_is_refused_not_trained_on_as_a_feature(tmp_path):
+    # 'lable:pole' was read as a feature (a copy of the labels) and trained on, silently.
+    path = write_text(tmp_path / 'typo.csv', 'a,b,label:dog,lable:pole\n1,2,0,1\n')
+    expect_error(path, "column 4 'lable:pole' has a ':' as label columns do, but not their "
+                       "prefix 'label:'")
+    ds = load_dataset(path, label_columns=['label:dog', 'lable:pole'])  # named: as asked
+    assert ds.class_names == ('label:dog', 'lable:pole') and ds.feature_names == ('a', 'b')
+    custom = write_text(tmp_path / 'custom.csv', 'a,cls/dog,cl/pole\n1,0,1\n')
+    expect_error(custom, "column 3 'cl/pole' has a '/'", label_prefix='cls/')
+
+
 def test_duplicate_names(tmp_path):
     path = write_text(tmp_path / 'dup.csv', 'a,b,a,label:c\n1,2,3,0\n')
     expect_error(path, "duplicate column names in the header: 'a' (columns 1, 3)")

@@ -479,6 +479,8 @@ def _load_csv(path: Path, dtype: np.dtype, label_columns: Sequence[str] | None,
                     raise _error(path, f'line {reader.line_num} has {len(row)} fields, the header '
                                        f'has {width}')
                 try:
+                    if '_' in ''.join(row):  # float() reads '1_0' as 10.0: no number here
+                        raise ValueError('an underscore')
                     rows.append(list(map(float, row)))
                 except ValueError:
                     raise _bad_cell_error(path, reader.line_num, header, row) from None
@@ -536,6 +538,12 @@ def _read_header(path: Path, reader) -> list[str]:
     else:
         raise _error(path, 'file is empty (no header row)')
     header = [name.strip() for name in header]
+    if len(header) == 1:
+        separators = [name for name, char in (('semicolons', ';'), ('tabs', '\t'))
+                      if char in header[0]]
+        if separators:
+            raise _error(path, f'the header is one column holding {separators[0]}: a CSV file '
+                               f'here separates its columns with commas')
     empty = [index + 1 for index, name in enumerate(header) if not name]
     if empty:
         raise _error(path, f'header (line {reader.line_num}) has an empty name in column '
@@ -549,9 +557,11 @@ def _read_header(path: Path, reader) -> list[str]:
 
 
 def _bad_cell_error(path: Path, line: int, header: list[str], row: list[str]) -> DatasetError:
-    """Locate the first cell of ``row`` that float() rejects (the slow path, errors only)."""
+    """Locate the first cell of ``row`` that is no number (the slow path, errors only)."""
     for column, cell in enumerate(row):
         try:
+            if '_' in cell:
+                raise ValueError(cell)
             float(cell)
         except ValueError:
             shown = 'empty cell' if not cell.strip() else f'non-numeric value {cell!r}'

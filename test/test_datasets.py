@@ -302,6 +302,16 @@ def test_a_misspelt_label_prefix_is_refused_not_trained_on_as_a_feature(tmp_path
     expect_error(custom, "column 3 'cl/pole' has a '/'", label_prefix='cls/')
 
 
+def test_cells_with_underscores_and_other_separators_are_refused(tmp_path):
+    # Python's float() reads '1_0' as 10.0; a semicolon export used to dump its whole header.
+    expect_error(write_text(tmp_path / 'u.csv', 'a,label:c\n1_0,1\n'),
+                 "line 2, column 1 ('a'): non-numeric value '1_0'")
+    expect_error(write_text(tmp_path / 's.csv', 'a;b;label:c\n1;2;1\n'),
+                 'the header is one column holding semicolons', 'commas')
+    expect_error(write_text(tmp_path / 't.csv', 'a\tlabel:c\n1\t1\n'),
+                 'one column holding tabs')
+
+
 def test_duplicate_names(tmp_path):
     path = write_text(tmp_path / 'dup.csv', 'a,b,a,label:c\n1,2,3,0\n')
     expect_error(path, "duplicate column names in the header: 'a' (columns 1, 3)")

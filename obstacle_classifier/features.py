@@ -249,6 +249,9 @@ class FeatureConfig:
         except OSError as exc:
             raise FeatureConfigError(
                 f'{source}: cannot read feature config: {exc.strerror or exc}') from exc
+        except UnicodeDecodeError as exc:
+            raise FeatureConfigError(f'{source}: not UTF-8 text ({exc.reason} at byte '
+                                     f'{exc.start})') from exc
         except yaml.YAMLError as exc:
             raise FeatureConfigError(f'{source}: not valid YAML: {exc}') from exc
         return cls.from_dict(data, source=source)
@@ -309,7 +312,9 @@ def load_default_config() -> FeatureConfig:
 
 
 class _StrictYamlLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one) and
+    reads ``1e-3`` and ``5e+2`` as numbers (YAML 1.2; PyYAML's YAML 1.1 makes them strings,
+    and a window of ``1e-3`` would be refused as "must be a number, got '1e-3'")."""
 
 
 def _construct_mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
@@ -327,6 +332,10 @@ def _construct_mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.Ma
 
 _StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                                   _construct_mapping_without_duplicates)
+_StrictYamlLoader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$'),
+    list('-+0123456789.'))
 
 
 def _is_number(value: object) -> bool:

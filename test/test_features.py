@@ -239,6 +239,20 @@ def test_rate_errors_and_missing_file(tmp_path):
         FeatureConfig.from_yaml(missing)
 
 
+def test_numbers_in_exponent_notation_and_a_file_that_is_not_utf8(tmp_path):
+    # YAML 1.1 (PyYAML) reads 5e-1 as the string '5e-1': "must be a number, got '5e-1'".
+    text = yaml.safe_dump({'rate_hz': 20, 'inputs': [range_input()]}, sort_keys=False)
+    path = tmp_path / 'exp.yaml'
+    path.write_text(text.replace('window_s: 0.5', 'window_s: 5e-1').replace(
+        'rate_hz: 20', 'rate_hz: 2e+1'))
+    config = FeatureConfig.from_yaml(path)
+    assert config.rate_hz == 20.0 and config.input('range_front').window_s == 0.5
+    latin = tmp_path / 'latin.yaml'
+    latin.write_bytes(b'\xff' + text.encode())
+    with pytest.raises(FeatureConfigError, match=r'latin\.yaml: not UTF-8 text'):
+        FeatureConfig.from_yaml(latin)
+
+
 def test_direct_construction_is_validated_too():
     spec = InputSpec(name='range_front', topic='sensors/range/front',
                      msg_type='sensor_msgs/msg/Range', fields=('range',), dim=1,

@@ -228,8 +228,20 @@ def _storable_thresholds(thresholds: np.ndarray) -> np.ndarray:
 def _evaluation(model: ObstacleModel, data: Dataset, threshold: Optional[float] = None) -> dict:
     from .metrics import multilabel_report
     check_compatible(data, model.feature_names, model.class_names)
-    predictions = model.predict(data.X, threshold)
+    predictions = model.decide(_probabilities(model, data), threshold)
     return multilabel_report(data.Y, predictions, model.class_names)
+
+
+def _probabilities(model: ObstacleModel, data: Dataset) -> np.ndarray:
+    """The model's probabilities (n, c) for ``data``, with a warning for rows it cannot answer
+    (NaN: weights so large that inf - inf happens inside; they are decided absent)."""
+    probabilities = model.predict_proba(data.X)
+    unanswered = int(np.count_nonzero(np.isnan(probabilities).any(axis=1)))
+    if unanswered:
+        print(f'obstacle-classifier: warning: the model gives no answer (NaN) for {unanswered} '
+              f'of {data.n} rows of {data.source}: its weights overflow; those rows count as '
+              'nothing detected', file=sys.stderr)
+    return probabilities
 
 
 # -- subcommands ------------------------------------------------------------------------------
@@ -471,7 +483,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # predictions line up with what the node published for the same tick.
     data, stamps = _load_data_and_stamps(args.input, args, require_labels=False)
     check_compatible(data, model.feature_names, None)
-    probabilities = model.predict_proba(data.X)
+    probabilities = _probabilities(model, data)
     labels = model.decide(probabilities, args.threshold)
     stamp_texts = [] if stamps is None else [str(int(stamp)) for stamp in stamps]
     if output is None:
@@ -732,7 +744,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _discard_stdout()
         return 141
     except (CliError, DatasetError, ModelFileError, ValueError, OSError) as exc:
-        print(f'{parser.prog} {args.command}: error: {exc}', file=sys.stderr)
+        command = ' '.join(filter(None, (args.command, getattr(args, 'bag_command', None))))
+        print(f'{parser.prog} {command}: error: {exc}', file=sys.stderr)
         return 2
     except MemoryError as exc:
         hint = MEMORY_HINTS.get(args.command, 'less data')

@@ -117,18 +117,36 @@ class ObstacleModel:
             raise ValueError(f'expected features of shape (n, {self.n_features}) or '
                              f'({self.n_features},), got {X.shape}')
         Z = np.subtract(X, self.input_mean)
-        Z = np.divide(Z, self.input_std, out=np.empty(Z.shape, self.network.dtype))
-        # One pass finds NaN and inf anywhere: a sum propagates both (normalised features are
-        # far too small for a sum of finite ones to overflow).
-        if not math.isfinite(np.add.reduce(Z, axis=None)):
-            raise ValueError('features contain NaN or Inf (or overflow when normalised); the '
-                             'feature pipeline must reject or fill such readings before '
-                             'inference')
+        with np.errstate(over='ignore', invalid='ignore'):  # an overflow is reported below
+            Z = np.divide(Z, self.input_std, out=np.empty(Z.shape, self.network.dtype))
+            # One pass finds NaN and inf anywhere: a sum propagates both. Only a sum that
+            # overflows from finite values (features of 1e36) needs the exact test.
+            total = np.add.reduce(Z, axis=None)
+        if not math.isfinite(total) and not np.isfinite(Z).all():
+            raise ValueError(self._not_finite(X, Z))
         return Z
 
+    def _not_finite(self, X: np.ndarray, Z: np.ndarray) -> str:
+        """Where the first feature that is not finite, raw or once normalised, is."""
+        flat = int(np.flatnonzero(~np.isfinite(Z))[0])
+        row, column = divmod(flat, self.n_features)
+        where = (f'row {row}, ' if X.ndim == 2 else '') + f'feature {self.feature_names[column]!r}'
+        value = float(X.reshape(-1)[flat])
+        what = ('is not finite' if not math.isfinite(value) else
+                f'overflows {self.network.dtype} once normalised')
+        return (f'features contain NaN or Inf ({where} = {value!r} {what}); the feature '
+                'pipeline must reject or fill such readings before inference')
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities (n, c) for raw features (n, d), or (c,) for one vector (d,)."""
-        return self.network.predict_proba(self.normalise(X))
+        """Probabilities (n, c) for raw features (n, d), or (c,) for one vector (d,).
+
+        Logits that overflow give probabilities of exactly 0 or 1, a valid answer, without a
+        warning; NaN (inf - inf inside a network with enormous weights) means no answer, and is
+        the caller's to check, as the node does per tick (``decide`` takes NaN as absent).
+        """
+        Z = self.normalise(X)
+        with np.errstate(over='ignore', invalid='ignore'):
+            return self.network.predict_proba(Z)
 
     def decide(self, probabilities: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
         """Multi-hot uint8 decisions for probabilities (..., c): ``p >= threshold`` per class

@@ -284,9 +284,12 @@ class Trainer:
         """Mean per-example loss over a data set, in inference mode (nothing cached)."""
         total = 0.0
         evaluation = BCEWithLogitsLoss('sum', pos_weight=self.loss.pos_weight)
-        for start in range(0, len(X), batch):
-            logits = self.network.logits(X[start:start + batch], cache=False)
-            total += evaluation.forward(logits, Y[start:start + batch])
+        # Weights a huge learning rate left finite but enormous overflow to inf here: the loss
+        # is then inf or NaN, an answer (training already silences the same warnings).
+        with np.errstate(over='ignore', invalid='ignore'):
+            for start in range(0, len(X), batch):
+                logits = self.network.logits(X[start:start + batch], cache=False)
+                total += evaluation.forward(logits, Y[start:start + batch])
         return total / max(len(X), 1)
 
 
@@ -369,7 +372,8 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
                              discarded_steps=trainer.discarded_steps - discarded_before)
         if X_val is not None:
             record.val_loss = trainer.mean_loss(X_val, Y_val)
-            predictions = model.decide(model.network.predict_proba(X_val))
+            with np.errstate(over='ignore', invalid='ignore'):  # as in mean_loss
+                predictions = model.decide(model.network.predict_proba(X_val))
             record.val_micro_f1 = multilabel_report(validation.Y, predictions,
                                                     model.class_names)['micro']['f1']
         result.history.append(record)

@@ -145,6 +145,14 @@ def test_simulate_bag_refuses_an_existing_directory(tmp_path, capsys):
     assert code == 2 and 'already exists' in err
 
 
+def test_bag_errors_name_the_bag_subcommand(tmp_path, capsys):
+    code, _, err = _run(capsys, 'bag', 'extract', tmp_path / 'absent', '--output',
+                        tmp_path / 'x.npz')
+    assert code == 2 and err.startswith('obstacle-classifier bag extract: error: ')
+    code, _, err = _run(capsys, 'bag', 'info', tmp_path / 'absent')
+    assert code == 2 and err.startswith('obstacle-classifier bag info: error: ')
+
+
 @pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
 @pytest.mark.parametrize('failure', ['disk_full', 'interrupted'])
 def test_simulate_bag_that_fails_midway_leaves_no_directory_behind(tmp_path, capsys,

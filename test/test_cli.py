@@ -118,6 +118,24 @@ def test_train_with_an_overflowing_weight_decay_writes_a_loadable_model(files, c
     assert _run(capsys, 'evaluate', model_path, files['test'])[0] == 0
 
 
+def test_a_huge_learning_rate_and_an_overflowing_model_warn_in_words_not_numpy_warnings(
+        files, capsys):
+    # --lr 1e300 leaves enormous finite weights: validation overflowed with a RuntimeWarning
+    # (an error under -W error, as this suite runs). A model whose logits are inf - inf
+    # answers NaN for those rows: evaluate says so.
+    model_path = files['dir'] / 'model.npz'
+    code, _, err = _run(capsys, 'train', files['train'], '--output', model_path, '--epochs', 2,
+                        '--quiet', '--lr', '1e300')
+    assert code == 0 and 'RuntimeWarning' not in err
+    model = ObstacleModel.load(model_path)
+    first, second = model.network.linears[:2]
+    first.W[...] = 1e308
+    second.W[...] = np.where(np.arange(second.W.size).reshape(second.W.shape) % 2, 1.0, -1.0)
+    model.save(model_path)
+    code, out, err = _run(capsys, 'evaluate', model_path, files['test'])
+    assert code == 0 and 'gives no answer (NaN) for' in err and 'of 400 rows' in err
+
+
 def test_mlp_scores_clearly_above_the_linear_baseline(files, capsys):
     scores = {}
     for architecture in ('mlp', 'linear'):

@@ -1,5 +1,6 @@
 """Model files: bitwise round trip, deterministic bytes, atomic writes and every refusal."""
 import io
+import warnings
 import zipfile
 
 import numpy as np
@@ -84,6 +85,24 @@ def test_predict_normalises_and_applies_thresholds():
         model.predict_proba(np.zeros(3))
     with pytest.raises(ValueError, match='NaN or Inf'):
         model.predict_proba(np.array([np.nan, 0, 0, 0]))
+
+
+def test_normalise_tells_large_finite_features_from_ones_that_overflow():
+    # A float32 model: features of 1e37 normalise to finite values whose sum overflows, which
+    # was refused as "NaN or Inf" with a RuntimeWarning; one that overflows is named.
+    model = _model(np.float32)
+    model.input_mean[:] = 0.0
+    model.input_std[:] = 1.0
+    big = np.full((2, 4), 1e37)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert np.isfinite(model.normalise(big)).all()
+        big[1, 2] = 1e39  # beyond float32
+        with pytest.raises(ValueError,
+                           match=r"row 1, feature 'speed.last' = 1e\+39 overflows float32"):
+            model.normalise(big)
+        with pytest.raises(ValueError, match=r"feature 'range_front.mean' = nan is not finite"):
+            model.normalise(np.array([np.nan, 0.0, 0.0, 0.0]))
 
 
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])

@@ -253,6 +253,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     config = _feature_config(args)
     if args.bag is not None:
         return _simulate_bag(args, config)
+    given = [option for option, value in (('--duration', args.duration),
+                                          ('--storage', args.storage)) if value is not None]
+    if given:
+        raise CliError(f'{" and ".join(given)}: for --bag only (--output writes --ticks rows)')
     output = _check_output_path(args.output, ('.npz', '.csv'))
     simulated = simulate_dataset(args.ticks, seed=args.seed, scenario=args.scenario,
                                  config=config, progress=not args.quiet)
@@ -275,7 +279,7 @@ def _simulate_bag(args: argparse.Namespace, config) -> int:
     longest_window_s = max(spec.window_s for spec in config.inputs)
     duration_s = args.duration or (args.ticks / config.rate_hz + longest_window_s + 1.0)
     info = write_simulated_bag(args.bag, duration_s, seed=args.seed, scenario=args.scenario,
-                               config=config, storage=args.storage)
+                               config=config, storage=args.storage or 'sqlite3')
     print(f'wrote bag {args.bag}: {duration_s:g} s of simulated sensors and ground truth')
     print(format_bag_info(info), end='')
     return 0
@@ -398,8 +402,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f'(best epoch {result.best_epoch}{", stopped early" if result.stopped_early else ""}); '
           f'final training loss {last.train_loss:.4f}')
     if validation is not None:
+        tuned = ' (the thresholds were tuned on them: optimistic)' if args.tune_thresholds else ''
         print(f'validation ({validation.n} examples): micro F1 {report["micro"]["f1"]:.3f}, '
-              f'macro F1 {report["macro"]["f1"]:.3f}')
+              f'macro F1 {report["macro"]["f1"]:.3f}{tuned}')
     print(f'wrote {output} (version {model.version})')
     if args.plot:
         try:
@@ -548,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument('--bag', metavar='DIR',
                           help='instead: write the raw sensor messages and ground truth '
                                '(/obstacle_labels) as a rosbag2 into this new directory')
-    simulate.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3',
+    simulate.add_argument('--storage', choices=('sqlite3', 'mcap'),
                           help='--bag storage format (default sqlite3)')
     simulate.add_argument('--duration', type=_positive_float,
                           help='--bag: simulated seconds (default: enough for --ticks ticks)')

@@ -309,6 +309,9 @@ def load_dataset(path: PathLike, *, label_columns: Sequence[str] | None = None,
         raise _error(path, 'file is empty')
     try:
         if suffix == '.npz':
+            if label_columns is not None:  # the file names its classes (class_names)
+                raise _error(path, 'label_columns applies to CSV files: an .npz file holds '
+                                   'its labels (Y) and class names itself')
             return _load_npz(path, target_dtype, require_labels)
         return _load_csv(path, target_dtype, label_columns, label_prefix, require_labels)
     except PermissionError as exc:

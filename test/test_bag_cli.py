@@ -140,6 +140,14 @@ def test_simulate_needs_exactly_one_of_output_and_bag(tmp_path, capsys):
     assert code == 2 and 'exactly one of --output' in err
 
 
+@pytest.mark.parametrize('options', [['--duration', '5'], ['--storage', 'mcap']])
+def test_simulate_refuses_bag_options_with_a_data_file(tmp_path, capsys, options):
+    code, _, err = _run(capsys, 'simulate', '--ticks', 10, '--output', tmp_path / 'a.npz',
+                        *options)
+    assert code == 2 and f'{options[0]}: for --bag only' in err
+    assert not (tmp_path / 'a.npz').exists()
+
+
 def test_simulate_bag_refuses_an_existing_directory(tmp_path, capsys):
     code, _, err = _run(capsys, 'simulate', '--ticks', 10, '--bag', tmp_path)
     assert code == 2 and 'already exists' in err

@@ -103,9 +103,11 @@ def test_a_class_absent_from_the_tuning_data_keeps_its_threshold(files, capsys):
     dog_line = next(line for line in out.splitlines() if line.strip().startswith('dog'))
     assert 'kept' in dog_line and 'F1' not in dog_line
     # train --tune-thresholds: a class absent from validation keeps the new model's 0.5
-    code, _, _ = _run(capsys, 'train', files['train'], '--output', tuned, '--epochs', 3,
-                      '--quiet', '--validation', no_dogs, '--tune-thresholds')
+    code, out, _ = _run(capsys, 'train', files['train'], '--output', tuned, '--epochs', 3,
+                        '--quiet', '--validation', no_dogs, '--tune-thresholds')
     assert code == 0 and ObstacleModel.load(tuned).thresholds[2] == 0.5
+    assert ObstacleModel.load(tuned).metadata['thresholds_tuned_on'] == str(no_dogs)
+    assert 'the thresholds were tuned on them: optimistic' in out
 
 
 def test_train_with_an_overflowing_weight_decay_writes_a_loadable_model(files, capsys):

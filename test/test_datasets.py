@@ -312,6 +312,12 @@ def test_cells_with_underscores_and_other_separators_are_refused(tmp_path):
                  'one column holding tabs')
 
 
+def test_label_columns_for_an_npz_file_are_refused_not_ignored(tmp_path):
+    path = tmp_path / 'd.npz'
+    save_dataset(path, Dataset(np.eye(2), np.eye(2, dtype=np.uint8), ['a', 'b'], ['x', 'y']))
+    expect_error(path, 'label_columns applies to CSV files', label_columns=['a'])
+
+
 def test_duplicate_names(tmp_path):
     path = write_text(tmp_path / 'dup.csv', 'a,b,a,label:c\n1,2,3,0\n')
     expect_error(path, "duplicate column names in the header: 'a' (columns 1, 3)")

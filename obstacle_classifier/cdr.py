@@ -285,7 +285,7 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
         stamp_ns = None
         if has_header:
             stamp_ns = members[0] * _NS_PER_S + members[1] or None
-        limits = tuple(members[index] for index in limit_index) or None
+        limits = (members[limit_index[0]], members[limit_index[1]]) if limit_index else None
         if sequence_only:
             raw = members[field_index[0]]
             if not geometry_index:

@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -131,6 +131,15 @@ def _default_path(name: str) -> str:
         return str(paths.config_path(name))
     except FileNotFoundError:
         return ''
+
+
+class _Publishers(NamedTuple):
+    """Publishers on a topic, from the graph (see ``ClassifierNode.publishers_of``)."""
+
+    total: int
+    other_type: int        # of another message type: none of their messages arrive
+    incompatible_qos: int  # with QoS the subscription cannot match: none arrive either
+    delivering: int        # the rest: their messages all arrive, on the one subscription
 
 
 @dataclass(eq=False)
@@ -381,7 +390,7 @@ class _OnlineTraining:
         stats = trainer.stats
         discarded_now = stats.discarded_updates - self._discarded_at_report
         self._discarded_at_report = stats.discarded_updates
-        publishers, other_type, incompatible_qos = self._node.publishers_of(
+        publishers, other_type, incompatible_qos, _ = self._node.publishers_of(
             self.subscription.topic_name, self.msg_type, self.subscription.qos_profile)
         values: dict[str, Any] = {
             'labels_topic': self.subscription.topic_name, 'labels_format': self.labels_format,
@@ -862,15 +871,16 @@ class ClassifierNode(Node):
             msg_type, topic, qos,
             event_callbacks=PublisherEventCallbacks(incompatible_qos=on_incompatible))
 
-    def publishers_of(self, topic: str, msg_type: str, qos: QoSProfile
-                      ) -> tuple[int, int, int]:
-        """(publishers on ``topic``, those of another type than ``msg_type``, those whose QoS
-        a subscription with ``qos`` cannot match): from the graph as it is now. The QoS events
-        only count up (a publisher gone stays counted) and the type event never comes here."""
+    def publishers_of(self, topic: str, msg_type: str, qos: QoSProfile) -> '_Publishers':
+        """The publishers on ``topic`` for a subscription of ``msg_type`` with ``qos``, counted
+        from the graph as it is now (the QoS events only count up, a publisher gone stays
+        counted, and the type event never comes here)."""
         publishers = self.get_publishers_info_by_topic(topic)
         qos = self._as_in_the_graph(self.get_subscriptions_info_by_topic(topic), qos)
-        return (len(publishers), sum(info.topic_type != msg_type for info in publishers),
-                sum(_incompatible(info.qos_profile, qos) for info in publishers))
+        other_type = [info.topic_type != msg_type for info in publishers]
+        incompatible = [_incompatible(info.qos_profile, qos) for info in publishers]
+        return _Publishers(len(publishers), sum(other_type), sum(incompatible),
+                           sum(not (a or b) for a, b in zip(other_type, incompatible)))
 
     def _incompatible_subscriber_count(self) -> int:
         """Subscribers of the outputs that ask for QoS their publisher does not offer, now."""
@@ -1163,7 +1173,7 @@ class ClassifierNode(Node):
         age_s = (node_ns - last) / 1e9 if last is not None else math.inf
         rejected_now = state.rejected_total - state.rejected_at_report
         truncated_now = stats.truncated_windows - state.truncated_at_report
-        publishers, other_type, incompatible_qos = self.publishers_of(
+        publishers, other_type, incompatible_qos, delivering = self.publishers_of(
             state.topic, spec.msg_type, state.qos)
         if other_type > state.incompatible_type:
             self.get_logger().warning(
@@ -1185,6 +1195,7 @@ class ClassifierNode(Node):
             'truncated_windows': stats.truncated_windows,
             'truncated_windows_last_period': truncated_now,
             'publishers': publishers,
+            'publishers_delivering': delivering,
             'incompatible_qos_publishers': incompatible_qos,
             'incompatible_type_publishers': state.incompatible_type,
         }
@@ -1204,6 +1215,11 @@ class ClassifierNode(Node):
                        else 'a publisher has another message type')
         elif rejected_now:
             level, message = WARN, f'{rejected_now} readings rejected in the last period'
+        elif delivering > 1:
+            # Two drivers on one topic (front and rear on the same name, a bag replayed beside
+            # the live sensor): their readings interleave in one window as if one sensor's.
+            level, message = WARN, (f'{delivering} publishers deliver to this input: their '
+                                    'readings mix in one window')
         elif truncated_now:
             # The buffer holds max_rate_hz readings per second of window: at a higher rate the
             # oldest in the window are gone, and the features describe a shorter one.

@@ -468,6 +468,31 @@ def test_an_input_faster_than_its_max_rate_is_reported_with_its_windows_cut_shor
         == '0' and d['obstacle_classifier: input a'].level == 0, since=index)
 
 
+def test_two_publishers_on_one_input_are_reported(ros, ros_processes, tmp_path):
+    # Two drivers on one topic (a rear sensor remapped onto the front's name, a bag replayed
+    # beside the live sensor): their readings interleave in one window, silently before.
+    namespace = ros_helpers.unique_name('two')
+    config = write_config(tmp_path / 'features.yaml', [scalar_input('a')])
+    model = tmp_path / 'model.npz'
+    linear_model(model, ['a.last'], ['near'])
+    observer = Observer(ros, namespace)
+    feeder = Feeder(ros)
+    feeder.add('a', Float64, f'/{namespace}/in/a', RELIABLE_10, lambda: float64(1.0))
+    start_classifier(ros_processes, namespace, feature_config=config, model_path=model,
+                     rate_hz=RATE_HZ)
+    observer.wait_for_diagnostics(
+        lambda d: d['obstacle_classifier: input a'].level == 0
+        and d['obstacle_classifier: input a'].values['publishers_delivering'] == '1')
+    second = ros.node.create_publisher(Float64, f'/{namespace}/in/a', RELIABLE_10)
+    status = observer.wait_for_diagnostics(
+        lambda d: d['obstacle_classifier: input a'].values['publishers_delivering'] == '2',
+        since=len(observer.diagnostics))['obstacle_classifier: input a']
+    assert status.level == 1 and '2 publishers deliver to this input' in status.message
+    ros.node.destroy_publisher(second)
+    observer.wait_for_diagnostics(
+        lambda d: d['obstacle_classifier: input a'].level == 0, since=len(observer.diagnostics))
+
+
 def _every(n: int, source):
     """A Feeder source that gives ``source()`` on every n-th call and nothing otherwise."""
     calls = iter(range(1 << 62))

@@ -65,10 +65,11 @@ from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallba
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (QoSCompatibility, QoSProfile, ReliabilityPolicy, qos_check_compatible,
-                       qos_policy_name_from_kind)
+from rclpy.qos import (QoSCompatibility, QoSPolicyKind, QoSProfile, ReliabilityPolicy,
+                       qos_check_compatible, qos_policy_name_from_kind)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import MessageInfo
+from rclpy.validate_topic_name import validate_topic_name
 from rosgraph_msgs.msg import Clock as ClockMessage
 from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String, UInt8MultiArray
 from std_srvs.srv import Trigger
@@ -87,7 +88,8 @@ from obstacle_classifier.ros_io import (classes_qos, diagnostic_status,
                                         encode_features, encode_obstacles, has_subscribers,
                                         input_qos, message_class, message_type_name,
                                         output_qos, publish_unless_shut_down, qos_text,
-                                        run_node, serialized_reader,
+                                        refuse_undeclared_parameters, run_node,
+                                        serialized_reader,
                                         spin_on_events, stamp_to_ns, timer_callback,
                                         unless_shut_down)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
@@ -102,6 +104,9 @@ DIAGNOSTICS_PERIOD_S = 1.0
 REJECTION_WARN_PERIOD_S = 5.0
 #: Reasons the node itself refuses a reading for, before the pipeline sees it.
 NODE_REJECTION_REASONS = ('no_stamp', 'malformed')
+#: The QoS policies of an input a params file may override (qos_overrides.<topic>.subscription.*)
+_OVERRIDABLE_QOS = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY,
+                    QoSPolicyKind.DURABILITY)
 _PROCESSING_HISTORY = 1024  # per-tick processing times kept for the p50 / p99 in diagnostics
 #: Upper edges (us) of the processing-time histogram in diagnostics: counts since start-up, so a
 #: consumer gets exact fractions over any span of reports (one more bucket counts the rest).
@@ -131,6 +136,20 @@ def _default_path(name: str) -> str:
         return str(paths.config_path(name))
     except FileNotFoundError:
         return ''
+
+
+def _check_training_parameters(node: Any) -> None:
+    """ValueError (or rclpy's InvalidTopicNameException) for a ``train.*`` value the online
+    training could not run with, whether it is enabled or not: a params file that sets them
+    for later must not hold a silent mistake (ranges and types rclpy checks itself)."""
+    value = lambda name: node.get_parameter(f'train.{name}').value  # noqa: E731
+    if value('labels_format') not in LABEL_FORMATS:
+        raise ValueError(f'train.labels_format must be one of {LABEL_FORMATS}, got '
+                         f'{value("labels_format")!r}')
+    if value('optimizer') not in OPTIMIZERS:
+        raise ValueError(f'train.optimizer must be one of {OPTIMIZERS}, got '
+                         f'{value("optimizer")!r}')
+    validate_topic_name(value('labels_topic'))
 
 
 class _Publishers(NamedTuple):
@@ -185,14 +204,8 @@ class _OnlineTraining:
     def __init__(self, node: 'ClassifierNode') -> None:
         self._node = node
         value = lambda name: node.get_parameter(f'train.{name}').value  # noqa: E731
-        self.labels_format = value('labels_format')
-        if self.labels_format not in LABEL_FORMATS:
-            raise ValueError(f'train.labels_format must be one of {LABEL_FORMATS}, got '
-                             f'{self.labels_format!r}')
+        self.labels_format = value('labels_format')  # (checked: _check_training_parameters)
         self.optimizer = value('optimizer')
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f'train.optimizer must be one of {OPTIMIZERS}, got '
-                             f'{self.optimizer!r}')
         self.lr = float(value('lr'))
         self.batch_size = int(value('batch_size'))
         self.buffer_size = int(value('buffer_size'))
@@ -384,7 +397,7 @@ class _OnlineTraining:
     def status(self, hardware_id: str) -> DiagnosticStatus:
         trainer = self.trainer
         if trainer is None:
-            return diagnostic_status(f'{NODE_NAME}: training', ERROR,
+            return diagnostic_status(self._node.status_name('training'), ERROR,
                                      'no model to train', hardware_id,
                                      {'labels_rejected_no_model': self.rejected_without_model})
         stats = trainer.stats
@@ -432,7 +445,8 @@ class _OnlineTraining:
             level, message = WARN, 'no labelled examples yet'
         else:
             level, message = OK, f'{stats.steps} steps, loss {stats.last_loss:.4f}'
-        return diagnostic_status(f'{NODE_NAME}: training', level, message, hardware_id, values)
+        return diagnostic_status(self._node.status_name('training'), level, message, hardware_id,
+                                 values)
 
 
 class ClassifierNode(Node):
@@ -498,8 +512,12 @@ class ClassifierNode(Node):
                 'or by setting model_path.')
 
         self._training: Optional[_OnlineTraining] = None
+        _check_training_parameters(self)  # enabled or not: a bad value is no silent default
         if self.get_parameter('train.enabled').value:
             self._training = _OnlineTraining(self)
+        example = next(iter(self._inputs.values())).topic
+        refuse_undeclared_parameters(self, f'; qos_overrides name the absolute topic, namespace '
+                                           f'included: qos_overrides.{example}.subscription.*')
 
         self._reload_service = self.create_service(Trigger, '~/reload_model', self._on_reload)
         self.add_on_set_parameters_callback(self._validate_parameters)
@@ -777,10 +795,15 @@ class ClassifierNode(Node):
         # one input (e.g. reliability) without editing the feature config.
         # raw=True: the callback gets the serialized message and reads only the fields it
         # needs (serialized_reader), instead of rclpy building a message object per reading.
-        subscription = self.create_subscription(
-            msg_class, spec.topic, self._make_callback(state), input_qos(spec),
-            event_callbacks=events, raw=True,
-            qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        try:
+            subscription = self.create_subscription(
+                msg_class, spec.topic, self._make_callback(state), input_qos(spec),
+                event_callbacks=events, raw=True,
+                qos_overriding_options=QoSOverridingOptions(_OVERRIDABLE_QOS))
+        except RuntimeError as exc:  # rclpy's words for a bad override name no parameter
+            raise ValueError(f"input '{spec.name}' ({spec.topic}): cannot subscribe with the "
+                             f'QoS its qos_overrides.<topic>.subscription.* parameters ask '
+                             f'for: {exc}') from exc
         state.topic = subscription.topic_name
         state.qos = subscription.qos_profile  # with the qos_overrides applied
         return state
@@ -1094,6 +1117,12 @@ class ClassifierNode(Node):
             if self._training is not None:
                 self._training.finish()
 
+    def status_name(self, part: str) -> str:
+        """A /diagnostics status name: '<this node's name>: <part>' (the diagnostic_updater
+        convention), so that a renamed node, e.g. front_classifier beside rear_classifier,
+        reports under its own name; hardware_id is the node's fully qualified name."""
+        return f'{self.get_name()}: {part}'
+
     def _model_status(self, hardware_id: str) -> DiagnosticStatus:
         model = self._model
         values: dict[str, Any] = {'model_path': self._model_path}
@@ -1109,7 +1138,7 @@ class ClassifierNode(Node):
                 level, message = OK, f'serving version {version}'
         if self._model_error:
             values['error'] = self._model_error
-        return diagnostic_status(f'{NODE_NAME}: model', level, message, hardware_id, values)
+        return diagnostic_status(self.status_name('model'), level, message, hardware_id, values)
 
     def _output_status(self, hardware_id: str, expected: float) -> DiagnosticStatus:
         ticks, skipped = self._period_ticks, self._period_skipped
@@ -1163,7 +1192,7 @@ class ClassifierNode(Node):
             level, message = WARN, 'a tick took longer than the tick period'
         else:
             level, message = OK, f'{ticks} ticks, mean {mean_us:.0f} us'
-        return diagnostic_status(f'{NODE_NAME}: output', level, message, hardware_id, values)
+        return diagnostic_status(self.status_name('output'), level, message, hardware_id, values)
 
     def _input_status(self, state: _InputState, stats: InputStats, hardware_id: str,
                       elapsed_s: float, node_ns: int) -> DiagnosticStatus:
@@ -1229,7 +1258,7 @@ class ClassifierNode(Node):
             level, message = OK, f'{values["rate_hz"]:.1f} Hz, age {age_s * 1e3:.0f} ms'
         if stale and (incompatible_qos or state.incompatible_type):
             message += ' (a publisher is incompatible: see incompatible_*)'
-        return diagnostic_status(f'{NODE_NAME}: input {spec.name}', level, message,
+        return diagnostic_status(self.status_name(f'input {spec.name}'), level, message,
                                  hardware_id, values)
 
 

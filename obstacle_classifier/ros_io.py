@@ -51,9 +51,9 @@ __all__ = [
     'diagnostic_status', 'drop_negative_clock_messages', 'encode_classes', 'encode_features',
     'encode_labels', 'encode_obstacles', 'freeze_imported_heap', 'has_subscribers',
     'input_qos', 'message_class', 'message_type_name', 'serialized_reader',
-    'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'sigint_shuts_down',
-    'spin_on_events', 'stamp_to_ns',
-    'timer_callback', 'unless_shut_down',
+    'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'qos_text',
+    'refuse_undeclared_parameters', 'sigint_shuts_down', 'spin_on_events', 'stamp_to_ns',
+    'timer_callback', 'undeclared_parameters', 'unless_shut_down',
 ]
 
 NS_PER_S = 1_000_000_000
@@ -164,6 +164,24 @@ def classes_qos() -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def undeclared_parameters(node: Any) -> list[str]:
+    """Names given to ``node`` (a params file, ``-p``) that it never declared: misspelt, meant
+    for another node or namespace, or a ``qos_overrides`` entry for a topic it does not have.
+    rclpy sets them aside without a word (in a private attribute: [] if rclpy changes that)."""
+    overrides = getattr(node, '_parameter_overrides', None) or {}
+    return sorted(name for name in overrides if not node.has_parameter(name))
+
+
+def refuse_undeclared_parameters(node: Any, hint: str = '') -> None:
+    """ValueError naming the parameters given to ``node`` that it does not have (see
+    :func:`undeclared_parameters`): a robot must not run on defaults it was told otherwise."""
+    unknown = undeclared_parameters(node)
+    if unknown:
+        raise ValueError(f'unknown parameter(s) {", ".join(unknown)}: {node.get_name()} has no '
+                         f'such parameter (misspelt, or meant for another node or namespace?)'
+                         f'{hint}')
 
 
 def qos_text(profile: QoSProfile) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType)
+                                ParameterType, SetParametersResult)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -29,7 +29,8 @@ from obstacle_classifier import paths
 from obstacle_classifier.features import FeatureConfig
 from obstacle_classifier.ros_io import (RangeInfo, ScanGeometry, SensorMessageBuilder,
                                         encode_labels, input_qos, message_class,
-                                        publish_unless_shut_down, run_node)
+                                        publish_unless_shut_down,
+                                        refuse_undeclared_parameters, run_node)
 from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_MAX,
                                             LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX, LIDAR_RANGE_MIN,
                                             RANGE_FIELD_OF_VIEW, RANGE_MAX, RANGE_MIN,
@@ -61,6 +62,8 @@ class SimulatorNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._declare_parameters()
+        refuse_undeclared_parameters(self)
+        self._use_sim_time_at_start = bool(self.get_parameter('use_sim_time').value)
         seed = self.get_parameter('seed').value
         scenario = self.get_parameter('scenario').value
         self._rtf = float(self.get_parameter('real_time_factor').value)
@@ -99,6 +102,7 @@ class SimulatorNode(Node):
         self._last_node_ns = 0
 
         # Ranges and read-only flags are enforced by rclpy from the descriptors.
+        self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._step_timer = self.create_timer(
             1.0 / self.get_parameter('step_rate_hz').value, self._step)
@@ -141,6 +145,17 @@ class SimulatorNode(Node):
                         'a reading leaves at most one step after its stamp.',
             floating_point_range=[FloatingPointRange(from_value=10.0, to_value=1000.0,
                                                      step=0.0)]))
+
+    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Refuse a live use_sim_time change: the world's clock would stop (sim time without a
+        /clock) or jump; rclpy checks the rest from the descriptors."""
+        for parameter in parameters:
+            if (parameter.name == 'use_sim_time'
+                    and bool(parameter.value) != self._use_sim_time_at_start):
+                return SetParametersResult(
+                    successful=False,
+                    reason='use_sim_time is fixed at start-up: restart the node to change it')
+        return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         for parameter in parameters:

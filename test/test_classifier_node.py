@@ -493,6 +493,35 @@ def test_two_publishers_on_one_input_are_reported(ros, ros_processes, tmp_path):
         lambda d: d['obstacle_classifier: input a'].level == 0, since=len(observer.diagnostics))
 
 
+def test_a_renamed_node_reports_under_its_own_name_with_its_qos_overrides(
+        ros, ros_processes, tmp_path):
+    # Status names were 'obstacle_classifier: ...' whatever the node's name: two classifiers
+    # (front_classifier, rear_classifier) overwrote each other in a diagnostics aggregator.
+    # A durability override was silently dropped (only history, depth, reliability counted).
+    namespace = ros_helpers.unique_name('named')
+    config = write_config(tmp_path / 'features.yaml', [scalar_input('a')])
+    model = tmp_path / 'model.npz'
+    linear_model(model, ['a.last'], ['near'])
+    observer = Observer(ros, namespace)
+    observer.hardware_id = f'/{namespace}/front_classifier'
+    latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    feeder = Feeder(ros)
+    feeder.add('a', Float64, f'/{namespace}/in/a', latched, lambda: float64(1.0))
+    override = f'qos_overrides./{namespace}/in/a.subscription.durability'
+    ros_processes.start_module('classifier', NODE, [
+        '--ros-args', '-r', f'__ns:=/{namespace}', '-r', '__node:=front_classifier',
+        '-p', f'feature_config:={config}', '-p', f'model_path:={model}',
+        '-p', f'{override}:=transient_local'], extra_env=STRICT_WARNINGS)
+    statuses = observer.wait_for_diagnostics(
+        lambda d: 'front_classifier: input a' in d
+        and d['front_classifier: input a'].level == 0)
+    assert set(statuses) >= {'front_classifier: model', 'front_classifier: output'}
+    assert not any(name.startswith('obstacle_classifier') for name in statuses)
+    assert statuses['front_classifier: input a'].values['qos_effective'].startswith(
+        'reliable, transient_local, keep_last')
+
+
 def _every(n: int, source):
     """A Feeder source that gives ``source()`` on every n-th call and nothing otherwise."""
     calls = iter(range(1 << 62))
@@ -905,3 +934,22 @@ def test_an_unusable_configuration_stops_the_node_with_the_reason(ros_processes,
     assert bad_labels_topic.wait(STARTUP_TIMEOUT) == 1, bad_labels_topic.report()
     assert 'cannot start: Invalid topic name' in bad_labels_topic.stderr()
     assert 'Traceback' not in bad_labels_topic.stderr()
+    # Ran at the defaults without a word: a misspelt name, train.* values while training is
+    # off, a qos_overrides value rclpy cannot take (a traceback, naming no topic).
+    for name, arguments, fragment in (
+            ('typo', ['-p', 'treshold:=0.5', '-p', 'rate:=5.0'],
+             'cannot start: unknown parameter(s) rate, treshold: obstacle_classifier has no'),
+            ('namespaced_override', ['-r', '__ns:=/robot7', '-p',
+                                     'qos_overrides./sensors/scan.subscription.reliability:='
+                                     'reliable'],
+             'qos_overrides name the absolute topic, namespace included: '
+             'qos_overrides./robot7/sensors/range/front.subscription.*'),
+            ('off_training', ['-p', 'train.optimizer:=adamw'],
+             "cannot start: train.optimizer must be one of"),
+            ('bad_override', ['-p', 'qos_overrides./sensors/scan.subscription.reliability:='
+                                    'relaible'],
+             "cannot start: input 'lidar' (sensors/scan): cannot subscribe with the QoS")):
+        proc = ros_processes.start_module(f'bad_{name}', NODE, ['--ros-args', *arguments],
+                                          extra_env=STRICT_WARNINGS)
+        assert proc.wait(STARTUP_TIMEOUT) == 1, proc.report()
+        assert fragment in proc.stderr() and 'Traceback' not in proc.stderr(), proc.report()

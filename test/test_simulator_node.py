@@ -185,6 +185,9 @@ def test_real_time_factor_scales_time_live_and_read_only_parameters_are_refused(
         assert not result.successful and 'read-only' in result.reason.lower(), name
     result = set_parameter(ros, node, 'real_time_factor', 0.0)
     assert not result.successful
+    # On sim time without a /clock the world stopped without a word: refused, as the classifier
+    result = set_parameter(ros, node, 'use_sim_time', True)
+    assert not result.successful and 'fixed at start-up' in result.reason
 
 
 def test_a_clock_jump_ahead_does_not_simulate_the_whole_gap(ros, ros_processes):
@@ -223,6 +226,8 @@ def test_a_clock_jump_ahead_does_not_simulate_the_whole_gap(ros, ros_processes):
 @pytest.mark.parametrize('argument, fragment', [
     ('scenario:=nowhere', "unknown scenario 'nowhere'"),
     ('feature_config:=/nonexistent/features.yaml', '/nonexistent/features.yaml'),
+    # a misspelt name ran at the defaults without a word
+    ('rtf:=2.0', 'unknown parameter(s) rtf: sidewalk_simulator has no such parameter'),
 ])
 def test_an_unusable_configuration_stops_the_simulator_with_the_reason(
         ros_processes, argument, fragment):

@@ -299,10 +299,9 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
         if limits is not None:
             low, high = limits
             value = values[measured]
-            # (0 and 0: none stated; NaN limits and a NaN value compare False; infinities are
-            # never compared)
-            if (low or high) and (not low < high
-                                  or (math.isfinite(value) and not low <= value <= high)):
+            # (0 and 0: none stated; infinities and NaN are never compared; NaN or upside-down
+            # limits fail the comparison)
+            if (low or high) and math.isfinite(value) and not low <= value <= high:
                 prepare_values(values, spec, limits=limits)  # raises ReadingRefused, says why
         if infinities:
             values = [infinities.get(value, value) for value in values]

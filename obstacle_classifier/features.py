@@ -88,7 +88,7 @@ SENSOR_LIMIT_MEMBERS: Mapping[tuple[str, str], tuple[str, str]] = {
 }
 #: Why a message's values are refused before the pipeline sees them (:class:`ReadingRefused`):
 #: a finite range outside the limits its message states; limits that are no interval (NaN, min
-#: not below max; both 0 is a pair never filled in, which states no limits).
+#: above max; both 0 is a pair never filled in, which states no limits).
 READING_REFUSALS = ('outside_sensor_limits', 'bad_sensor_limits')
 _MSG_TYPES_WITH_HEADER = frozenset(
     {'sensor_msgs/msg/Range', 'sensor_msgs/msg/Imu', 'sensor_msgs/msg/LaserScan'})
@@ -603,9 +603,10 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
       (``spec.limit_members``; None: not checked, as for the simulator's raw readings). REP 117:
       a finite value outside them is no measurement. A Range reading is then refused
       ('outside_sensor_limits'); a scan beam is unusable, as one outside ``valid_range``. Limits
-      that are no interval (NaN, min not below max) refuse the reading ('bad_sensor_limits'),
+      that are no interval (NaN, min above max) refuse a finite reading ('bad_sensor_limits'),
       except 0 and 0: a pair the driver never filled in, which states no limits (``valid_range``
-      still applies). Infinities are never compared with the limits.
+      still applies). Infinities are never compared with the limits (a fixed-distance ranger
+      states min == max and sends only them).
     * ``posinf_value``: +inf ("no return" in REP 117) becomes that value (usually the max range);
       ``neginf_value``: -inf ("too close to measure") becomes that one (usually the min range).
     * ``sectors`` (LaserScan ``ranges``): beam i at angle ``angle_min + i * angle_increment`` falls
@@ -668,17 +669,21 @@ def _outside_limits(values: np.ndarray, spec: InputSpec, limits: tuple[float, fl
                     ) -> np.ndarray | None:
     """For :func:`prepare_values`: bool (k,) of the finite measured values outside ``limits``
     for a scan (None if there are none, or no limits are stated); refuses a Range reading
-    outside them, and limits that are no interval."""
+    outside them, and limits that are no interval (min == max is one: a fixed-distance ranger,
+    which sends only infinities)."""
     low_limit, high_limit = limits
     if low_limit == 0 and high_limit == 0:  # never filled in
         return None
-    if not low_limit < high_limit:  # False for NaN too
-        raise ReadingRefused('bad_sensor_limits', f'the message states limits [{low_limit}, '
-                                                  f'{high_limit}]: no interval')
     field = spec.limit_members[0]
     index = spec.fields.index(field)  # a sequence is the only field: index 0, all values
     measured = values if len(spec.fields) == 1 else values[index:index + 1]
-    outside = np.isfinite(measured) & ((measured < low_limit) | (measured > high_limit))
+    finite = np.isfinite(measured)
+    if not finite.any():  # REP 117's codes (and NaN): never compared with the limits
+        return None
+    if not low_limit <= high_limit:  # False for NaN too
+        raise ReadingRefused('bad_sensor_limits', f'the message states limits [{low_limit}, '
+                                                  f'{high_limit}]: no interval')
+    outside = finite & ((measured < low_limit) | (measured > high_limit))
     if not outside.any():
         return None
     if spec.sectors is None:  # a Range, or a whole scan as the input's values

@@ -423,7 +423,7 @@ def _range_with_limits(value, low, high):
     (0.1, 0.5, 4.0, 'outside_sensor_limits'),    # closer than it can measure, yet finite
     (1.0, 4.0, 0.02, 'bad_sensor_limits'),       # limits upside down
     (1.0, math.nan, 4.0, 'bad_sensor_limits'),
-    (1.0, 2.0, 2.0, 'bad_sensor_limits'),
+    (1.0, 0.3, 0.3, 'outside_sensor_limits'),  # a fixed-distance ranger sends infinities
 ])
 def test_a_range_outside_the_limits_its_message_states_is_refused(value, low, high, reason):
     # REP 117: a finite range outside [min_range, max_range] is no measurement. Taken within
@@ -442,6 +442,11 @@ def test_range_limits_leave_infinities_and_unset_limits_alone():
     # +inf is "no return", -inf "too close": REP 117's own codes, never compared
     assert extract_values(_range_with_limits(math.inf, 0.02, 2.0), spec).tolist() == [4.0]
     assert extract_values(_range_with_limits(-math.inf, 0.5, 2.0), spec).tolist() == [0.0]
+    # A fixed-distance ranger (sensor_msgs/Range: min_range == max_range) sends only -inf
+    # ("detected") and +inf ("nothing"): every reading was refused as bad_sensor_limits.
+    assert extract_values(_range_with_limits(-math.inf, 0.3, 0.3), spec).tolist() == [0.0]
+    assert extract_values(_range_with_limits(math.inf, 0.3, 0.3), spec).tolist() == [4.0]
+    assert extract_values(_range_with_limits(math.inf, math.nan, 1.0), spec).tolist() == [4.0]
     # min 0 and max 0: a driver that never filled them in states no limits
     assert extract_values(_range_with_limits(3.5, 0.0, 0.0), spec).tolist() == [3.5]
     assert extract_values(_range_with_limits(2.0, 0.02, 2.0), spec).tolist() == [2.0]  # edges in

@@ -25,7 +25,7 @@ import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
@@ -717,41 +717,62 @@ def write_simulated_bag(path: PathLike, duration_s: float, *, seed: int = 0,
     label_period = int(round(_NS_PER_S / (label_rate_hz or config.rate_hz)))
     end_sim_ns = int(round(duration_s * _NS_PER_S))
     chunk_ns = _NS_PER_S
+    writer = None
     try:
-        with Writer(bag, version=9, storage_plugin=plugin) as writer:
-            connections = {
-                spec.name: writer.add_connection(
-                    _topic_key(spec.topic), spec.msg_type, typestore=typestore,
-                    offered_qos_profiles=[_qos_profile(spec.qos == 'reliable', 5)])
-                for spec in config.inputs}
-            labels_connection = writer.add_connection(
-                _topic_key(LABELS_TOPIC), LABELS_MSG_TYPE, typestore=typestore,
-                offered_qos_profiles=[_qos_profile(True, 10)])
-            next_label = label_period
-            while simulator.now_ns < end_sim_ns:
-                until = min(simulator.now_ns + chunk_ns, end_sim_ns)
-                for reading in simulator.advance(until):
-                    while next_label <= reading.stamp_ns:
-                        _write_label(writer, labels_connection, simulator, next_label, start_ns,
-                                     serialize_message, String, encode_labels)
-                        next_label += label_period
-                    bag_ns = start_ns + reading.stamp_ns
-                    msg = builders[reading.input_name].build(reading.values, bag_ns)
-                    writer.write(connections[reading.input_name], bag_ns,
-                                 serialize_message(msg))
-                while next_label <= simulator.now_ns:
+        writer = Writer(bag, version=9, storage_plugin=plugin)
+        writer.open()  # makes the directory: from here on it is this run's
+    except WriterError as exc:  # it exists: another run's (made since the check), not ours
+        raise BagError(f'{bag}: cannot write bag: {exc}') from exc
+    except BaseException as exc:
+        if writer is None:
+            raise
+        _discard(bag, writer, exc)  # made, then its storage failed
+    try:
+        connections = {
+            spec.name: writer.add_connection(
+                _topic_key(spec.topic), spec.msg_type, typestore=typestore,
+                offered_qos_profiles=[_qos_profile(spec.qos == 'reliable', 5)])
+            for spec in config.inputs}
+        labels_connection = writer.add_connection(
+            _topic_key(LABELS_TOPIC), LABELS_MSG_TYPE, typestore=typestore,
+            offered_qos_profiles=[_qos_profile(True, 10)])
+        next_label = label_period
+        while simulator.now_ns < end_sim_ns:
+            until = min(simulator.now_ns + chunk_ns, end_sim_ns)
+            for reading in simulator.advance(until):
+                while next_label <= reading.stamp_ns:
                     _write_label(writer, labels_connection, simulator, next_label, start_ns,
                                  serialize_message, String, encode_labels)
                     next_label += label_period
+                bag_ns = start_ns + reading.stamp_ns
+                msg = builders[reading.input_name].build(reading.values, bag_ns)
+                writer.write(connections[reading.input_name], bag_ns,
+                             serialize_message(msg))
+            while next_label <= simulator.now_ns:
+                _write_label(writer, labels_connection, simulator, next_label, start_ns,
+                             serialize_message, String, encode_labels)
+                next_label += label_period
+        writer.close()
     except BaseException as exc:
-        # A simulated bag cut short (a full disk, Ctrl-C) is of no use, and its directory
-        # would block the same command run again: it goes (the seed writes it again).
-        shutil.rmtree(bag, ignore_errors=True)
-        if isinstance(exc, (WriterError, sqlite3.Error, OSError)):
-            raise BagError(f'{bag}: cannot write bag ({type(exc).__name__}: {exc}); nothing '
-                           'was kept') from exc
-        raise
+        _discard(bag, writer, exc)
     return bag_info(bag)
+
+
+def _discard(bag: Path, writer: Any, exc: BaseException) -> NoReturn:
+    """Remove the simulated bag ``writer`` was writing when ``exc`` stopped it, and raise: a
+    BagError for a write that failed, else ``exc`` itself (Ctrl-C). A bag cut short is of no
+    use, and its directory would block the same command run again (the seed writes it
+    again). Call it from the ``except`` block that caught ``exc``."""
+    from rosbags.rosbag2 import WriterError
+    try:
+        writer.close()  # its files, before they go (what close writes may fail as well)
+    except Exception:  # noqa: BLE001 - the first failure is the one to report
+        pass
+    shutil.rmtree(bag, ignore_errors=True)
+    if isinstance(exc, (WriterError, sqlite3.Error, OSError)):
+        raise BagError(f'{bag}: cannot write bag ({type(exc).__name__}: {exc}); nothing was '
+                       'kept') from exc
+    raise exc
 
 
 def _write_label(writer, connection, simulator, sim_ns: int, start_ns: int, serialize_message,

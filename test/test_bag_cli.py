@@ -191,6 +191,24 @@ def test_simulate_bag_that_fails_midway_leaves_no_directory_behind(tmp_path, cap
     assert _run(capsys, 'simulate', '--ticks', 100, '--bag', bag, '--storage', storage)[0] == 0
 
 
+def test_simulate_bag_never_removes_a_bag_another_run_made_meanwhile(tmp_path, capsys,
+                                                                     monkeypatch):
+    # Two runs on one name: the loser's cleanup removed the winner's bag as it was written.
+    from obstacle_classifier import bags
+    bag = tmp_path / 'bag'
+    checked = bags.new_bag_directory
+
+    def then_another_run_starts(path, storage):
+        result = checked(path, storage)
+        bag.mkdir()
+        (bag / 'metadata.yaml').write_text('the other run')
+        return result
+    monkeypatch.setattr(bags, 'new_bag_directory', then_another_run_starts)
+    code, _, err = _run(capsys, 'simulate', '--ticks', 100, '--bag', bag)
+    assert code == 2 and 'exists already' in err and 'Traceback' not in err
+    assert (bag / 'metadata.yaml').read_text() == 'the other run'
+
+
 @pytest.mark.parametrize('argv', [['bag', '--help'], ['bag', 'info', '--help'],
                                   ['bag', 'extract', '--help']])
 def test_bag_commands_have_help_with_examples(argv, capsys):

@@ -7,6 +7,7 @@ file is removed and the previous file, if there was one, is left untouched.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -17,7 +18,7 @@ from typing import BinaryIO, Callable, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ['atomic_write', 'atomic_write_bytes', 'remove_stale_temporaries']
+__all__ = ['atomic_write', 'atomic_write_bytes', 'remove_stale_temporaries', 'write_destination']
 
 #: A temporary file older than this is a leftover, not a write in progress (a model file is
 #: written in well under a second).
@@ -40,10 +41,14 @@ def atomic_write(path: PathLike, write_fn: Callable[[BinaryIO], object]) -> None
             temporary file is left behind.
 
     Raises:
-        OSError: the destination's directory refuses the temporary file (read-only, missing,
-            full); the message names the destination, not the temporary file.
+        OSError: the destination is a directory, or its directory refuses the temporary file
+            (read-only, missing, full); the message names the destination, not the temporary
+            file.
     """
-    destination = _resolved(path)
+    destination = write_destination(path)
+    if destination.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f'cannot write {path}: {destination} is a '
+                                              f'directory')
     directory = destination.parent
     # A hidden name that says what it belongs to, so a leftover after a hard kill is recognisable.
     try:
@@ -89,7 +94,7 @@ def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORA
     seconds ago are removed, so a write in progress by another process is left alone. Returns
     the paths removed; files that vanish or cannot be removed meanwhile are skipped.
     """
-    destination = _resolved(path)
+    destination = write_destination(path)
     cutoff = time.time() - older_than_s
     # Exactly mkstemp's names for this destination: a glob of the name would treat [ ] * ? in
     # it as patterns and match other files' leftovers.
@@ -112,9 +117,9 @@ def remove_stale_temporaries(path: PathLike, older_than_s: float = STALE_TEMPORA
     return removed
 
 
-def _resolved(path: PathLike) -> Path:
-    """The file a write to ``path`` lands in: symbolic links followed (the path itself if it is
-    none, or a link that leads nowhere: then the missing file it names)."""
+def write_destination(path: PathLike) -> Path:
+    """The file an :func:`atomic_write` to ``path`` lands in: symbolic links followed (the path
+    itself if it is none; for a link that leads nowhere, the missing file it names)."""
     return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 

@@ -197,16 +197,19 @@ def _check_output_path(path: str, suffixes: Sequence[str],
     """``path`` as the output file of a command, checked before any work is done: its suffix,
     a directory that exists and can be written to, and not one of the command's ``inputs``
     (the same file under any name: a symlink or hard link to it too)."""
+    from .atomic import write_destination
     output = Path(path)
     if output.suffix.lower() not in suffixes:
         raise CliError(f'{output}: output must end in {" or ".join(suffixes)}')
-    if output.is_dir():
-        raise CliError(f'{output}: is a directory, not a file')
-    if not output.parent.is_dir():
-        raise CliError(f'{output}: directory {output.parent} does not exist')
+    target = write_destination(output)  # where the write lands: a symlink's target
+    via = f' ({output} links to {target})' if target != output else ''
+    if target.is_dir():
+        raise CliError(f'{output}: is a directory, not a file{via}')
+    if not target.parent.is_dir():
+        raise CliError(f'{output}: directory {target.parent} does not exist{via}')
     # (root passes os.access on a read-only mode, not on a read-only file system)
-    if not os.access(output.parent, os.W_OK | os.X_OK):
-        raise CliError(f'{output}: directory {output.parent} is not writable')
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise CliError(f'{output}: directory {target.parent} is not writable{via}')
     for source in inputs:
         if source is not None and output.exists() and os.path.exists(source) \
                 and os.path.samefile(output, source):

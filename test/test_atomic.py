@@ -149,3 +149,12 @@ def test_a_directory_that_refuses_the_write_is_named_not_the_temporary_file(tmp_
     with pytest.raises(FileNotFoundError, match=r'cannot write .*missing/model\.npz') as info:
         atomic_write_bytes(tmp_path / 'missing' / 'model.npz', b'x')
     assert '.tmp' not in str(info.value)
+
+
+def test_a_link_to_a_directory_is_refused_naming_it(tmp_path):
+    (tmp_path / 'models').mkdir()
+    link = tmp_path / 'model.npz'
+    link.symlink_to('models')
+    with pytest.raises(IsADirectoryError, match='models is a directory') as info:
+        atomic_write_bytes(link, b'x')
+    assert '.tmp' not in str(info.value) and os.listdir(tmp_path / 'models') == []

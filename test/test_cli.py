@@ -320,11 +320,15 @@ def test_tune_thresholds_rewrites_its_own_model_file_by_default(files, capsys):
     (['evaluate', '{dir}/missing.npz', '{train}', '--plot', '{dir}/no/p.png'], 'does not exist'),
     (['predict', '{dir}/missing.npz', '{train}', '--output', '{dir}/p.txt'], 'must end in .npz'),
     (['predict', '{dir}/missing.npz', '{train}', '--output', '{dir}/d.csv'], 'is a directory'),
+    # through a symlink: where the write lands is checked
+    (['predict', '{dir}/missing.npz', '{train}', '--output', '{dir}/link.csv'],
+     'nodir does not exist'),
 ])
 def test_evaluate_and_predict_check_their_outputs_before_any_work(files, capsys, argv, message):
     # The model does not exist: an output error must come first (predict on a bag extracts
     # the whole bag before it writes; evaluate printed its report, then failed on the plot).
     (files['dir'] / 'd.csv').mkdir()
+    (files['dir'] / 'link.csv').symlink_to(files['dir'] / 'nodir' / 'p.csv')
     argv = [a.format(dir=files['dir'], train=files['train']) for a in argv]
     code, out, err = _run(capsys, *argv)
     assert code == 2 and message in err and out == ''

@@ -53,7 +53,7 @@ EXAMPLES = {
     'bag info': """example:
   obstacle-classifier bag info sim_bag""",
     'bag play': """examples:
-  obstacle-classifier bag play sim_bag            # then start nodes with use_sim_time:=true
+  obstacle-classifier bag play sim_bag     # nodes started before it with use_sim_time:=true
   obstacle-classifier bag play sim_bag --rate 2 --loop --topics /sensors/scan,/sensors/imu
   obstacle-classifier bag play robot_bag --remap /scan:=/sensors/scan""",
     'bag record': """examples:
@@ -68,6 +68,13 @@ EXAMPLES = {
 
 
 PLOT_SUFFIXES = ('.png', '.svg', '.pdf')  # what matplotlib's Agg backend writes
+#: ``train``'s options that are TrainConfig fields: None in the parser unless given (see
+#: _train_config), TrainConfig's defaults otherwise (the ones their help texts name).
+TRAIN_OPTIONS = ('architecture', 'hidden', 'activation', 'dtype', 'optimizer', 'lr',
+                 'weight_decay', 'epochs', 'batch_size', 'shuffle', 'val_fraction', 'patience',
+                 'pos_weight', 'normalise', 'loss', 'momentum')
+#: Options whose name is not their destination's with dashes.
+_OPTION_NAMES = {'shuffle': '--no-shuffle', 'normalise': '--no-normalise'}
 
 
 # What to make smaller when a command runs out of memory (default: 'less data').
@@ -348,16 +355,19 @@ def _cmd_bag_record(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    """The TrainConfig the options ask for. The options the brief's regime sets are None unless
+    given, so that ``--brief-regime`` can refuse one given beside it (it would be ignored)."""
     from .training import BRIEF_REGIME, TrainConfig
+    given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS
+             if getattr(args, dest) is not None}
     if args.brief_regime:
+        clashing = [_OPTION_NAMES.get(dest, '--' + dest.replace('_', '-'))
+                    for dest in given if dest in BRIEF_REGIME or dest == 'momentum']
+        if clashing:
+            raise CliError(f'--brief-regime sets {", ".join(clashing)} itself: drop '
+                           f'{"it" if len(clashing) == 1 else "them"}, or the regime')
         return TrainConfig(**BRIEF_REGIME, seed=args.seed)
-    return TrainConfig(architecture=args.architecture, hidden=args.hidden,
-                       activation=args.activation, dtype=args.dtype, optimizer=args.optimizer,
-                       lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                       epochs=args.epochs, batch_size=args.batch_size, shuffle=args.shuffle,
-                       val_fraction=args.val_fraction, patience=args.patience,
-                       pos_weight=args.pos_weight, normalise=args.normalise, loss=args.loss,
-                       seed=args.seed)
+    return TrainConfig(**given, seed=args.seed)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -570,40 +580,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('data', help='training data (.npz or .csv)')
     train.add_argument('--output', required=True, help='model file to write (.npz)')
     train.add_argument('--validation', help='validation data file (default: a split of DATA)')
-    train.add_argument('--val-fraction', type=_fraction, default=0.2,
+    train.add_argument('--val-fraction', type=_fraction,
                        help='validation split when --validation is not given (default 0.2)')
-    train.add_argument('--architecture', choices=('mlp', 'linear'), default='mlp',
+    train.add_argument('--architecture', choices=('mlp', 'linear'),
                        help="'mlp' (the brief's) or 'linear' (Linear + Sigmoid baseline)")
-    train.add_argument('--hidden', type=_positive_int, default=64,
+    train.add_argument('--hidden', type=_positive_int,
                        help='hidden width h (default 64)')
-    train.add_argument('--activation', choices=sorted(ACTIVATIONS), default='scaled_relu',
+    train.add_argument('--activation', choices=sorted(ACTIVATIONS),
                        help='default scaled_relu (the brief\'s: 2x where x > 1, else 0)')
-    train.add_argument('--dtype', choices=('float32', 'float64'), default='float64',
+    train.add_argument('--dtype', choices=('float32', 'float64'),
                        help='default float64')
-    train.add_argument('--optimizer', choices=OPTIMIZERS, default='adam', help='default adam')
+    train.add_argument('--optimizer', choices=OPTIMIZERS, help='default adam')
     train.add_argument('--lr', type=_positive_float,
                        help='learning rate (default: 0.1 sgd, 0.05 momentum, 1e-3 adam)')
-    train.add_argument('--momentum', type=_fraction, default=0.9,
+    train.add_argument('--momentum', type=_fraction,
                        help='momentum for --optimizer momentum (default 0.9)')
-    train.add_argument('--weight-decay', type=float, default=0.0,
+    train.add_argument('--weight-decay', type=float,
                        help='L2 penalty on weights (default 0)')
-    train.add_argument('--epochs', type=_positive_int, default=60, help='default 60')
-    train.add_argument('--batch-size', type=_positive_int, default=100, help='default 100')
+    train.add_argument('--epochs', type=_positive_int, help='default 60')
+    train.add_argument('--batch-size', type=_positive_int, help='default 100')
     train.add_argument('--no-shuffle', dest='shuffle', action='store_false',
                        help='keep data order (the brief does)')
-    train.add_argument('--patience', type=int, default=8,
+    train.add_argument('--patience', type=int,
                        help='early stopping: epochs without a better validation loss '
                             '(default 8; 0: off)')
-    train.add_argument('--pos-weight', choices=('none', 'balanced'), default='none',
+    train.add_argument('--pos-weight', choices=('none', 'balanced'),
                        help='per-class positive weights for imbalance (balanced: n_neg/n_pos)')
     train.add_argument('--no-normalise', dest='normalise', action='store_false',
                        help='do not standardise inputs')
-    train.add_argument('--loss', choices=('logits', 'brief'), default='logits',
+    train.add_argument('--loss', choices=('logits', 'brief'),
                        help="'logits': exact, stable NLL gradient; 'brief': the brief's "
                             'Sigmoid + get_grad_log_loss(eps=1e-8)')
     train.add_argument('--brief-regime', action='store_true',
                        help="the brief's exact regime (overrides the options above): MLP h=64, "
                             'sgd lr 0.1, 10 epochs, batch 100, data order, no split, raw inputs')
+    train.set_defaults(**{dest: None for dest in TRAIN_OPTIONS})  # (see _train_config)
     train.add_argument('--tune-thresholds', action='store_true',
                        help='choose per-class thresholds for best F1 on the validation data')
     train.add_argument('--seed', type=_non_negative_int, default=0,

@@ -161,6 +161,12 @@ def test_brief_regime_flag_equals_the_explicit_flags(files, capsys):
     a, b = ObstacleModel.load(brief), ObstacleModel.load(explicit)
     pairs = zip(a.network.parameters(), b.network.parameters())
     assert all(np.array_equal(p, q) for p, q in pairs)
+    # An option the regime sets was ignored without a word, even one equal to the default.
+    for options, named in ((['--optimizer', 'adam'], '--optimizer'),
+                           (['--hidden', '32', '--no-shuffle'], '--hidden, --no-shuffle')):
+        code, _, err = _run(capsys, 'train', files['train'], '--output', brief,
+                            '--brief-regime', '--quiet', *options)
+        assert code == 2 and f'--brief-regime sets {named} itself' in err
 
 
 def test_same_seed_gives_identical_model_bytes(files, capsys):
@@ -209,8 +215,9 @@ def test_train_checks_its_options_before_loading_data(files, capsys, options, me
     code, _, err = _run(capsys, 'train', files['dir'] / 'missing.npz', '--output', model_path,
                         '--quiet', *options)
     assert code == 2 and message in err and 'Traceback' not in err
+    short = [] if '--brief-regime' in options else ['--epochs', 1]  # (the regime sets it)
     code, _, err = _run(capsys, 'train', files['train'], '--output', model_path, '--quiet',
-                        '--epochs', 1, *options)
+                        *short, *options)
     assert code == 2 and message in err and not model_path.exists()
 
 

@@ -894,7 +894,7 @@ class ClassifierNode(Node):
             msg_type, topic, qos,
             event_callbacks=PublisherEventCallbacks(incompatible_qos=on_incompatible))
 
-    def publishers_of(self, topic: str, msg_type: str, qos: QoSProfile) -> '_Publishers':
+    def publishers_of(self, topic: str, msg_type: str, qos: QoSProfile) -> _Publishers:
         """The publishers on ``topic`` for a subscription of ``msg_type`` with ``qos``, counted
         from the graph as it is now (the QoS events only count up, a publisher gone stays
         counted, and the type event never comes here)."""

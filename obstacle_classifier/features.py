@@ -669,8 +669,8 @@ def _outside_limits(values: np.ndarray, spec: InputSpec, limits: tuple[float, fl
                     ) -> np.ndarray | None:
     """For :func:`prepare_values`: bool (k,) of the finite measured values outside ``limits``
     for a scan (None if there are none, or no limits are stated); refuses a Range reading
-    outside them, and limits that are no interval (min == max is one: a fixed-distance ranger,
-    which sends only infinities)."""
+    outside them, and limits that are no interval (min == max still counts as one: a
+    fixed-distance ranger's, which sends only infinities)."""
     low_limit, high_limit = limits
     if low_limit == 0 and high_limit == 0:  # never filled in
         return None

@@ -96,6 +96,8 @@ _MSG_TYPES_WITH_HEADER = frozenset(
 _NAME_PATTERN = re.compile(r'[A-Za-z][A-Za-z0-9_]*\Z')
 _TOPIC_PATTERN = re.compile(r'(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*\Z')
 _NS_PER_S = 1_000_000_000
+#: Scans of at most this many beams have their sector layout cached (planar lidars: 360-4,000).
+MAX_CACHED_BEAMS = 16384
 _SECTOR_EDGE_TOLERANCE = 1e-6  # rad at the span's edges; fraction of a sector at its boundaries
 
 
@@ -645,9 +647,12 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
                          'angle_increment are required')
     if not (math.isfinite(angle_min) and math.isfinite(angle_increment)):
         return np.full(spec.sectors, np.nan)  # no beam has a direction: no sector a value
-    beams, starts, occupied = _sector_beams(values.shape[0], float(angle_min),
-                                            float(angle_increment), spec.sectors,
-                                            spec.sector_span_deg)
+    # Cached per geometry (a lidar repeats its own): scans too long for any planar lidar (a
+    # faulty or hostile publisher) are reduced without the cache, which would hold 32 of them.
+    sector_beams = _sector_beams if values.shape[0] <= MAX_CACHED_BEAMS else _sector_beams_uncached
+    beams, starts, occupied = sector_beams(values.shape[0], float(angle_min),
+                                           float(angle_increment), spec.sectors,
+                                           spec.sector_span_deg)
     low, high = spec.valid_range
     # Unusable beams become NaN, which fmin skips: a sector of NaN only (no usable beam) stays
     # NaN. Written into a copy: ``values`` may be the caller's array.
@@ -697,11 +702,11 @@ def _first(values: np.ndarray) -> float:
     return float(values.reshape(-1)[0])
 
 
-@functools.lru_cache(maxsize=32)
-def _sector_beams(n_beams: int, angle_min: float, angle_increment: float, sectors: int,
-                  span_deg: tuple[float, float] | None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The beams of each sector, for ``np.fmin.reduceat`` (cached per scan geometry).
+def _sector_beams_uncached(n_beams: int, angle_min: float, angle_increment: float,
+                           sectors: int, span_deg: tuple[float, float] | None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The beams of each sector, for ``np.fmin.reduceat`` (``_sector_beams``: the same, cached
+    per scan geometry).
 
     Returns ``beams`` (m,): the indices of the m beams inside the span, sector by sector;
     ``starts`` (k,): where each of the k sectors holding a beam begins in ``beams``; and
@@ -734,6 +739,9 @@ def _sector_beams(n_beams: int, angle_min: float, angle_increment: float, sector
     for array in (beams, starts, occupied):
         array.flags.writeable = False
     return beams, starts, occupied
+
+
+_sector_beams = functools.lru_cache(maxsize=32)(_sector_beams_uncached)
 
 
 def message_stamp_ns(msg: object) -> int | None:

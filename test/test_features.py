@@ -850,3 +850,18 @@ def test_replay_ticks_like_a_node():
     backwards[2] = (120 * MS, 'range_front', 410 * MS, [3.0])
     with pytest.raises(ValueError, match='receive order'):
         list(replay(FeaturePipeline(config), backwards, first_tick_ns=100 * MS))
+
+
+def test_sector_layouts_of_huge_scans_are_not_cached():
+    # A publisher of 1M-beam scans with a jittered angle_min grew a node by 148 MB in 12 scans:
+    # the layout cache held 32 of them. Scans beyond any planar lidar are reduced uncached.
+    from obstacle_classifier import features
+    spec = make_config(lidar_input()).input('lidar')
+    features._sector_beams.cache_clear()
+    huge = np.full(features.MAX_CACHED_BEAMS + 1, 5.0, dtype=np.float32)
+    for k in range(3):
+        values = prepare_values(huge, spec, angle_min=-1.5 + k * 1e-6, angle_increment=1e-4)
+        assert values.tolist() == [5.0] * 4
+    assert features._sector_beams.cache_info().currsize == 0
+    prepare_values(huge[:360], spec, angle_min=-1.5, angle_increment=0.01)
+    assert features._sector_beams.cache_info().currsize == 1

@@ -318,6 +318,11 @@ class OnlineTrainer:
         if not max_pos_weight >= 1.0:
             raise ValueError(f'max_pos_weight must be >= 1, got {max_pos_weight}')
         self.model = copy.deepcopy(model)
+        # Features constant in the offline training data have zero first-layer rows and a
+        # placeholder normalisation (see training.ignore_features): they stay ignored here too,
+        # their inputs zeroed, else a varying one would train its row on raw values.
+        ignored = set(model.metadata.get('constant_features', ()))
+        self._ignored = np.array([name in ignored for name in model.feature_names], dtype=bool)
         self.balanced = pos_weight == 'balanced'
         self.max_pos_weight = float(max_pos_weight)
         # All ones until the first refresh (a weighted loss from the start: same code path).
@@ -347,7 +352,10 @@ class OnlineTrainer:
         self.stats.labels_rejected[reason] = self.stats.labels_rejected.get(reason, 0) + 1
 
     def add_example(self, features: np.ndarray, labels: np.ndarray) -> None:
-        """Features (d,) already normalised (as the serving model saw them), labels (c,)."""
+        """Features (d,) already normalised (as the serving model saw them), labels (c,).
+        Those the model ignores (constant offline) are stored as 0."""
+        if self._ignored.any():
+            features = np.where(self._ignored, 0, features).astype(self.dtype, copy=False)
         self.buffer.add(features, labels)
         self.stats.examples_added += 1
 

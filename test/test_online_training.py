@@ -354,3 +354,30 @@ def test_bad_settings_are_refused():
         ReplayBuffer(100, 2, 3, held_out_block=0)
     with pytest.raises(ValueError, match='pos_weight'):
         OnlineTrainer(fresh_model(), pos_weight='inverse')
+
+
+def test_features_the_model_ignores_stay_ignored_while_training_online():
+    # f5 was constant offline: its first-layer row is 0 and its normalisation a placeholder
+    # (std 1). Online, where f5 varies, the row used to train on raw values: changing f5 from
+    # 50 to 90 then moved a probability by 0.99, while the metadata still said "ignored".
+    from obstacle_classifier.datasets import Dataset
+    from obstacle_classifier.training import TrainConfig, train_model
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.standard_normal((300, 5)), np.full(300, 50.0)]
+    Y = (X[:, :2] > 0.5).astype(np.uint8)
+    names = [f'f{i}' for i in range(6)]
+    model = train_model(Dataset(X=X, Y=Y, feature_names=names, class_names=['a', 'b']),
+                        TrainConfig(hidden=8, epochs=3, val_fraction=0)).model
+    assert model.metadata['constant_features'] == ['f5']
+    trainer = OnlineTrainer(model, batch_size=16, buffer_size=500, seed=0)
+    X_online = np.c_[rng.standard_normal((200, 5)), rng.uniform(0, 100, 200)]
+    Y_online = (X_online[:, 5:6] > 50).repeat(2, axis=1).astype(np.uint8)
+    for x, y in zip(model.normalise(X_online), Y_online):
+        trainer.add_example(x, y)
+    assert trainer.train_steps(200) is not None
+    trained = trainer.snapshot()
+    assert not np.array_equal(trained.network.linears[0].W, model.network.linears[0].W)
+    assert not trained.network.linears[0].W[5].any()
+    at_50, at_90 = X_online.copy(), X_online.copy()
+    at_50[:, 5], at_90[:, 5] = 50.0, 90.0
+    assert np.array_equal(trained.predict_proba(at_50), trained.predict_proba(at_90))

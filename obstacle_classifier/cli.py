@@ -395,6 +395,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f'obstacle-classifier train: warning: {discarded} training steps were discarded '
               f'(non-finite loss, gradient or update); try a smaller --lr or --weight-decay',
               file=sys.stderr)
+    not_finite = sum(record.val_loss is not None and not np.isfinite(record.val_loss)
+                     for record in result.history)
+    if not_finite:
+        print(f'obstacle-classifier train: warning: the validation loss was not finite in '
+              f'{not_finite} of {len(result.history)} epochs (the validation data overflow the '
+              f'model?): early stopping could not compare them', file=sys.stderr)
     ignored = model.metadata['constant_features']
     if ignored:
         print(f'obstacle-classifier train: warning: features constant in the training data '

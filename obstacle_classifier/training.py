@@ -81,6 +81,9 @@ class TrainConfig:
             (self.patience >= 0, f'patience must be >= 0, got {self.patience}'),
             (self.pos_weight in ('none', 'balanced'), "pos_weight must be 'none' or "
                                                       "'balanced'"),
+            # below 1 the clip to [1, max] would down-weight every class's positives
+            (1 <= self.max_pos_weight < math.inf,
+             f'max_pos_weight must be >= 1 and finite, got {self.max_pos_weight}'),
             (self.weight_decay >= 0, f'weight decay must be >= 0, got {self.weight_decay}'),
             (self.loss in LOSSES, f'loss must be one of {LOSSES}, got {self.loss!r}'),
             (self.loss == 'logits' or self.pos_weight == 'none',
@@ -118,8 +121,7 @@ class TrainResult:
 def fit_normalisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std (d,) of training features (n, d), in float64; std 1 for a
     feature that is constant (:func:`constant_features`)."""
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
+    mean, std = _moments(X)
     std[_constant(X, std)] = 1.0
     return mean, std
 
@@ -135,15 +137,43 @@ def constant_features(X: np.ndarray) -> np.ndarray:
     making sense: at run time ``x - mean`` carries a rounding error of ~1e-16 ``|x|``, which
     dividing by a std of 1e-9 ``|x|`` already makes 1e-7, float32 resolution.
     """
-    return _constant(X, X.std(axis=0, dtype=np.float64))
+    return _constant(X, _moments(X)[1])
+
+
+#: Column magnitudes whose squares stay well inside float64 (see _moments).
+_SAFE_MAGNITUDE = (1e-100, 1e100)
+
+
+def _magnitude(X: np.ndarray) -> np.ndarray:
+    """max |x| per column (d,) float64, without an (n, d) temporary."""
+    return np.maximum(X.max(axis=0), -X.min(axis=0)).astype(np.float64)
+
+
+def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (d,) float64 of each column of X (n, d). A column of extreme magnitude is
+    done again divided by its largest value: squares near 1e-165 underflow to 0 (a varying
+    feature would read as constant) and near 1e155 overflow to inf. (Only those columns: the
+    others, sensor data among them, keep NumPy's own roundings, and the models their bytes.)"""
+    with np.errstate(over='ignore', under='ignore', invalid='ignore'):
+        mean = X.mean(axis=0, dtype=np.float64)
+        std = X.std(axis=0, dtype=np.float64)
+    if len(X) == 0:
+        return mean, std
+    magnitude = _magnitude(X)
+    extreme = (magnitude > 0) & np.isfinite(magnitude) & (
+        (magnitude < _SAFE_MAGNITUDE[0]) | (magnitude > _SAFE_MAGNITUDE[1]))
+    for column in np.flatnonzero(extreme):
+        scale = magnitude[column]
+        values = X[:, column] / scale
+        mean[column] = values.mean(dtype=np.float64) * scale
+        std[column] = values.std(dtype=np.float64) * scale
+    return mean, std
 
 
 def _constant(X: np.ndarray, std: np.ndarray) -> np.ndarray:
     if len(X) == 0:
         return np.ones(X.shape[1], dtype=bool)
-    # max |x| per column without an (n, d) temporary
-    magnitude = np.maximum(X.max(axis=0), -X.min(axis=0)).astype(np.float64)
-    return std <= CONSTANT_RELATIVE_STD * magnitude
+    return std <= CONSTANT_RELATIVE_STD * _magnitude(X)
 
 
 def ignore_features(network: Network, features: np.ndarray) -> None:
@@ -356,6 +386,7 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
     for epoch in range(1, config.epochs + 1):
         order = shuffle_rng.permutation(len(X)) if config.shuffle else None
         batch_losses = []
+        rows_trained = 0  # of the steps that were not discarded (their losses are summed)
         discarded_before = trainer.discarded_steps
         for start in range(0, len(X), config.batch_size):
             if order is None:
@@ -366,8 +397,10 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
             value = trainer.step(xb, yb)
             if value is not None:
                 batch_losses.append(value * len(xb))
+                rows_trained += len(xb)
         record = EpochRecord(epoch=epoch,
-                             train_loss=sum(batch_losses) / len(X) if batch_losses else math.nan,
+                             train_loss=(sum(batch_losses) / rows_trained if batch_losses
+                                         else math.nan),
                              val_loss=None, val_micro_f1=None,
                              discarded_steps=trainer.discarded_steps - discarded_before)
         if X_val is not None:
@@ -401,6 +434,8 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
     if best_params is not None:
         for param, best in zip(trainer.params, best_params):
             param[...] = best
+    elif result.history:  # no validation loss was ever finite: the last epoch's weights stay
+        result.best_epoch = len(result.history)
     model.metadata.update({'best_epoch': result.best_epoch, 'epochs_run': len(result.history),
                            'stopped_early': result.stopped_early,
                            'train_examples': int(len(X)),

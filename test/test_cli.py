@@ -378,3 +378,15 @@ def test_tuned_thresholds_are_stored_as_found_and_report_their_own_f1(files, cap
         assert report['per_class'][name]['f1'] == pytest.approx(f1)
         assert line.endswith(f'F1 {f1:.3f}')
     assert f'threshold {thresholds[0]:.6g}' in out
+
+
+def test_train_warns_when_the_validation_loss_is_not_finite(files, capsys):
+    data = load_dataset(files['test'])
+    X = data.X.copy()
+    X[0] = 1.7e308  # finite, yet the logits overflow: every validation loss is NaN
+    huge = files['dir'] / 'huge_val.npz'
+    save_dataset(huge, Dataset(X=X, Y=data.Y, feature_names=FEATURES, class_names=CLASSES))
+    code, _, err = _run(capsys, 'train', files['train'], '--output', files['dir'] / 'm.npz',
+                        '--epochs', 3, '--quiet', '--validation', huge, '--architecture',
+                        'linear')  # (no rectifier to hide the inf - inf of a hidden layer)
+    assert code == 0 and 'the validation loss was not finite in 3 of 3 epochs' in err

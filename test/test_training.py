@@ -275,3 +275,53 @@ def test_mlp_beats_the_linear_baseline_on_a_nonlinear_problem():
         result = train_model(data, TrainConfig(architecture=architecture, epochs=30, lr=3e-3))
         f1[architecture] = result.history[result.best_epoch - 1].val_micro_f1
     assert f1['mlp'] > 0.9 and f1['linear'] < 0.7
+
+
+def test_the_training_loss_is_the_mean_over_the_rows_that_trained():
+    # A discarded step's rows were still counted: the loss came out low by their fraction.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((100, 3))
+    X[5, :] = 1.7e308  # one row of the first batch of 10 overflows the logits
+    Y = (rng.random((100, 2)) < 0.5).astype(np.uint8)
+    data = Dataset(X=X, Y=Y, feature_names=['f0', 'f1', 'f2'], class_names=['a', 'b'])
+    config = TrainConfig(architecture='linear', optimizer='sgd', lr=1e-12, epochs=1,
+                         batch_size=10, shuffle=False, val_fraction=0.0, patience=0,
+                         normalise=False, seed=1)  # (seed 1: that row's logits overflow)
+    result = train_model(data, config)
+    record = result.history[0]
+    assert record.discarded_steps == 1
+    # lr 1e-12: the weights hardly move, so the trained rows' loss is their loss now
+    trained = Trainer(result.model).mean_loss(X[10:], Y[10:].astype(np.float64))
+    assert record.train_loss == pytest.approx(trained, rel=1e-9)
+
+
+def test_a_validation_loss_never_finite_names_the_epoch_whose_weights_are_kept():
+    rng = np.random.default_rng(0)
+    names = ['f0', 'f1', 'f2']
+    X, Y = rng.standard_normal((300, 3)), (rng.random((300, 2)) < 0.4).astype(np.uint8)
+    X_val, Y_val = rng.standard_normal((50, 3)), (rng.random((50, 2)) < 0.4).astype(np.uint8)
+    X_val[0] = 1.7e308  # finite, yet the logits overflow: every validation loss is NaN
+    result = train_model(Dataset(X=X, Y=Y, feature_names=names, class_names=['a', 'b']),
+                         TrainConfig(hidden=8, epochs=20, patience=3),
+                         validation=Dataset(X=X_val, Y=Y_val, feature_names=names,
+                                            class_names=['a', 'b']))
+    assert all(math.isnan(record.val_loss) for record in result.history)
+    # was best_epoch 0, an epoch that does not exist; the last epoch's weights are kept
+    assert result.best_epoch == len(result.history) == result.model.metadata['best_epoch']
+
+
+def test_max_pos_weight_below_one_is_refused():
+    # Clipping to [1, max] with max 0.5 gave every class a weight of 0.5: positives down-weighted.
+    with pytest.raises(ValueError, match='max_pos_weight must be >= 1'):
+        TrainConfig(pos_weight='balanced', max_pos_weight=0.5).validate()
+
+
+@pytest.mark.parametrize('scale', [1e-170, 1e-120, 1e120, 1e160])
+def test_features_of_extreme_magnitude_are_not_taken_for_constant(scale):
+    # Squares underflowed (a varying feature at 1e-165 read as constant) or overflowed to inf.
+    x = np.random.default_rng(0).standard_normal((1000, 1)) * scale
+    with np.errstate(all='raise'):
+        assert not constant_features(x)[0]
+        mean, std = fit_normalisation(x)
+    assert std[0] / scale == pytest.approx(np.std(x / scale), rel=1e-12)
+    assert mean[0] / scale == pytest.approx(np.mean(x / scale), rel=1e-9, abs=1e-12)

@@ -75,7 +75,7 @@ from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
 from obstacle_classifier import paths
-from obstacle_classifier.atomic import remove_stale_temporaries
+from obstacle_classifier.atomic import remove_stale_temporaries, write_destination
 from obstacle_classifier.features import (READING_REFUSALS, REJECTION_REASONS, FeatureConfig,
                                           FeaturePipeline, InputSpec, InputStats,
                                           ReadingRefused)
@@ -215,9 +215,11 @@ class _OnlineTraining:
         path = value('checkpoint_path')
         self.checkpoint_path = os.path.expanduser(path) if path else ''
         if self.checkpoint_path:
-            for leftover in remove_stale_temporaries(self.checkpoint_path):
-                node.get_logger().warning(f'removed {leftover}: a checkpoint write cut short '
-                                          '(kill -9 or power loss) before this start')
+            self._remove_leftovers(node.get_logger())
+            if not self._checkpoint_directory_exists():
+                node.get_logger().error(
+                    f'checkpoint directory of {self.checkpoint_path} does not exist: every '
+                    'checkpoint will fail until it does (the training is lost at exit)')
         self._step_credit = 0.0
         self._last_checkpoint_ns = time.monotonic_ns()
         # stats.steps at the last checkpoint or model change: a checkpoint needs steps since.
@@ -229,6 +231,9 @@ class _OnlineTraining:
         self.ring: Optional[TickRing] = None
         self.rejected_without_model = 0
         self._discarded_at_report = 0  # discarded updates at the last status report
+        self._received_at_report = 0    # labels received, and rejected by reason, likewise
+        self._other_type_publishers = 0  # label publishers of another type, at the last report
+        self._rejected_at_report: dict[str, int] = {}
         if node._model is not None:
             self.restart_from(node._model)
         else:
@@ -277,12 +282,20 @@ class _OnlineTraining:
         if not self.checkpoint_path or not os.path.exists(self.checkpoint_path):
             return
         try:
-            trainer.compare_with(ObstacleModel.load(self.checkpoint_path),
-                                 'the checkpoint file')
-        except (ModelFileError, OSError, ValueError) as exc:
+            checkpoint = ObstacleModel.load(self.checkpoint_path)
+        except (ModelFileError, OSError) as exc:
             self._node.get_logger().warning(
                 f'checkpoint {self.checkpoint_path} cannot guard the checkpoints ({exc}): the '
                 'first one written will replace it')
+            return
+        try:
+            trainer.compare_with(checkpoint, 'the checkpoint file')
+        except ValueError as exc:
+            # Another model's training (a model change to other classes): not to be lost.
+            why = (f'{self.checkpoint_path} holds a model of other features or classes ({exc}); '
+                   'set train.checkpoint_path for this model')
+            trainer.keep_file(why)
+            self._node.get_logger().error(f'no checkpoints: {why}')
 
     def record_tick(self, stamp_ns: int, features: Optional[np.ndarray]) -> None:
         """One tick: normalised features (d,), or None when it produced no prediction."""
@@ -375,8 +388,19 @@ class _OnlineTraining:
                 self._logger().info(f'checkpoint {self.checkpoint_path}: not rewritten, no '
                                     'training step since the last one or the last model change')
 
+    def _remove_leftovers(self, logger: Any) -> None:
+        """Remove what checkpoint writes cut short left (``kill -9``, power loss), at start and
+        before each checkpoint (one a quick respawn found too young to be sure of)."""
+        for leftover in remove_stale_temporaries(self.checkpoint_path):
+            logger.warning(f'removed {leftover}: a checkpoint write cut short (kill -9 or power '
+                           'loss)')
+
+    def _checkpoint_directory_exists(self) -> bool:
+        return os.path.isdir(os.path.dirname(write_destination(self.checkpoint_path)) or '.')
+
     def _checkpoint(self, trainer: OnlineTrainer) -> None:
         self._checkpointed_steps = trainer.stats.steps
+        self._remove_leftovers(self._logger())
         decision = trainer.checkpoint(self.checkpoint_path)
         logger = self._logger()
         message = f'checkpoint {self.checkpoint_path}: {decision.reason}'
@@ -403,8 +427,19 @@ class _OnlineTraining:
         stats = trainer.stats
         discarded_now = stats.discarded_updates - self._discarded_at_report
         self._discarded_at_report = stats.discarded_updates
+        received_now = stats.labels_received - self._received_at_report
+        rejected_now = {reason: count - self._rejected_at_report.get(reason, 0)
+                        for reason, count in stats.labels_rejected.items()}
+        self._received_at_report = stats.labels_received
+        self._rejected_at_report = dict(stats.labels_rejected)
+        rejected_total_now = sum(rejected_now.values())
         publishers, other_type, incompatible_qos, _ = self._node.publishers_of(
             self.subscription.topic_name, self.msg_type, self.subscription.qos_profile)
+        if other_type > self._other_type_publishers:  # as the inputs log theirs
+            self._node.get_logger().warning(
+                f'a publisher on {self.subscription.topic_name} uses another message type than '
+                f'{self.msg_type} (train.labels_format): none of its labels will arrive.')
+        self._other_type_publishers = other_type
         values: dict[str, Any] = {
             'labels_topic': self.subscription.topic_name, 'labels_format': self.labels_format,
             'label_publishers': publishers,
@@ -420,6 +455,7 @@ class _OnlineTraining:
             'buffer_bytes': trainer.buffer.nbytes,
             'steps': stats.steps, 'discarded_updates': stats.discarded_updates,
             'last_loss': stats.last_loss, 'snapshots': stats.snapshots,
+            'labels_rejected_no_model': self.rejected_without_model,
             'checkpoint_path': self.checkpoint_path,
             'checkpoints_written': stats.checkpoints_written,
             'checkpoints_refused': stats.checkpoints_refused,
@@ -434,6 +470,15 @@ class _OnlineTraining:
                        f'a label publisher has another message type than {self.msg_type}')
         elif not publishers:  # training goes on from the buffer, on nothing new
             level, message = WARN, f'no label publisher on {self.subscription.topic_name}'
+        elif self.checkpoint_path and not self._checkpoint_directory_exists():
+            level, message = WARN, f'checkpoint directory of {self.checkpoint_path} is missing'
+        elif rejected_total_now:
+            # e.g. unknown_class after a change of the model's classes: the labels that still
+            # pass (the empty ones) would teach it that nothing is ever there.
+            level = WARN
+            message = (f'{rejected_total_now} of {received_now} labels rejected since the last '
+                       'report (' + ', '.join(f'{reason} {count}' for reason, count
+                                              in rejected_now.items() if count) + ')')
         elif stats.last_checkpoint_reason.startswith(('refused', 'failed')):
             level = WARN  # as things are now; the totals are in the values
             message = f'{stats.steps} steps; last checkpoint {stats.last_checkpoint_reason}'
@@ -441,8 +486,8 @@ class _OnlineTraining:
             level = WARN
             message = (f'{stats.steps} steps, {discarded_now} updates discarded since the last '
                        'report')
-        elif stats.examples_added == 0:
-            level, message = WARN, 'no labelled examples yet'
+        elif not trainer.buffer.train.count + trainer.buffer.held_out.count:
+            level, message = WARN, 'no labelled examples for this model yet'
         else:
             level, message = OK, f'{stats.steps} steps, loss {stats.last_loss:.4f}'
         return diagnostic_status(self._node.status_name('training'), level, message, hardware_id,

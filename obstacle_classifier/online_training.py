@@ -41,7 +41,7 @@ __all__ = ['LABEL_REJECTION_REASONS', 'CheckpointDecision', 'OnlineTrainer', 'Re
 
 #: Why a label message does not become a training example.
 LABEL_REJECTION_REASONS = ('unknown_class', 'wrong_width', 'not_binary', 'no_tick_near',
-                           'tick_skipped')
+                           'tick_skipped', 'tick_labelled')
 #: A checkpoint is refused when its held-out loss exceeds the last written one's by this factor
 #: plus :data:`WORSE_ABSOLUTE_MARGIN` (both measured now, on the same held-out rows).
 WORSE_RELATIVE_MARGIN = 0.10
@@ -107,6 +107,7 @@ class TickRing:
         self._stamps = np.full(capacity, np.iinfo(np.int64).min, dtype=np.int64)
         self._features = np.zeros((capacity, n_features), dtype=dtype)
         self._valid = np.zeros(capacity, dtype=bool)
+        self._labelled = np.zeros(capacity, dtype=bool)  # already paired with a label
         self._next = 0
         self._count = 0
 
@@ -121,6 +122,7 @@ class TickRing:
         """Remember one tick: ``features`` (d,) normalised, or None if the tick was skipped."""
         slot = self._next
         self._stamps[slot] = stamp_ns
+        self._labelled[slot] = False
         if features is None:
             self._valid[slot] = False
         else:
@@ -133,7 +135,9 @@ class TickRing:
                 ) -> tuple[Optional[np.ndarray], Optional[str]]:
         """Features (d,) (a copy) of the tick nearest ``stamp_ns``, or (None, reason):
         'no_tick_near' if none lies within ``max_delay_ns``, 'tick_skipped' if the nearest one
-        was skipped (stale inputs)."""
+        was skipped (stale inputs), 'tick_labelled' if it was paired with a label already. One
+        example per tick: a flood of labels (5 kHz) used to fill the whole replay buffer with
+        copies of a few ticks and flip the model within seconds."""
         if self._count == 0:
             return None, 'no_tick_near'
         stamps = self._stamps[:self._count] if self._count < len(self._stamps) else self._stamps
@@ -143,6 +147,9 @@ class TickRing:
             return None, 'no_tick_near'
         if not self._valid[slot]:
             return None, 'tick_skipped'
+        if self._labelled[slot]:
+            return None, 'tick_labelled'
+        self._labelled[slot] = True
         return self._features[slot].copy(), None
 
 
@@ -341,6 +348,7 @@ class OnlineTrainer:
         self._reference = copy.deepcopy(model)
         self._reference_name = 'the starting model'
         self._reference_is_file = False  # a checkpoint file the next write would replace
+        self._protected = ''  # why the file at the checkpoint path must not be replaced
         self._trained_since_snapshot = False
 
     @property
@@ -413,9 +421,16 @@ class OnlineTrainer:
         if (checkpoint.feature_names, checkpoint.class_names) != (
                 self.model.feature_names, self.model.class_names):
             raise ValueError('it has other feature or class names than the model')
+
         self._reference = copy.deepcopy(checkpoint)
         self._reference_name = name
         self._reference_is_file = True
+
+    def keep_file(self, why: str) -> None:
+        """Refuse every checkpoint from now on, saying ``why``: the file at the checkpoint path
+        is worth keeping and cannot be compared (a model of other features or classes, whose
+        training a model change must not overwrite)."""
+        self._protected = why
 
     def held_out_loss(self, model: Optional[ObstacleModel] = None) -> float:
         """Mean per-example loss of ``model`` (default: the trained one) on the held-out rows
@@ -448,6 +463,11 @@ class OnlineTrainer:
         written): a model change starts an empty buffer, and a barely trained model replaced a
         well trained file when a checkpoint fell due before any held-out example had come.
         """
+        if self._protected:
+            self.stats.checkpoints_refused += 1
+            reason = f'refused: {self._protected}'
+            self.stats.last_checkpoint_reason = reason
+            return CheckpointDecision(False, reason, math.nan, math.nan)
         held_out_rows = self.buffer.held_out.count
         loss = self.held_out_loss()
         reference = self.held_out_loss(self._reference)

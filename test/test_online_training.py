@@ -70,7 +70,19 @@ def test_a_label_pairs_with_the_nearest_tick_within_the_delay_only():
     assert ring.nearest(320 * MS, 20 * MS) == (None, 'no_tick_near')
     assert ring.nearest(0, 20 * MS) == (None, 'no_tick_near')  # evicted
     features[0] = 99.0  # a copy: the ring is unchanged
-    assert ring.nearest(250 * MS, 1)[0].tolist() == [5.0, -5.0]
+    assert ring.nearest(250 * MS, 1) == (None, 'tick_labelled')  # one example per tick
+    ring.record(300 * MS, np.array([6.0, -6.0]))  # a new tick is unlabelled
+    assert ring.nearest(300 * MS, 1)[0].tolist() == [6.0, -6.0]
+
+
+def test_a_flood_of_labels_pairs_one_example_per_tick():
+    # 5 kHz labels against 20 Hz ticks filled the whole replay buffer with copies of a few
+    # ticks within seconds and flipped the model.
+    ring = TickRing(8, 1, np.float64)
+    for k in range(4):
+        ring.record(k * 50 * MS, np.array([float(k)]))
+    outcomes = [ring.nearest(150 * MS + k * 50_000, 25 * MS)[1] for k in range(250)]
+    assert outcomes[0] is None and set(outcomes[1:]) == {'tick_labelled'}
 
 
 def test_the_replay_buffer_is_bounded_holds_out_a_slice_and_allocates_nothing_per_example():
@@ -381,3 +393,21 @@ def test_features_the_model_ignores_stay_ignored_while_training_online():
     at_50, at_90 = X_online.copy(), X_online.copy()
     at_50[:, 5], at_90[:, 5] = 50.0, 90.0
     assert np.array_equal(trained.predict_proba(at_50), trained.predict_proba(at_90))
+
+
+def test_a_checkpoint_file_worth_keeping_is_never_replaced(tmp_path):
+    # A model change to other classes: the file holds the old model's training, which the
+    # first unguarded checkpoint of the new one used to replace.
+    model = fresh_model()
+    trainer = OnlineTrainer(model, batch_size=4, buffer_size=40, held_out_every=2,
+                            held_out_block=2)
+    for k in range(20):
+        trainer.add_example(np.array([k % 3, 1.0]), np.array([1, 0, k % 2], dtype=np.uint8))
+    trainer.train_steps(5)
+    path = tmp_path / 'online.npz'
+    path.write_bytes(b'the old model')
+    trainer.keep_file(f'{path} holds a model of other classes')
+    decision = trainer.checkpoint(path)
+    assert not decision.written and decision.reason.startswith('refused: ')
+    assert 'other classes' in decision.reason and trainer.stats.checkpoints_refused == 1
+    assert path.read_bytes() == b'the old model'

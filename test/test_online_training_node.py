@@ -185,7 +185,7 @@ def test_training_without_a_label_publisher_is_a_warning(ros, ros_processes, tmp
     ros.node.create_publisher(String, f'/{namespace}/obstacle_labels', 10)
     reports = len(watcher.training)
     assert ros.spin_until(lambda: len(watcher.training) > reports + 1, timeout=30)
-    assert watcher.training[-1]['message'] == 'no labelled examples yet'
+    assert watcher.training[-1]['message'] == 'no labelled examples for this model yet'
 
 
 def test_kill_9_mid_run_leaves_a_loadable_checkpoint_and_multi_hot_labels_are_checked(
@@ -324,6 +324,42 @@ def test_a_model_change_keeps_the_checkpoint_until_the_new_model_has_trained(
     assert classifier.wait(20.0) == 0, classifier.report()
     assert checkpoint.read_bytes() == trained
     assert 'not rewritten, no training step since' in classifier.stderr()
+
+
+def test_a_change_to_a_model_of_other_classes_keeps_the_checkpoint_and_warns(
+        ros, ros_processes, tmp_path):
+    # The labeller kept the old class names: every label naming a class was rejected
+    # (unknown_class), the empty ones taught the new model that nothing is ever there, its
+    # first checkpoint replaced the trained file, and the training status stayed OK.
+    namespace = ros_helpers.unique_name('renamed')
+    node = f'/{namespace}/obstacle_classifier'
+    model_path, checkpoint, other = tmp_path / 'fresh.npz', tmp_path / 'online.npz', \
+        tmp_path / 'renamed.npz'
+    default = fresh_model(model_path)
+    ObstacleModel.create(default.feature_names, tuple(f'x_{c}' for c in default.class_names),
+                         hidden=default.network.h, rng=9, input_mean=default.input_mean,
+                         input_std=default.input_std).save(other)
+    watcher = Watcher(ros, namespace)
+    simulator, classifier = start(ros_processes, namespace, model_path, checkpoint, **{
+        'train.checkpoint_period_s': 0.2})
+    assert ros.spin_until(checkpoint.exists, timeout=STARTUP_TIMEOUT), \
+        classifier.report() + simulator.report()
+    request = SetParameters.Request(
+        parameters=[Parameter('model_path', value=str(other)).to_parameter_msg()])
+    assert ros.call(SetParameters, f'{node}/set_parameters', request).results[0].successful
+    classifier.wait_for_output('no checkpoints: .*holds a model of other features or classes',
+                               stream='stderr')
+    ros.spin_for(0.5)  # the old model's last round may still end with a checkpoint
+    trained = checkpoint.read_bytes()
+    since = len(watcher.training)
+    assert ros.spin_until(lambda: any(
+        'labels rejected since the last report' in status['message']
+        and 'unknown_class' in status['message'] and status['level'] == 1
+        for status in watcher.training[since:]), timeout=15.0), watcher.training[-3:]
+    classifier.send_sigint()
+    assert classifier.wait(20.0) == 0, classifier.report()
+    assert checkpoint.read_bytes() == trained
+    assert ObstacleModel.load(checkpoint).class_names == default.class_names
 
 
 def test_a_model_reload_does_not_wait_for_a_long_training_round(ros, ros_processes, tmp_path):

@@ -4,14 +4,16 @@
 
 Real processes over ROS: ``sidewalk_simulator`` feeds the sensor topics (so every tick has
 features a label can pair with) and a ``classifier_node`` with ``train.enabled`` and its default
-``train.*`` settings (replay buffer 20000 rows) learns from ``obstacle_labels``. This process
+``train.*`` settings learns from ``obstacle_labels``. This process
 floods that topic with labels at ``--label-rate-hz`` (valid class names, random subsets; in
 bursts of 10 per 10 ms), 50x the simulator's own 10 Hz labels, which it does not publish here
 (its label topic is remapped away). It samples the node's resident memory (VmRSS of
 /proc/<pid>/status) every second and reads the node's training diagnostics.
 
-The buffer fills within the warm-up (``--warmup``, default 40 s: 20000 rows at ~1000 examples/s),
-after which every example overwrites the oldest row; the report gives the RSS at the end of the
+A tick pairs with one label (the rest are rejected as 'tick_labelled'), so examples come at the
+tick rate, 20/s: the replay buffer is sized to fill within the warm-up (``--warmup``, default
+40 s: 600 rows), after which every example overwrites the oldest row, while every label still
+goes through the node's label path; the report gives the RSS at the end of the
 warm-up, at each minute after it and at the end, the growth over the measured window, and the
 labels received / paired / rejected. A flat RSS (growth within allocator noise, ~1 MB) is the
 pass mark the issue asks for ("memory stays flat under a 1 kHz label stream for minutes").
@@ -34,6 +36,7 @@ sys.path.insert(0, str(REPO))
 NAMESPACE = f'bench_flood_{os.getpid()}'
 TRAINING = 'obstacle_classifier: training'
 FLAT_MB = 2.0
+TICK_RATE_HZ = 20.0  # the node's default rate_hz: one example per tick at most
 
 
 def _parse() -> argparse.Namespace:
@@ -68,8 +71,10 @@ def main() -> int:
     namespace = ['--ros-args', '-r', f'__ns:=/{NAMESPACE}']
     launcher.start_module('simulator', 'obstacle_classifier.simulator_node',
                           namespace + ['-r', 'obstacle_labels:=simulator_truth_unused'])
+    buffer_rows = max(20, int(TICK_RATE_HZ * args.warmup * 0.75))  # full before measuring
     classifier = launcher.start_module('classifier', 'obstacle_classifier.classifier_node',
-                                       namespace + ['-p', 'train.enabled:=true'])
+                                       namespace + ['-p', 'train.enabled:=true',
+                                                    '-p', f'train.buffer_size:={buffer_rows}'])
     rclpy.init(args=[])
     try:
         node = Node('bench_label_flood')

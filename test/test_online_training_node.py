@@ -78,6 +78,13 @@ def start(procs, namespace: str, model_path: Path, checkpoint: Path, **parameter
     return simulator, classifier
 
 
+def change_model(ros, node: str, path: Path) -> None:
+    """Set the node's model_path (a model change while it trains)."""
+    request = SetParameters.Request(
+        parameters=[Parameter('model_path', value=str(path)).to_parameter_msg()])
+    assert ros.call(SetParameters, f'{node}/set_parameters', request).results[0].successful
+
+
 class Watcher:
     """Tick stamps, training losses and this node's training diagnostics, in the test node."""
 
@@ -309,9 +316,7 @@ def test_a_model_change_keeps_the_checkpoint_until_the_new_model_has_trained(
     assert ros.spin_until(relay, timeout=STARTUP_TIMEOUT), \
         classifier.report() + simulator.report()
     ros.spin_for(1.0)  # no more labels: the trainer goes on with its buffer, checkpointing
-    request = SetParameters.Request(
-        parameters=[Parameter('model_path', value=str(other)).to_parameter_msg()])
-    assert ros.call(SetParameters, f'{node}/set_parameters', request).results[0].successful
+    change_model(ros, node, other)
     # A model change does not wait for the training round in progress: the previous model's
     # last round (and checkpoint) may end just after it.
     ros.spin_for(0.5)
@@ -332,9 +337,8 @@ def test_a_change_to_a_model_of_other_classes_keeps_the_checkpoint_and_warns(
     # (unknown_class), the empty ones taught the new model that nothing is ever there, its
     # first checkpoint replaced the trained file, and the training status stayed OK.
     namespace = ros_helpers.unique_name('renamed')
-    node = f'/{namespace}/obstacle_classifier'
-    model_path, checkpoint, other = tmp_path / 'fresh.npz', tmp_path / 'online.npz', \
-        tmp_path / 'renamed.npz'
+    model_path, checkpoint, other = (tmp_path / name
+                                     for name in ('fresh.npz', 'online.npz', 'renamed.npz'))
     default = fresh_model(model_path)
     ObstacleModel.create(default.feature_names, tuple(f'x_{c}' for c in default.class_names),
                          hidden=default.network.h, rng=9, input_mean=default.input_mean,
@@ -344,9 +348,7 @@ def test_a_change_to_a_model_of_other_classes_keeps_the_checkpoint_and_warns(
         'train.checkpoint_period_s': 0.2})
     assert ros.spin_until(checkpoint.exists, timeout=STARTUP_TIMEOUT), \
         classifier.report() + simulator.report()
-    request = SetParameters.Request(
-        parameters=[Parameter('model_path', value=str(other)).to_parameter_msg()])
-    assert ros.call(SetParameters, f'{node}/set_parameters', request).results[0].successful
+    change_model(ros, f'/{namespace}/obstacle_classifier', other)
     classifier.wait_for_output('no checkpoints: .*holds a model of other features or classes',
                                stream='stderr')
     ros.spin_for(0.5)  # the old model's last round may still end with a checkpoint

@@ -423,7 +423,7 @@ def extract_bag(path: PathLike, config: Optional[FeatureConfig] = None, *,
                     refuse(spec.name, refused.reason)
                     continue
                 except (ValueError, TypeError, AttributeError):
-                    refuse(spec.name, 'malformed')  # e.g. an empty scan
+                    refuse(spec.name, 'malformed')  # e.g. a message without the input's fields
                     continue
                 if spec.stamp_source == 'header':
                     stamp_ns = header_stamp_ns

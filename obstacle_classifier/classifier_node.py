@@ -91,7 +91,7 @@ from obstacle_classifier.ros_io import (classes_qos, diagnostic_status,
                                         refuse_undeclared_parameters, run_node,
                                         serialized_reader,
                                         spin_on_events, stamp_to_ns, timer_callback,
-                                        unless_shut_down)
+                                        unless_shut_down, use_sim_time_change_refused)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
 
 NODE_NAME = 'obstacle_classifier'
@@ -435,11 +435,9 @@ class _OnlineTraining:
         rejected_total_now = sum(rejected_now.values())
         publishers, other_type, incompatible_qos, _ = self._node.publishers_of(
             self.subscription.topic_name, self.msg_type, self.subscription.qos_profile)
-        if other_type > self._other_type_publishers:  # as the inputs log theirs
-            self._node.get_logger().warning(
-                f'a publisher on {self.subscription.topic_name} uses another message type than '
-                f'{self.msg_type} (train.labels_format): none of its labels will arrive.')
-        self._other_type_publishers = other_type
+        self._other_type_publishers = self._node.note_other_type(
+            'labels (train.labels_format)', self.subscription.topic_name, self.msg_type,
+            self._other_type_publishers, other_type)
         values: dict[str, Any] = {
             'labels_topic': self.subscription.topic_name, 'labels_format': self.labels_format,
             'label_publishers': publishers,
@@ -719,13 +717,11 @@ class ClassifierNode(Node):
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Refuse bad values before they are set (range and read-only are checked by rclpy)."""
         self._pending_model = None
+        # (The /clock subscription and the inputs' sim-time ordering are built at start.)
+        refused = use_sim_time_change_refused(parameters, self._sim_ticker is not None)
+        if refused is not None:
+            return refused
         for parameter in parameters:
-            if (parameter.name == 'use_sim_time'
-                    and bool(parameter.value) != (self._sim_ticker is not None)):
-                # The /clock subscription and the inputs' sim-time ordering are built at start.
-                return SetParametersResult(
-                    successful=False,
-                    reason='use_sim_time is fixed at start-up: restart the node to change it')
             if parameter.name == 'threshold':
                 problem = self._threshold_problem(parameter.value)
                 if problem:
@@ -949,6 +945,16 @@ class ClassifierNode(Node):
         incompatible = [_incompatible(info.qos_profile, qos) for info in publishers]
         return _Publishers(len(publishers), sum(other_type), sum(incompatible),
                            sum(not (a or b) for a, b in zip(other_type, incompatible)))
+
+    def note_other_type(self, consumer: str, topic: str, msg_type: str, before: int,
+                        now: int) -> int:
+        """Log when more publishers of another type than ``msg_type`` are on ``topic`` than at
+        the last report (``before``; the rmw here sends no event for them); returns ``now``."""
+        if now > before:
+            self.get_logger().warning(
+                f'{consumer}: a publisher on {topic} uses another message type than '
+                f'{msg_type}: none of its messages will arrive.')
+        return now
 
     def _incompatible_subscriber_count(self) -> int:
         """Subscribers of the outputs that ask for QoS their publisher does not offer, now."""
@@ -1249,11 +1255,10 @@ class ClassifierNode(Node):
         truncated_now = stats.truncated_windows - state.truncated_at_report
         publishers, other_type, incompatible_qos, delivering = self.publishers_of(
             state.topic, spec.msg_type, state.qos)
-        if other_type > state.incompatible_type:
-            self.get_logger().warning(
-                f"input '{spec.name}': a publisher on {state.topic} uses another message type "
-                f'than {spec.msg_type}: none of its messages will arrive.')
-        state.incompatible_type = other_type  # as now: it clears when that publisher leaves
+        # (as now: it clears when that publisher leaves)
+        state.incompatible_type = self.note_other_type(
+            f"input '{spec.name}'", state.topic, spec.msg_type, state.incompatible_type,
+            other_type)
         values: dict[str, Any] = {
             'topic': state.topic, 'type': spec.msg_type, 'qos': spec.qos,
             'qos_effective': qos_text(state.qos),

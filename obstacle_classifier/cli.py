@@ -235,11 +235,15 @@ def _storable_thresholds(thresholds: np.ndarray) -> np.ndarray:
     return np.clip(thresholds, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
 
 
-def _evaluation(model: ObstacleModel, data: Dataset, threshold: Optional[float] = None) -> dict:
+def _evaluation(model: ObstacleModel, data: Dataset, threshold: Optional[float] = None,
+                probabilities: Optional[np.ndarray] = None) -> dict:
+    """The report of ``model`` on ``data``, from ``probabilities`` (n, c) if the caller has them
+    (:func:`_probabilities`) so that the model runs once."""
     from .metrics import multilabel_report
     check_compatible(data, model.feature_names, model.class_names)
-    predictions = model.decide(_probabilities(model, data), threshold)
-    return multilabel_report(data.Y, predictions, model.class_names)
+    if probabilities is None:
+        probabilities = _probabilities(model, data)
+    return multilabel_report(data.Y, model.decide(probabilities, threshold), model.class_names)
 
 
 def _probabilities(model: ObstacleModel, data: Dataset) -> np.ndarray:
@@ -355,14 +359,14 @@ def _cmd_bag_record(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-    """The TrainConfig the options ask for. The options the brief's regime sets are None unless
-    given, so that ``--brief-regime`` can refuse one given beside it (it would be ignored)."""
+    """The TrainConfig the options ask for. TRAIN_OPTIONS are None unless given, so that
+    ``--brief-regime`` can refuse any of them given beside it: the regime sets each one
+    (momentum too, which its sgd ignores), so it would be ignored."""
     from .training import BRIEF_REGIME, TrainConfig
     given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS
              if getattr(args, dest) is not None}
     if args.brief_regime:
-        clashing = [_OPTION_NAMES.get(dest, '--' + dest.replace('_', '-'))
-                    for dest in given if dest in BRIEF_REGIME or dest == 'momentum']
+        clashing = [_OPTION_NAMES.get(dest, '--' + dest.replace('_', '-')) for dest in given]
         if clashing:
             raise CliError(f'--brief-regime sets {", ".join(clashing)} itself: drop '
                            f'{"it" if len(clashing) == 1 else "them"}, or the regime')
@@ -406,13 +410,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f'obstacle-classifier train: warning: features constant in the training data '
               f'are ignored (zero weights in the model): {", ".join(ignored)}', file=sys.stderr)
     model.metadata['training_data'] = str(args.data)
+    validation_probabilities = (None if validation is None
+                                else _probabilities(model, validation))
     if args.tune_thresholds:
-        thresholds, _ = best_f1_thresholds(validation.Y, model.predict_proba(validation.X),
+        thresholds, _ = best_f1_thresholds(validation.Y, validation_probabilities,
                                            default_threshold=model.thresholds)
         model.thresholds = _storable_thresholds(thresholds)
         model.metadata['thresholds_tuned_on'] = str(args.validation or 'validation split')
     if validation is not None:
-        report = _evaluation(model, validation)
+        report = _evaluation(model, validation, probabilities=validation_probabilities)
         model.metadata['validation'] = {'micro_f1': report['micro']['f1'],
                                         'macro_f1': report['macro']['f1']}
     model.save(output)
@@ -479,15 +485,16 @@ def _cmd_tune_thresholds(args: argparse.Namespace) -> int:
     output = _check_output_path(args.output or args.model, ('.npz',), (args.data,))
     model = _load_model(args.model)
     data = _load_data(args.data, args)
-    before = _evaluation(model, data)
+    check_compatible(data, model.feature_names, model.class_names)
+    probabilities = _probabilities(model, data)
+    before = _evaluation(model, data, probabilities=probabilities)
     # A class without positives in these data keeps the threshold the model has: the data
     # say nothing about it (an earlier tuning may have).
-    thresholds, _ = best_f1_thresholds(data.Y, model.predict_proba(data.X),
-                                       default_threshold=model.thresholds)
+    thresholds, _ = best_f1_thresholds(data.Y, probabilities, default_threshold=model.thresholds)
     absent = np.count_nonzero(data.Y, axis=0) == 0
     model.thresholds = _storable_thresholds(thresholds)
     model.metadata['thresholds_tuned_on'] = str(args.data)
-    after = _evaluation(model, data)  # with the thresholds as stored
+    after = _evaluation(model, data, probabilities=probabilities)  # the thresholds as stored
     model.save(output)
     for name, threshold, kept in zip(model.class_names, model.thresholds, absent):
         outcome = ('kept (no positives in the data)' if kept

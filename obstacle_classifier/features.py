@@ -50,7 +50,7 @@ PathLike = Union[str, os.PathLike]
 #: Window aggregations, in the order they appear in a config and in the feature names.
 AGGREGATIONS = ('last', 'mean', 'min', 'max', 'std')
 #: Reasons ``FeaturePipeline.add`` gives for refusing a reading, in the order they are checked
-#: ('blind_sector' is what 'non_finite' is called for a scan's sector values).
+#: ('blind_sector', last here, is what 'non_finite' is called for a scan's sector values).
 REJECTION_REASONS = ('unknown_input', 'wrong_length', 'non_finite', 'out_of_range',
                      'future_stamp', 'out_of_order', 'blind_sector')
 #: How far a header stamp may lie ahead of the time the reading was received, by default.
@@ -147,7 +147,7 @@ class InputSpec:
     max_rate_hz: float = DEFAULT_MAX_RATE_HZ
     sensor_limits: bool = True
 
-    @property
+    @functools.cached_property
     def limit_members(self) -> tuple[str, str, str] | None:
         """(measured field, min member, max member) if readings are checked against the limits
         their own message states (``sensor_limits``, a Range's range or a LaserScan's ranges),
@@ -941,8 +941,9 @@ class FeaturePipeline:
             else:
                 low, high = float(np.minimum.reduce(array)), float(np.maximum.reduce(array))
             if not (math.isfinite(low) and math.isfinite(high)):  # min/max propagate NaN
-                # A scan's sector values are NaN only where no beam was usable (see
-                # prepare_values): not a non-finite reading, a blind part of the scan.
+                # A scan's sector values are NaN only where no beam was usable, or none fell
+                # (a scan that does not cover sector_span_deg; see prepare_values): not a
+                # non-finite reading, a blind part of the scan.
                 reason = 'non_finite' if buffer.spec.sectors is None else 'blind_sector'
             elif low < buffer.low or high > buffer.high:
                 reason = 'out_of_range'

@@ -33,7 +33,7 @@ import numpy as np
 from .model import ObstacleModel
 from .nn import BCEWithLogitsLoss
 from .nn.optim import OPTIMIZERS
-from .training import Trainer, balanced_weights
+from .training import Trainer, balanced_weights, check_max_pos_weight
 
 __all__ = ['LABEL_REJECTION_REASONS', 'CheckpointDecision', 'OnlineTrainer', 'ReplayBuffer',
            'TickRing', 'TrainingStats', 'balanced_weights', 'parse_label_names',
@@ -322,14 +322,13 @@ class OnlineTrainer:
             raise ValueError(f'batch size must be >= 1, got {batch_size}')
         if pos_weight not in POS_WEIGHTS:
             raise ValueError(f'pos_weight must be one of {POS_WEIGHTS}, got {pos_weight!r}')
-        if not max_pos_weight >= 1.0:
-            raise ValueError(f'max_pos_weight must be >= 1, got {max_pos_weight}')
+        check_max_pos_weight(max_pos_weight)
         self.model = copy.deepcopy(model)
         # Features constant in the offline training data have zero first-layer rows and a
         # placeholder normalisation (see training.ignore_features): they stay ignored here too,
         # their inputs zeroed, else a varying one would train its row on raw values.
         ignored = set(model.metadata.get('constant_features', ()))
-        self._ignored = np.array([name in ignored for name in model.feature_names], dtype=bool)
+        self._ignored = [k for k, name in enumerate(model.feature_names) if name in ignored]
         self.balanced = pos_weight == 'balanced'
         self.max_pos_weight = float(max_pos_weight)
         # All ones until the first refresh (a weighted loss from the start: same code path).
@@ -362,8 +361,9 @@ class OnlineTrainer:
     def add_example(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Features (d,) already normalised (as the serving model saw them), labels (c,).
         Those the model ignores (constant offline) are stored as 0."""
-        if self._ignored.any():
-            features = np.where(self._ignored, 0, features).astype(self.dtype, copy=False)
+        if self._ignored:
+            features = np.array(features, dtype=self.dtype)  # (the caller's is left alone)
+            features[self._ignored] = 0
         self.buffer.add(features, labels)
         self.stats.examples_added += 1
 

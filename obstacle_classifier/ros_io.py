@@ -53,7 +53,7 @@ __all__ = [
     'input_qos', 'message_class', 'message_type_name', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'qos_text',
     'refuse_undeclared_parameters', 'sigint_shuts_down', 'spin_on_events', 'stamp_to_ns',
-    'timer_callback', 'undeclared_parameters', 'unless_shut_down',
+    'timer_callback', 'undeclared_parameters', 'unless_shut_down', 'use_sim_time_change_refused',
 ]
 
 NS_PER_S = 1_000_000_000
@@ -182,6 +182,19 @@ def refuse_undeclared_parameters(node: Any, hint: str = '') -> None:
         raise ValueError(f'unknown parameter(s) {", ".join(unknown)}: {node.get_name()} has no '
                          f'such parameter (misspelt, or meant for another node or namespace?)'
                          f'{hint}')
+
+
+def use_sim_time_change_refused(parameters: Sequence[Any], at_start: bool) -> Optional[Any]:
+    """A failed SetParametersResult if ``parameters`` would change ``use_sim_time`` from its
+    start-up value ``at_start``, else None. A node's clock subscription and timers are built
+    at start: a live change would stop it (sim time without a /clock) or make it jump."""
+    from rcl_interfaces.msg import SetParametersResult
+    for parameter in parameters:
+        if parameter.name == 'use_sim_time' and bool(parameter.value) != at_start:
+            return SetParametersResult(
+                successful=False,
+                reason='use_sim_time is fixed at start-up: restart the node to change it')
+    return None
 
 
 def qos_text(profile: QoSProfile) -> str:

@@ -30,7 +30,8 @@ from obstacle_classifier.features import FeatureConfig
 from obstacle_classifier.ros_io import (RangeInfo, ScanGeometry, SensorMessageBuilder,
                                         encode_labels, input_qos, message_class,
                                         publish_unless_shut_down,
-                                        refuse_undeclared_parameters, run_node)
+                                        refuse_undeclared_parameters, run_node,
+                                        use_sim_time_change_refused)
 from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_MAX,
                                             LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX, LIDAR_RANGE_MIN,
                                             RANGE_FIELD_OF_VIEW, RANGE_MAX, RANGE_MIN,
@@ -147,15 +148,9 @@ class SimulatorNode(Node):
                                                      step=0.0)]))
 
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        """Refuse a live use_sim_time change: the world's clock would stop (sim time without a
-        /clock) or jump; rclpy checks the rest from the descriptors."""
-        for parameter in parameters:
-            if (parameter.name == 'use_sim_time'
-                    and bool(parameter.value) != self._use_sim_time_at_start):
-                return SetParametersResult(
-                    successful=False,
-                    reason='use_sim_time is fixed at start-up: restart the node to change it')
-        return SetParametersResult(successful=True)
+        """Refuse a live use_sim_time change (rclpy checks the rest from the descriptors)."""
+        refused = use_sim_time_change_refused(parameters, self._use_sim_time_at_start)
+        return refused or SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         for parameter in parameters:

@@ -81,9 +81,7 @@ class TrainConfig:
             (self.patience >= 0, f'patience must be >= 0, got {self.patience}'),
             (self.pos_weight in ('none', 'balanced'), "pos_weight must be 'none' or "
                                                       "'balanced'"),
-            # below 1 the clip to [1, max] would down-weight every class's positives
-            (1 <= self.max_pos_weight < math.inf,
-             f'max_pos_weight must be >= 1 and finite, got {self.max_pos_weight}'),
+
             (self.weight_decay >= 0, f'weight decay must be >= 0, got {self.weight_decay}'),
             (self.loss in LOSSES, f'loss must be one of {LOSSES}, got {self.loss!r}'),
             (self.loss == 'logits' or self.pos_weight == 'none',
@@ -92,6 +90,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_max_pos_weight(self.max_pos_weight)
+
+
+def check_max_pos_weight(value: float) -> None:
+    """ValueError unless ``value`` is a finite clip >= 1 for balanced positive-class weights:
+    below 1 the clip to [1, max] would down-weight every class's positives."""
+    if not 1 <= value < math.inf:
+        raise ValueError(f'max_pos_weight must be >= 1 and finite, got {value}')
 
 
 #: The brief's training regime on the brief's MLP (hidden 64, ScaledReLU, float64).

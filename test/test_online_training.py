@@ -411,3 +411,8 @@ def test_a_checkpoint_file_worth_keeping_is_never_replaced(tmp_path):
     assert not decision.written and decision.reason.startswith('refused: ')
     assert 'other classes' in decision.reason and trainer.stats.checkpoints_refused == 1
     assert path.read_bytes() == b'the old model'
+
+
+def test_an_infinite_pos_weight_clip_is_refused_as_offline():
+    with pytest.raises(ValueError, match='max_pos_weight must be >= 1 and finite'):
+        OnlineTrainer(fresh_model(), max_pos_weight=math.inf)

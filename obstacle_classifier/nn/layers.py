@@ -205,9 +205,10 @@ class _Rectifier(Layer):
     With ``keep='mask'`` a bool mask (1 byte per value) is kept instead, for when nothing
     downstream holds the output.
 
-    ``gain`` and ``knee`` are constants of the class (read-only on an instance): the fast paths
-    of :class:`~obstacle_classifier.nn.mlp.Network` read them once per buffer set, so a value
-    changed on one layer would go unnoticed there. Another activation is another class.
+    ``gain`` and ``knee`` are constants of the class (read-only on an instance): the single
+    inference of :class:`~obstacle_classifier.nn.mlp.Network` copies them into its buffers
+    once, so a value changed on one layer would go unnoticed there. Another activation is
+    another class.
     """
 
     _GAIN = 1.0

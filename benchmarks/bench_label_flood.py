@@ -10,10 +10,11 @@ bursts of 10 per 10 ms), 50x the simulator's own 10 Hz labels, which it does not
 (its label topic is remapped away). It samples the node's resident memory (VmRSS of
 /proc/<pid>/status) every second and reads the node's training diagnostics.
 
-A tick pairs with one label (the rest are rejected as 'tick_labelled'), so examples come at the
-tick rate, 20/s: the replay buffer is sized to fill within the warm-up (``--warmup``, default
-40 s: 600 rows), after which every example overwrites the oldest row, while every label still
-goes through the node's label path; the report gives the RSS at the end of the
+Labels pair with ticks at one per tick on average (the rest are rejected as
+'labels_outpace_ticks'), so examples come at the tick rate, 20/s: the replay buffer is sized to
+fill within the warm-up (``--warmup``, default 40 s: 600 rows), after which every example
+overwrites the oldest row, while every label still goes through the node's label path; the
+report gives the RSS at the end of the
 warm-up, at each minute after it and at the end, the growth over the measured window, and the
 labels received / paired / rejected. A flat RSS (growth within allocator noise, ~1 MB) is the
 pass mark the issue asks for ("memory stays flat under a 1 kHz label stream for minutes").

@@ -88,10 +88,9 @@ from obstacle_classifier.ros_io import (classes_qos, diagnostic_status,
                                         encode_features, encode_obstacles, has_subscribers,
                                         input_qos, message_class, message_type_name,
                                         output_qos, publish_unless_shut_down, qos_text,
-                                        refuse_undeclared_parameters, run_node,
-                                        serialized_reader,
-                                        spin_on_events, stamp_to_ns, timer_callback,
-                                        unless_shut_down, use_sim_time_change_refused)
+                                        run_node, serialized_reader, spin_on_events,
+                                        stamp_to_ns, timer_callback, unless_shut_down,
+                                        use_sim_time_change_refused, warn_undeclared_parameters)
 from obstacle_classifier.sim_ticks import Event, SimTimeTicker
 
 NODE_NAME = 'obstacle_classifier'
@@ -115,6 +114,10 @@ PROCESSING_HISTOGRAM_EDGES_US = (25, 50, 75, 100, 125, 150, 200, 300, 500, 1000,
 LABEL_FORMATS = ('names', 'multi_hot')
 TRAINING_PERIOD_S = 0.1  # one training round (steps_per_second / 10 steps, a snapshot) per period
 MAX_LABEL_DELAY_RANGE_S = (0.001, 1.0)
+#: Label rejections for want of a tick to pair with; the training status WARNs of them in a
+#: report period only from this many, and this share of the labels received in it.
+UNPAIRED_LABEL_REASONS = ('no_tick_near', 'tick_skipped', 'labels_outpace_ticks')
+UNPAIRED_WARN_MIN, UNPAIRED_WARN_SHARE = 3, 0.1
 #: With use_sim_time: what waits for a later message (see sim_ticks) runs after this (steady)
 #: wait. Long: a busy executor must not release it while the message that would is queued.
 SIM_TICK_MAX_WAIT_S = 0.5
@@ -433,6 +436,12 @@ class _OnlineTraining:
         self._received_at_report = stats.labels_received
         self._rejected_at_report = dict(stats.labels_rejected)
         rejected_total_now = sum(rejected_now.values())
+        # A label of unknown content is a labeller problem whatever the count; one that found
+        # no tick to pair with happens now and then (the first label of a replay, a label
+        # timer's late first call), and is one only when it is a good share of them.
+        unpaired = sum(rejected_now[reason] for reason in UNPAIRED_LABEL_REASONS)
+        labels_wrong = rejected_total_now > unpaired or (
+            unpaired >= UNPAIRED_WARN_MIN and unpaired >= UNPAIRED_WARN_SHARE * received_now)
         publishers, other_type, incompatible_qos, _ = self._node.publishers_of(
             self.subscription.topic_name, self.msg_type, self.subscription.qos_profile)
         self._other_type_publishers = self._node.note_other_type(
@@ -470,7 +479,7 @@ class _OnlineTraining:
             level, message = WARN, f'no label publisher on {self.subscription.topic_name}'
         elif self.checkpoint_path and not self._checkpoint_directory_exists():
             level, message = WARN, f'checkpoint directory of {self.checkpoint_path} is missing'
-        elif rejected_total_now:
+        elif labels_wrong:
             # e.g. unknown_class after a change of the model's classes: the labels that still
             # pass (the empty ones) would teach it that nothing is ever there.
             level = WARN
@@ -559,8 +568,8 @@ class ClassifierNode(Node):
         if self.get_parameter('train.enabled').value:
             self._training = _OnlineTraining(self)
         example = next(iter(self._inputs.values())).topic
-        refuse_undeclared_parameters(self, f'; qos_overrides name the absolute topic, namespace '
-                                           f'included: qos_overrides.{example}.subscription.*')
+        warn_undeclared_parameters(self, f'; qos_overrides name the absolute topic, namespace '
+                                         f'included: qos_overrides.{example}.subscription.*')
 
         self._reload_service = self.create_service(Trigger, '~/reload_model', self._on_reload)
         self.add_on_set_parameters_callback(self._validate_parameters)

@@ -41,7 +41,10 @@ __all__ = ['LABEL_REJECTION_REASONS', 'CheckpointDecision', 'OnlineTrainer', 'Re
 
 #: Why a label message does not become a training example.
 LABEL_REJECTION_REASONS = ('unknown_class', 'wrong_width', 'not_binary', 'no_tick_near',
-                           'tick_skipped', 'tick_labelled')
+                           'tick_skipped', 'labels_outpace_ticks')
+#: Examples a TickRing may still pair after a run of ticks without labels: a labeller at the
+#: tick rate whose latency jitters sends two labels in one tick period now and then.
+LABEL_CREDIT_TICKS = 4
 #: A checkpoint is refused when its held-out loss exceeds the last written one's by this factor
 #: plus :data:`WORSE_ABSOLUTE_MARGIN` (both measured now, on the same held-out rows).
 WORSE_RELATIVE_MARGIN = 0.10
@@ -107,7 +110,7 @@ class TickRing:
         self._stamps = np.full(capacity, np.iinfo(np.int64).min, dtype=np.int64)
         self._features = np.zeros((capacity, n_features), dtype=dtype)
         self._valid = np.zeros(capacity, dtype=bool)
-        self._labelled = np.zeros(capacity, dtype=bool)  # already paired with a label
+        self._credit = 0  # examples it may pair: one per tick recorded, up to LABEL_CREDIT_TICKS
         self._next = 0
         self._count = 0
 
@@ -122,7 +125,7 @@ class TickRing:
         """Remember one tick: ``features`` (d,) normalised, or None if the tick was skipped."""
         slot = self._next
         self._stamps[slot] = stamp_ns
-        self._labelled[slot] = False
+        self._credit = min(self._credit + 1, LABEL_CREDIT_TICKS)
         if features is None:
             self._valid[slot] = False
         else:
@@ -135,9 +138,10 @@ class TickRing:
                 ) -> tuple[Optional[np.ndarray], Optional[str]]:
         """Features (d,) (a copy) of the tick nearest ``stamp_ns``, or (None, reason):
         'no_tick_near' if none lies within ``max_delay_ns``, 'tick_skipped' if the nearest one
-        was skipped (stale inputs), 'tick_labelled' if it was paired with a label already. One
-        example per tick: a flood of labels (5 kHz) used to fill the whole replay buffer with
-        copies of a few ticks and flip the model within seconds."""
+        was skipped (stale inputs), 'labels_outpace_ticks' if labels come faster than ticks:
+        at most one example per tick on average (a few saved up, for jitter). A flood of labels
+        (5 kHz) used to fill the whole replay buffer with copies of a few ticks and flip the
+        model within seconds."""
         if self._count == 0:
             return None, 'no_tick_near'
         stamps = self._stamps[:self._count] if self._count < len(self._stamps) else self._stamps
@@ -147,9 +151,9 @@ class TickRing:
             return None, 'no_tick_near'
         if not self._valid[slot]:
             return None, 'tick_skipped'
-        if self._labelled[slot]:
-            return None, 'tick_labelled'
-        self._labelled[slot] = True
+        if self._credit < 1:
+            return None, 'labels_outpace_ticks'
+        self._credit -= 1
         return self._features[slot].copy(), None
 
 

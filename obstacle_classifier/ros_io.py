@@ -52,8 +52,9 @@ __all__ = [
     'encode_labels', 'encode_obstacles', 'freeze_imported_heap', 'has_subscribers',
     'input_qos', 'message_class', 'message_type_name', 'serialized_reader',
     'ns_to_stamp', 'output_qos', 'publish_unless_shut_down', 'qos_text',
-    'refuse_undeclared_parameters', 'sigint_shuts_down', 'spin_on_events', 'stamp_to_ns',
+    'sigint_shuts_down', 'spin_on_events', 'stamp_to_ns',
     'timer_callback', 'undeclared_parameters', 'unless_shut_down', 'use_sim_time_change_refused',
+    'warn_undeclared_parameters',
 ]
 
 NS_PER_S = 1_000_000_000
@@ -174,14 +175,18 @@ def undeclared_parameters(node: Any) -> list[str]:
     return sorted(name for name in overrides if not node.has_parameter(name))
 
 
-def refuse_undeclared_parameters(node: Any, hint: str = '') -> None:
-    """ValueError naming the parameters given to ``node`` that it does not have (see
-    :func:`undeclared_parameters`): a robot must not run on defaults it was told otherwise."""
+def warn_undeclared_parameters(node: Any, hint: str = '') -> list[str]:
+    """Log a warning naming the parameters given to ``node`` that it does not have (see
+    :func:`undeclared_parameters`), and return them: a misspelt one leaves a default running
+    where the params file meant otherwise. Not an error: a ``/**:`` section shared by several
+    nodes gives each the others' names, and rclpy cannot tell those apart."""
     unknown = undeclared_parameters(node)
     if unknown:
-        raise ValueError(f'unknown parameter(s) {", ".join(unknown)}: {node.get_name()} has no '
-                         f'such parameter (misspelt, or meant for another node or namespace?)'
-                         f'{hint}')
+        node.get_logger().warning(
+            f'unknown parameter(s) {", ".join(unknown)}: {node.get_name()} has no such '
+            f'parameter and ignores them (misspelt, or meant for another node or namespace?)'
+            f'{hint}')
+    return unknown
 
 
 def use_sim_time_change_refused(parameters: Sequence[Any], at_start: bool) -> Optional[Any]:

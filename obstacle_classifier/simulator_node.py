@@ -29,9 +29,8 @@ from obstacle_classifier import paths
 from obstacle_classifier.features import FeatureConfig
 from obstacle_classifier.ros_io import (RangeInfo, ScanGeometry, SensorMessageBuilder,
                                         encode_labels, input_qos, message_class,
-                                        publish_unless_shut_down,
-                                        refuse_undeclared_parameters, run_node,
-                                        use_sim_time_change_refused)
+                                        publish_unless_shut_down, run_node,
+                                        use_sim_time_change_refused, warn_undeclared_parameters)
 from obstacle_classifier.simulation import (LIDAR_ANGLE_INCREMENT, LIDAR_ANGLE_MAX,
                                             LIDAR_ANGLE_MIN, LIDAR_RANGE_MAX, LIDAR_RANGE_MIN,
                                             RANGE_FIELD_OF_VIEW, RANGE_MAX, RANGE_MIN,
@@ -63,7 +62,7 @@ class SimulatorNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._declare_parameters()
-        refuse_undeclared_parameters(self)
+        warn_undeclared_parameters(self)
         self._use_sim_time_at_start = bool(self.get_parameter('use_sim_time').value)
         seed = self.get_parameter('seed').value
         scenario = self.get_parameter('scenario').value

@@ -934,16 +934,9 @@ def test_an_unusable_configuration_stops_the_node_with_the_reason(ros_processes,
     assert bad_labels_topic.wait(STARTUP_TIMEOUT) == 1, bad_labels_topic.report()
     assert 'cannot start: Invalid topic name' in bad_labels_topic.stderr()
     assert 'Traceback' not in bad_labels_topic.stderr()
-    # Ran at the defaults without a word: a misspelt name, train.* values while training is
-    # off, a qos_overrides value rclpy cannot take (a traceback, naming no topic).
+    # Ran at the defaults without a word: train.* values while training is off, a
+    # qos_overrides value rclpy cannot take (a traceback, naming no topic).
     for name, arguments, fragment in (
-            ('typo', ['-p', 'treshold:=0.5', '-p', 'rate:=5.0'],
-             'cannot start: unknown parameter(s) rate, treshold: obstacle_classifier has no'),
-            ('namespaced_override', ['-r', '__ns:=/robot7', '-p',
-                                     'qos_overrides./sensors/scan.subscription.reliability:='
-                                     'reliable'],
-             'qos_overrides name the absolute topic, namespace included: '
-             'qos_overrides./robot7/sensors/range/front.subscription.*'),
             ('off_training', ['-p', 'train.optimizer:=adamw'],
              "cannot start: train.optimizer must be one of"),
             ('bad_override', ['-p', 'qos_overrides./sensors/scan.subscription.reliability:='
@@ -953,3 +946,31 @@ def test_an_unusable_configuration_stops_the_node_with_the_reason(ros_processes,
                                           extra_env=STRICT_WARNINGS)
         assert proc.wait(STARTUP_TIMEOUT) == 1, proc.report()
         assert fragment in proc.stderr() and 'Traceback' not in proc.stderr(), proc.report()
+
+
+def test_unknown_parameters_are_named_and_a_shared_params_file_still_starts(
+        ros_processes, tmp_path):
+    # A misspelt name, or a qos_overrides entry whose topic misses the namespace, ran at the
+    # defaults without a word. Not an error: a /** section shared with the simulator gives
+    # this node the simulator's names too, and both must start from one launch's file.
+    shared = tmp_path / 'shared.yaml'
+    shared.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
+        'rate_hz': 20.0, 'seed': 3, 'treshold': 0.5,
+        'qos_overrides': {'/sensors/scan': {'subscription': {'reliability': 'reliable'}}}}}}))
+    procs = [ros_processes.start_module('classifier', NODE, [
+        '--ros-args', '-r', '__ns:=/robot7', '--params-file', str(shared)],
+        extra_env=STRICT_WARNINGS),
+        ros_processes.start_module('simulator', 'obstacle_classifier.simulator_node', [
+            '--ros-args', '-r', '__ns:=/robot7', '--params-file', str(shared)],
+            extra_env=STRICT_WARNINGS)]
+    classifier, simulator = procs
+    classifier.wait_for_output(
+        r'unknown parameter\(s\) qos_overrides\./sensors/scan\.subscription\.reliability, '
+        r'seed, treshold: obstacle_classifier has no such parameter and ignores them.*'
+        r'qos_overrides\./robot7/sensors/range/front\.subscription', stream='stderr')
+    simulator.wait_for_output(r'unknown parameter\(s\) qos_overrides.*rate_hz, treshold',
+                              stream='stderr')
+    for proc in procs:
+        assert proc.is_running(), proc.report()
+        proc.send_sigint()
+        assert proc.wait(20.0) == 0, proc.report()

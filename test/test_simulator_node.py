@@ -226,8 +226,6 @@ def test_a_clock_jump_ahead_does_not_simulate_the_whole_gap(ros, ros_processes):
 @pytest.mark.parametrize('argument, fragment', [
     ('scenario:=nowhere', "unknown scenario 'nowhere'"),
     ('feature_config:=/nonexistent/features.yaml', '/nonexistent/features.yaml'),
-    # a misspelt name ran at the defaults without a word
-    ('rtf:=2.0', 'unknown parameter(s) rtf: sidewalk_simulator has no such parameter'),
 ])
 def test_an_unusable_configuration_stops_the_simulator_with_the_reason(
         ros_processes, argument, fragment):

@@ -120,6 +120,7 @@ class TickRing:
     def clear(self) -> None:
         self._count = 0
         self._next = 0
+        self._credit = 0
 
     def record(self, stamp_ns: int, features: Optional[np.ndarray]) -> None:
         """Remember one tick: ``features`` (d,) normalised, or None if the tick was skipped."""

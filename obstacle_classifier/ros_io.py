@@ -175,18 +175,17 @@ def undeclared_parameters(node: Any) -> list[str]:
     return sorted(name for name in overrides if not node.has_parameter(name))
 
 
-def warn_undeclared_parameters(node: Any, hint: str = '') -> list[str]:
+def warn_undeclared_parameters(node: Any, hint: str = '') -> None:
     """Log a warning naming the parameters given to ``node`` that it does not have (see
-    :func:`undeclared_parameters`), and return them: a misspelt one leaves a default running
-    where the params file meant otherwise. Not an error: a ``/**:`` section shared by several
-    nodes gives each the others' names, and rclpy cannot tell those apart."""
+    :func:`undeclared_parameters`): a misspelt one leaves a default running where the params
+    file meant otherwise. Not an error: a ``/**:`` section shared by several nodes gives each
+    the others' names, and rclpy cannot tell those apart."""
     unknown = undeclared_parameters(node)
     if unknown:
         node.get_logger().warning(
             f'unknown parameter(s) {", ".join(unknown)}: {node.get_name()} has no such '
             f'parameter and ignores them (misspelt, or meant for another node or namespace?)'
             f'{hint}')
-    return unknown
 
 
 def use_sim_time_change_refused(parameters: Sequence[Any], at_start: bool) -> Optional[Any]:

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from obstacle_classifier.features import InputSpec, prepare_values
+from obstacle_classifier.features import InputSpec, check_limits, prepare_values
 
 __all__ = ['LAYOUTS', 'CdrError', 'UnsupportedEncapsulation', 'cdr_reader',
            'encapsulation_byte_order', 'members_read']
@@ -262,7 +262,8 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
     limit_index = ([in_wire_order.index(name) for name in limit_members[1:]]
                    if limit_members is not None else [])
     # a Range's measured value among the values read (the limits apply to it alone)
-    measured = spec.fields.index(limit_members[0]) if limit_members is not None else None
+    measured_field = limit_members[0] if limit_members is not None else ''
+    measured = spec.fields.index(measured_field) if limit_members is not None else None
     kinds = dict(LAYOUTS[spec.msg_type])
     # A sequence field is an input's only field (FeatureConfig refuses others next to it).
     sequence_only = kinds[spec.fields[0]] in _VARIABLE
@@ -297,12 +298,7 @@ def cdr_reader(spec: InputSpec) -> Callable[[Buffer], Reading]:
         # (what prepare_values gives, without its array calls)
         values = [members[index] for index in field_index]
         if limits is not None:
-            low, high = limits
-            value = values[measured]
-            # (0 and 0: none stated; infinities and NaN are never compared; NaN or upside-down
-            # limits fail the comparison)
-            if (low or high) and math.isfinite(value) and not low <= value <= high:
-                prepare_values(values, spec, limits=limits)  # raises ReadingRefused, says why
+            check_limits(values[measured], limits[0], limits[1], measured_field)
         if infinities:
             values = [infinities.get(value, value) for value in values]
         return stamp_ns, np.array(values, dtype=np.float64)

@@ -41,7 +41,7 @@ from obstacle_classifier.paths import config_path
 __all__ = [
     'AGGREGATIONS', 'MSG_TYPES', 'READING_REFUSALS', 'REJECTION_REASONS', 'FeatureConfig',
     'FeatureConfigError', 'FeaturePipeline', 'InputSpec', 'InputStats', 'ReadingRefused',
-    'TickResult', 'default_config_path',
+    'TickResult', 'check_limits', 'default_config_path',
     'extract_values', 'load_default_config', 'message_stamp_ns', 'prepare_values', 'replay',
 ]
 
@@ -673,9 +673,8 @@ def prepare_values(raw: Any, spec: InputSpec, *, angle_min: float | None = None,
 def _outside_limits(values: np.ndarray, spec: InputSpec, limits: tuple[float, float]
                     ) -> np.ndarray | None:
     """For :func:`prepare_values`: bool (k,) of the finite measured values outside ``limits``
-    for a scan (None if there are none, or no limits are stated); refuses a Range reading
-    outside them, and limits that are no interval (min == max still counts as one: a
-    fixed-distance ranger's, which sends only infinities)."""
+    for a scan (None if there are none, or no limits are stated); refuses, through
+    :func:`check_limits`, a Range reading outside them and limits that are no interval."""
     low_limit, high_limit = limits
     if low_limit == 0 and high_limit == 0:  # never filled in
         return None
@@ -686,16 +685,29 @@ def _outside_limits(values: np.ndarray, spec: InputSpec, limits: tuple[float, fl
     if not finite.any():  # REP 117's codes (and NaN): never compared with the limits
         return None
     if not low_limit <= high_limit:  # False for NaN too
-        raise ReadingRefused('bad_sensor_limits', f'the message states limits [{low_limit}, '
-                                                  f'{high_limit}]: no interval')
+        check_limits(_first(measured[finite]), low_limit, high_limit, field)  # refuses
     outside = finite & ((measured < low_limit) | (measured > high_limit))
     if not outside.any():
         return None
     if spec.sectors is None:  # a Range, or a whole scan as the input's values
-        raise ReadingRefused('outside_sensor_limits', f'{field} {_first(measured[outside])} '
-                                                      f'outside the message\'s own limits '
-                                                      f'[{low_limit}, {high_limit}]')
+        check_limits(_first(measured[outside]), low_limit, high_limit, field)  # refuses
     return outside
+
+
+def check_limits(value: float, low_limit: float, high_limit: float, field: str) -> None:
+    """REP 117 for one measured ``value`` against the limits its message states: ReadingRefused
+    ('outside_sensor_limits') for a finite value outside them, ('bad_sensor_limits') for one
+    against limits that are no interval (NaN, min above max; min == max is one: a fixed-distance
+    ranger's, which sends only infinities). 0 and 0 state no limits; infinities and NaN are
+    never compared. The one rule, for :func:`prepare_values` and the CDR reader's scalars."""
+    if (low_limit == 0 and high_limit == 0) or not math.isfinite(value) \
+            or low_limit <= value <= high_limit:
+        return
+    if not low_limit <= high_limit:
+        raise ReadingRefused('bad_sensor_limits', f'the message states limits [{low_limit}, '
+                                                  f'{high_limit}]: no interval')
+    raise ReadingRefused('outside_sensor_limits', f'{field} {value} outside the message\'s own '
+                                                  f'limits [{low_limit}, {high_limit}]')
 
 
 def _first(values: np.ndarray) -> float:

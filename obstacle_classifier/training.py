@@ -127,9 +127,7 @@ class TrainResult:
 def fit_normalisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std (d,) of training features (n, d), in float64; std 1 for a
     feature that is constant (:func:`constant_features`)."""
-    mean, std = _moments(X)
-    std[_constant(X, std)] = 1.0
-    return mean, std
+    return _fit(X)[:2]
 
 
 def constant_features(X: np.ndarray) -> np.ndarray:
@@ -143,29 +141,36 @@ def constant_features(X: np.ndarray) -> np.ndarray:
     making sense: at run time ``x - mean`` carries a rounding error of ~1e-16 ``|x|``, which
     dividing by a std of 1e-9 ``|x|`` already makes 1e-7, float32 resolution.
     """
-    return _constant(X, _moments(X)[1])
+    return _fit(X)[2]
+
+
+def _fit(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std with 1 for a constant feature, constant (d,) bool) of X (n, d): what
+    :func:`fit_normalisation` and :func:`constant_features` give, from one pass of moments."""
+    mean, std, magnitude = _moments(X)
+    constant = (np.ones(X.shape[1], dtype=bool) if len(X) == 0
+                else std <= CONSTANT_RELATIVE_STD * magnitude)
+    std[constant] = 1.0
+    return mean, std, constant
 
 
 #: Column magnitudes whose squares stay well inside float64 (see _moments).
 _SAFE_MAGNITUDE = (1e-100, 1e100)
 
 
-def _magnitude(X: np.ndarray) -> np.ndarray:
-    """max |x| per column (d,) float64, without an (n, d) temporary."""
-    return np.maximum(X.max(axis=0), -X.min(axis=0)).astype(np.float64)
-
-
-def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std (d,) float64 of each column of X (n, d). A column of extreme magnitude is
-    done again divided by its largest value: squares near 1e-165 underflow to 0 (a varying
-    feature would read as constant) and near 1e155 overflow to inf. (Only those columns: the
-    others, sensor data among them, keep NumPy's own roundings, and the models their bytes.)"""
+def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, std and max |x| (d,) float64 of each column of X (n, d). A column of extreme
+    magnitude is done again divided by its largest value: squares near 1e-165 underflow to 0
+    (a varying feature would read as constant) and near 1e155 overflow to inf. (Only those
+    columns: the others, sensor data among them, keep NumPy's own roundings, and the models
+    their bytes.)"""
     with np.errstate(over='ignore', under='ignore', invalid='ignore'):
         mean = X.mean(axis=0, dtype=np.float64)
         std = X.std(axis=0, dtype=np.float64)
     if len(X) == 0:
-        return mean, std
-    magnitude = _magnitude(X)
+        return mean, std, np.zeros(X.shape[1])
+    # max |x| without an (n, d) temporary
+    magnitude = np.maximum(X.max(axis=0), -X.min(axis=0)).astype(np.float64)
     extreme = (magnitude > 0) & np.isfinite(magnitude) & (
         (magnitude < _SAFE_MAGNITUDE[0]) | (magnitude > _SAFE_MAGNITUDE[1]))
     for column in np.flatnonzero(extreme):
@@ -173,13 +178,7 @@ def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values = X[:, column] / scale
         mean[column] = values.mean(dtype=np.float64) * scale
         std[column] = values.std(dtype=np.float64) * scale
-    return mean, std
-
-
-def _constant(X: np.ndarray, std: np.ndarray) -> np.ndarray:
-    if len(X) == 0:
-        return np.ones(X.shape[1], dtype=bool)
-    return std <= CONSTANT_RELATIVE_STD * _magnitude(X)
+    return mean, std, magnitude
 
 
 def ignore_features(network: Network, features: np.ndarray) -> None:
@@ -361,9 +360,9 @@ def train_model(data: Dataset, config: TrainConfig, validation: Optional[Dataset
                              f'data{_source(train)}: {"; ".join(problems)}')
 
     X_raw = train.X.astype(np.float64, copy=False)
-    mean, std = (fit_normalisation(X_raw) if config.normalise
-                 else (np.zeros(train.d), np.ones(train.d)))
-    constant = constant_features(X_raw)
+    mean, std, constant = _fit(X_raw)
+    if not config.normalise:
+        mean, std = np.zeros(train.d), np.ones(train.d)
     model = ObstacleModel.create(train.feature_names, train.class_names, hidden=config.hidden,
                                  dtype=config.dtype, activation=config.activation,
                                  architecture=config.architecture, rng=config.seed,
